@@ -1,0 +1,310 @@
+"""The typed deployment spec: one `Pulumi.<stack>.yaml` in, one `DeploymentSpec` out.
+
+Pure Python (pydantic + PyYAML): no Pulumi import and no Pulumi CLI, so the Fabric tasks, the
+serving code, the tests and the demo read a stack exactly as the Pulumi program does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from exaone_lora import PROJECT
+from exaone_lora.tiers import SKUS, TIER_DEFAULTS, GpuSku, Tier
+
+STACKS: tuple[str, ...] = ("dev", "poc", "pilot", "prod")
+VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+REVISION_PATTERN = re.compile(r"^[0-9a-f]{40}$")
+# vLLM releases are pinned exactly: `0.26.0`, never a range.
+VERSION_PIN_PATTERN = re.compile(r"^\d+\.\d+\.\d+(\.post\d+)?$")
+BROADEST_SSH_PREFIX = {4: 16, 6: 48}
+
+
+class SpecError(ValueError):
+    """A stack file that cannot become a DeploymentSpec; the message names the file and the key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ModelSpec(_Model):
+    name: str = "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct"
+    revision: str = Field(description="the Hugging Face commit (40 hex digits) the deployment is pinned to")
+    path: str = "/data/models/EXAONE-3.5-2.4B-Instruct"
+    served_name: str = "exaone"
+
+    @field_validator("revision")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if not REVISION_PATTERN.match(value):
+            raise ValueError("must be a full 40-hex-digit commit id (branches and tags move)")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path on the host")
+        return value
+
+
+class AdapterPin(_Model):
+    """One adapter version the stack serves: `alias` is the only name clients use."""
+
+    alias: str
+    version: int = Field(ge=1)
+    blob_path: str
+    sha256: str = Field(description="sha256 of the version's manifest.json in the registry")
+    rank: int = 32
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if not ALIAS_PATTERN.match(value):
+            raise ValueError("must be lower-case letters, digits or '_', starting with a letter (at most 40)")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        if not SHA256_PATTERN.match(value):
+            raise ValueError("must be 64 lower-case hex digits")
+        return value
+
+    @field_validator("blob_path")
+    @classmethod
+    def _blob_path(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative blob prefix without '..'")
+        return value
+
+    @property
+    def name(self) -> str:
+        """The immutable served name of this version, e.g. `medical-v3`."""
+        return f"{self.alias}-v{self.version}"
+
+
+class ApiSpec(_Model):
+    exposure: Literal["private", "public"] = "private"
+    allowed_cidrs: tuple[str, ...] = ()
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            net = _network(cidr)
+            if net.prefixlen == 0:
+                raise ValueError(f"{cidr} opens the API to the whole Internet; list the client networks")
+        return value
+
+    @model_validator(mode="after")
+    def _public_needs_sources(self) -> ApiSpec:
+        if self.exposure == "public" and not self.allowed_cidrs:
+            raise ValueError("exposure 'public' needs allowedCidrs: the API port is only opened to listed networks")
+        return self
+
+
+class StorageSpec(_Model):
+    account_name: str | None = None
+    container: str = "adapters"
+    shared_key_access: bool = False
+
+    @field_validator("account_name")
+    @classmethod
+    def _account(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z0-9]{3,24}$", value):
+            raise ValueError("must be 3-24 lower-case letters and digits (Azure's rule for storage accounts)")
+        return value
+
+
+class GatewaySpec(_Model):
+    enabled: bool = True
+    engine_port: int = Field(default=8081, ge=1024, le=65535)
+    admin_port: int = Field(default=8082, ge=1024, le=65535)
+
+
+class DeploymentSpec(_Model):
+    """Everything that describes one deployment; every other part of the project renders from this."""
+
+    project: str = PROJECT
+    stack: str
+    tier: Tier
+    target: Literal["vm", "aks", "local"] = "vm"
+    region: str = "koreacentral"
+    vm_sku: str
+    gpus_per_node: int = Field(ge=1)
+    node_count: int = Field(ge=1)
+    gpu_memory_utilization: float
+    max_loras: int = Field(ge=1)
+    max_cpu_loras: int = Field(ge=1)
+    max_lora_rank: int = 32
+    max_model_len: int = Field(default=4096, ge=128)
+    max_num_seqs: int = Field(ge=1)
+    port: int = Field(default=8080, ge=1024, le=65535)
+    model: ModelSpec
+    vllm_version: str
+    lora_mode: Literal["dynamic", "static"] = "dynamic"
+    server_args: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra vLLM flags (tuning), flag name without dashes -> value"
+    )
+    adapters: tuple[AdapterPin, ...] = ()
+    operator_cidr: str | None = None
+    api: ApiSpec = ApiSpec()
+    admin_username: str = "azureuser"
+    ssh_public_key: str | None = None
+    storage: StorageSpec = StorageSpec()
+    gateway: GatewaySpec = GatewaySpec()
+    os_disk_gb: int = Field(default=256, ge=64, le=4095)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _util(cls, value: float) -> float:
+        if not 0 < value <= 0.95:
+            raise ValueError("must be in (0, 0.95]")
+        return value
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, value: int) -> int:
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(f"must be one of vLLM's LoRA ranks {VLLM_LORA_RANKS}")
+        return value
+
+    @field_validator("vllm_version")
+    @classmethod
+    def _vllm_pin(cls, value: str) -> str:
+        if not VERSION_PIN_PATTERN.match(value):
+            raise ValueError("must be an exact release such as 0.26.0")
+        return value
+
+    @field_validator("operator_cidr")
+    @classmethod
+    def _operator(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        net = _network(value)
+        if net.prefixlen == 0:
+            raise ValueError(f"{value} would open SSH to the whole Internet; give the operator's IP, e.g. 203.0.113.7/32")
+        if net.prefixlen < BROADEST_SSH_PREFIX[net.version]:
+            raise ValueError(
+                f"{value} is broader than /{BROADEST_SSH_PREFIX[net.version]}; SSH is allowed only from the operator's network"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentSpec:
+        defaults = TIER_DEFAULTS[self.tier]
+        if self.target != "local" and self.vm_sku not in defaults.allowed_skus:
+            raise ValueError(f"vmSku: {self.vm_sku} is not allowed for tier {self.tier} ({', '.join(defaults.allowed_skus)})")
+        if self.target == "vm" and self.operator_cidr is None:
+            raise ValueError("operatorCidr: required for target 'vm' (SSH is only opened to the operator)")
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"maxCpuLoras: must be >= maxLoras ({self.max_loras}); vLLM refuses to start otherwise")
+        if self.gateway.enabled and len({self.port, self.gateway.engine_port, self.gateway.admin_port}) != 3:
+            raise ValueError("gateway: port, enginePort and adminPort must differ")
+        seen: set[str] = set()
+        for i, pin in enumerate(self.adapters):
+            if pin.rank > self.max_lora_rank:
+                raise ValueError(f"adapters[{i}].rank: {pin.rank} is above maxLoraRank {self.max_lora_rank}")
+            if pin.alias in seen:
+                raise ValueError(f"adapters[{i}].alias: {pin.alias} is pinned twice")
+            seen.add(pin.alias)
+        return self
+
+    @property
+    def sku(self) -> GpuSku:
+        return SKUS[self.vm_sku]
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus_per_node * self.node_count
+
+    def resource_tags(self) -> dict[str, str]:
+        """Tags every Azure resource gets: the stack's own plus the ones the policy pack requires."""
+        return {"project": self.project, "stack": self.stack, "tier": self.tier, **self.tags}
+
+
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise ValueError(f"{cidr!r} is not a CIDR such as 203.0.113.7/32") from None
+
+
+def stack_file(stack: str, root: Path | str = ".") -> Path:
+    return Path(root) / f"Pulumi.{stack}.yaml"
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The `exaone-lora:*` keys of a stack file, without the namespace."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such stack file") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path.name}: not valid YAML: {exc}") from None
+    config = (document or {}).get("config")
+    if not isinstance(config, dict):
+        raise SpecError(f"{path.name}: has no 'config' mapping")
+    prefix = f"{PROJECT}:"
+    values: dict[str, Any] = {}
+    for key, value in config.items():
+        if not key.startswith(prefix):
+            # Keys of providers (azure-native:location, ...) belong to Pulumi, not to the spec.
+            if ":" in key:
+                continue
+            raise SpecError(f"{path.name}: {key}: config keys are namespaced, e.g. {prefix}{key}")
+        if isinstance(value, dict) and "secure" in value:
+            raise SpecError(f"{path.name}: {key}: secrets do not belong in the deployment spec")
+        values[key[len(prefix):]] = value
+    return values
+
+
+def build_spec(stack: str, values: dict[str, Any], source: str) -> DeploymentSpec:
+    """Fill tier defaults, then validate; errors read `<source>: exaone-lora:<key>: <reason>`."""
+    values = dict(values)
+    tier = values.get("tier")
+    if tier not in TIER_DEFAULTS:
+        raise SpecError(f"{source}: {PROJECT}:tier: must be one of {', '.join(TIER_DEFAULTS)} (got {tier!r})")
+    defaults = TIER_DEFAULTS[tier]
+    values.setdefault("vmSku", defaults.vm_sku)
+    sku = SKUS.get(values["vmSku"])
+    values.setdefault("gpusPerNode", sku.gpus if sku else 1)
+    values.setdefault("nodeCount", defaults.node_count)
+    values.setdefault("gpuMemoryUtilization", defaults.gpu_memory_utilization)
+    values.setdefault("maxLoras", defaults.max_loras)
+    values.setdefault("maxCpuLoras", max(defaults.max_cpu_loras, values["maxLoras"]))
+    values.setdefault("maxNumSeqs", defaults.max_num_seqs)
+    try:
+        return DeploymentSpec.model_validate({"stack": stack, **values})
+    except ValidationError as exc:
+        raise SpecError("\n".join(_describe(source, err) for err in exc.errors())) from None
+
+
+def _describe(source: str, err: Any) -> str:
+    key = ""
+    for part in err["loc"]:
+        key += f"[{part}]" if isinstance(part, int) else ("." if key else "") + str(part)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (typo?)"
+    if key:
+        return f"{source}: {PROJECT}:{key}: {message}"
+    # Model-level checks put their own key at the front of the message.
+    return f"{source}: {PROJECT}:{message}"
+
+
+def load_spec(stack: str, root: Path | str = ".") -> DeploymentSpec:
+    """Load `Pulumi.<stack>.yaml` from `root` into a validated DeploymentSpec."""
+    path = stack_file(stack, root)
+    return build_spec(stack, read_config(path), path.name)

@@ -1,0 +1,1 @@
+"""Serving: vLLM configuration, adapter validation and registry, gateway, lifecycle, metrics."""

@@ -1,0 +1,42 @@
+"""Where things live on a serving host: one definition shared by provisioning, systemd and Kubernetes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    data: PurePosixPath = PurePosixPath("/data")
+    app: PurePosixPath = PurePosixPath("/opt/exaone-lora")
+    config: PurePosixPath = PurePosixPath("/etc/exaone-lora")
+    cache: PurePosixPath = PurePosixPath("/var/cache/exaone-lora")
+    service_user: str = "vllm"
+
+    @property
+    def models(self) -> PurePosixPath:
+        return self.data / "models"
+
+    @property
+    def adapters(self) -> PurePosixPath:
+        return self.data / "lora-adapters"
+
+    @property
+    def vllm_venv(self) -> PurePosixPath:
+        return self.app / "vllm-venv"
+
+    @property
+    def vllm_python(self) -> PurePosixPath:
+        return self.vllm_venv / "bin" / "python"
+
+    @property
+    def env_file(self) -> PurePosixPath:
+        """Secrets (VLLM_API_KEY, the gateway admin key) as systemd EnvironmentFile, mode 0600."""
+        return self.config / "secrets.env"
+
+    def adapter_dir(self, name: str) -> PurePosixPath:
+        return self.adapters / name
+
+
+DEFAULT_LAYOUT = HostLayout()

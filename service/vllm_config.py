@@ -1,0 +1,184 @@
+"""The vLLM server, rendered once from the DeploymentSpec for systemd and for Kubernetes.
+
+`vllm_launch` is the only place that knows vLLM's flags; the systemd unit and the Kubernetes container
+both take their argv and environment from it, so the two can never drift apart. Per-model quirks are
+explicit branches here (EXAONE needs remote code; rank 32 needs `--max-lora-rank`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from exaone_lora.spec import DeploymentSpec
+from service.layout import DEFAULT_LAYOUT, HostLayout
+
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class VllmLaunch:
+    """How to start one vLLM replica: `python -m VLLM_MODULE *args` with `env`."""
+
+    args: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8081
+
+    def command(self, python: str) -> list[str]:
+        return [python, "-m", VLLM_MODULE, *self.args]
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.host}:{self.port}/health"
+
+
+def served_adapters(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> dict[str, str]:
+    """Static `--lora-modules` for the stack's pins: immutable version names behind the gateway,
+    the alias (a symlink switched by deploys) when clients talk to vLLM directly."""
+    if spec.gateway.enabled:
+        return {pin.name: str(layout.adapter_dir(pin.name)) for pin in spec.adapters}
+    return {pin.alias: str(layout.adapter_dir(pin.alias)) for pin in spec.adapters}
+
+
+def _flag(name: str, value: str | int | float | bool) -> list[str]:
+    if value is True:
+        return [f"--{name}"]
+    if value is False:
+        return [f"--no-{name}"]
+    return [f"--{name}", str(value)]
+
+
+def vllm_launch(
+    spec: DeploymentSpec,
+    layout: HostLayout = DEFAULT_LAYOUT,
+    *,
+    model_path: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    replica: int = 0,
+    kv_cache_gib: int = 1,
+) -> VllmLaunch:
+    """argv and environment of replica `replica` (one per GPU) for this spec."""
+    on_cpu = spec.target == "local"
+    if port is None:
+        port = (spec.gateway.engine_port if spec.gateway.enabled else spec.port) + replica * 10
+    if host is None:
+        # Behind the gateway vLLM is only reachable from the host itself.
+        host = "127.0.0.1" if spec.gateway.enabled or on_cpu else "0.0.0.0"
+    args: list[str] = [
+        "--model", model_path or spec.model.path,
+        "--served-model-name", spec.model.served_name,
+        "--trust-remote-code",
+        "--dtype", "bfloat16",
+        "--max-model-len", str(spec.max_model_len),
+        "--max-num-seqs", str(spec.max_num_seqs),
+        "--enable-lora",
+        "--max-lora-rank", str(spec.max_lora_rank),
+        "--max-loras", str(spec.max_loras),
+        "--max-cpu-loras", str(spec.max_cpu_loras),
+        "--host", host,
+        "--port", str(port),
+        "--disable-uvicorn-access-log",
+    ]
+    if not on_cpu:
+        args += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+    adapters = served_adapters(spec, layout)
+    if adapters:
+        args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+    for name, value in sorted(spec.server_args.items()):
+        args += _flag(name, value)
+
+    env = {
+        # Offline: weights come from the local path, never from a hub at run time.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # Kept across restarts so torch.compile and CUDA graphs are not rebuilt from scratch.
+        "VLLM_CACHE_ROOT": str(layout.cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(layout.cache / "inductor"),
+        "TRITON_CACHE_DIR": str(layout.cache / "triton"),
+        "HF_HOME": str(layout.cache / "hf"),
+    }
+    if spec.lora_mode == "dynamic":
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if on_cpu:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    elif spec.gpus_per_node > 1:
+        env["CUDA_VISIBLE_DEVICES"] = str(replica)
+    return VllmLaunch(args=tuple(args), env=env, host=host, port=port)
+
+
+def systemd_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, replica: int = 0,
+                 model_path: str | None = None) -> str:
+    """The vLLM unit file (`exaone-vllm@N.service` instance N serves GPU N)."""
+    launch = vllm_launch(spec, layout, model_path=model_path, replica=replica)
+    exec_start = " ".join(_quote(part) for part in launch.command(str(layout.vllm_python)))
+    env_lines = "\n".join(f"Environment={_quote(f'{k}={v}')}" for k, v in sorted(launch.env.items()))
+    cache_dirs = " ".join(str(layout.cache.relative_to("/var/cache") / d) for d in ("vllm", "inductor", "triton", "hf"))
+    return f"""[Unit]
+Description=vLLM multi-LoRA server for {spec.model.name} (replica {replica}, stack {spec.stack})
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=exec
+User={layout.service_user}
+Group={layout.service_user}
+WorkingDirectory={layout.data}
+{env_lines}
+EnvironmentFile=-{layout.env_file}
+ExecStart={exec_start}
+Restart=always
+RestartSec=5
+TimeoutStartSec=900
+TimeoutStopSec=60
+KillSignal=SIGTERM
+LimitNOFILE=65536
+CacheDirectory={cache_dirs}
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=full
+ProtectHome=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+ReadWritePaths={layout.data}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def kubernetes_container(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT,
+                         api_key_secret: str = "exaone-lora-api-key") -> dict[str, Any]:
+    """The vLLM container of the AKS Deployment: same argv and environment as the systemd unit."""
+    launch = vllm_launch(spec, layout, host="0.0.0.0")
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
+    env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": api_key_secret, "key": "api-key"}}})
+    probe = {"httpGet": {"path": "/health", "port": launch.port}, "periodSeconds": 10}
+    return {
+        "name": "vllm",
+        "image": f"vllm/vllm-openai:v{spec.vllm_version}",
+        "command": ["python3", "-m", VLLM_MODULE],
+        "args": list(launch.args),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": launch.port}],
+        "resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 1}},
+        "readinessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 3},
+        "startupProbe": {**probe, "failureThreshold": 90},
+        "livenessProbe": {**probe, "failureThreshold": 6},
+        "volumeMounts": [
+            {"name": "models", "mountPath": str(layout.models)},
+            {"name": "adapters", "mountPath": str(layout.adapters)},
+            {"name": "cache", "mountPath": str(layout.cache)},
+        ],
+    }
+
+
+def _quote(part: str) -> str:
+    # systemd splits ExecStart= on whitespace and honours double quotes.
+    if any(c in part for c in ' "\\'):
+        return '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return part
