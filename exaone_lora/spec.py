@@ -132,6 +132,12 @@ class GatewaySpec(_Model):
     admin_port: int = Field(default=8082, ge=1024, le=65535)
 
 
+class MonitoringSpec(_Model):
+    prometheus_port: int = Field(default=9090, ge=1024, le=65535)
+    scrape_interval_seconds: int = Field(default=15, ge=5, le=300)
+    azure_monitor: bool = Field(default=False, description="export to Azure Monitor managed Prometheus")
+
+
 class DeploymentSpec(_Model):
     """Everything that describes one deployment; every other part of the project renders from this."""
 
@@ -163,6 +169,7 @@ class DeploymentSpec(_Model):
     ssh_public_key: str | None = None
     storage: StorageSpec = StorageSpec()
     gateway: GatewaySpec = GatewaySpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     os_disk_gb: int = Field(default=256, ge=64, le=4095)
     tags: dict[str, str] = Field(default_factory=dict)
 
