@@ -1,0 +1,168 @@
+"""`exaone-lora`: the operator's command line (plan a stack, make test checkpoints; the parts' own commands)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from exaone_lora.capacity import GIB, CapacityPlan, plan_capacity
+from exaone_lora.model_shape import EXAONE_3_5_2_4B, EXAONE_TINY, ModelShape
+from exaone_lora.spec import STACKS, DeploymentSpec, SpecError, build_spec, load_spec, read_config, stack_file
+from exaone_lora.tiers import H100_80GB_HBM3, TIER_DEFAULTS, TIERS
+
+app = typer.Typer(
+    help="Serve many EXAONE 3.5 LoRA adapters with vLLM on Azure GPUs, as code.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+console = Console()
+
+# Sub-commands of the other parts; each keeps its heavy imports inside its commands.
+SUBCOMMANDS = {
+    "adapters": ("service.registry_cli", "Adapter registry in Azure Blob: publish, list, alias, rollback."),
+    "serve": ("service.cli", "Gateway, lifecycle test, swap benchmark, reconciler."),
+    "train": ("training.cli", "ShareGPT data, generator, PEFT SFT, export, quality report."),
+    "infra": ("infra.cli", "Azure preview under the mock runtime, quota, costs, stack promotion."),
+    "obs": ("service.observability.cli", "Prometheus config, alert rules and Grafana dashboard."),
+}
+for _name, (_module, _help) in SUBCOMMANDS.items():
+    try:
+        app.add_typer(importlib.import_module(_module).app, name=_name, help=_help)
+    except ImportError as _exc:  # a part whose extras are not installed: say so instead of hiding the command
+        _message = f"unavailable here ({_exc}); install the project with all extras (see README)"
+
+        def _missing(message: str = _message) -> None:
+            raise typer.Exit(code=_fail(message))
+
+        app.command(name=_name, help=f"{_help} [{_message}]")(_missing)
+
+
+def _fail(message: str) -> int:
+    console.print(f"[red]error:[/red] {message}")
+    return 2
+
+
+def shape_for(spec: DeploymentSpec) -> ModelShape:
+    return EXAONE_TINY if spec.model.name == EXAONE_TINY.name else EXAONE_3_5_2_4B
+
+
+def _gib(value: float) -> str:
+    return f"{value / GIB:,.2f} GiB"
+
+
+def spec_table(spec: DeploymentSpec) -> Table:
+    table = Table(title=f"Deployment spec: stack {spec.stack}", show_header=False)
+    rows = [
+        ("tier / target", f"{spec.tier} / {spec.target}"),
+        ("region", spec.region),
+        ("VM SKU", f"{spec.vm_sku} ({spec.sku.gpus}x {spec.sku.gpu_model}, {spec.sku.vcpus} vCPU)"),
+        ("nodes x GPUs per node", f"{spec.node_count} x {spec.gpus_per_node}"),
+        ("model", f"{spec.model.name}@{spec.model.revision[:12]} -> {spec.model.path}"),
+        ("vLLM", f"{spec.vllm_version} ({spec.lora_mode} LoRA)"),
+        ("gpu_memory_utilization", str(spec.gpu_memory_utilization)),
+        ("max loras (GPU / CPU) / max rank", f"{spec.max_loras} / {spec.max_cpu_loras} / {spec.max_lora_rank}"),
+        ("max model len / max seqs", f"{spec.max_model_len} / {spec.max_num_seqs}"),
+        ("API", f"port {spec.port}, {spec.api.exposure}" + (f" from {', '.join(spec.api.allowed_cidrs)}" if spec.api.allowed_cidrs else "")),
+        ("SSH from", spec.operator_cidr or "-"),
+        ("adapters", ", ".join(f"{p.alias}=v{p.version}" for p in spec.adapters) or "(none pinned)"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def capacity_table(plan: CapacityPlan, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("per GPU (one vLLM replica)")
+    table.add_column("value", justify="right")
+    rows = [
+        ("GPU memory", f"{plan.gpu.gpu_memory_gib:,.2f} GiB ({plan.gpu.gpu_model})"),
+        (f"budget at utilization {plan.gpu_memory_utilization}", _gib(plan.budget_bytes)),
+        (f"weights ({plan.model.parameter_count():,} params, bf16)", _gib(plan.weight_bytes)),
+        (f"LoRA slots ({plan.max_loras} x rank {plan.max_lora_rank}, {plan.adapter_params:,} params each)", _gib(plan.lora_slot_bytes)),
+        ("runtime reserve (activations, graphs)", _gib(plan.reserve_bytes)),
+        ("KV cache", _gib(plan.kv_cache_bytes)),
+        ("KV bytes per token", f"{plan.kv_bytes_per_token:,} B"),
+        ("KV tokens", f"{plan.kv_tokens_per_gpu:,}"),
+        (f"concurrent requests at {plan.context_len} tokens", f"{plan.concurrent_requests_per_gpu:,}"),
+        (f"CPU adapter cache ({plan.max_cpu_loras} adapters, host RAM)", _gib(plan.cpu_cache_bytes)),
+        (f"replicas / concurrent requests in total", f"{plan.replicas} / {plan.concurrent_requests:,}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def tier_table(stack: str, root: Path, context_len: int | None) -> Table:
+    values = read_config(stack_file(stack, root))
+    table = Table(title=f"Tiers compared (stack {stack}'s model and pins, each tier's defaults)")
+    for column in ("tier", "SKU", "GPUs", "util", "max loras", "KV tokens/GPU", "concurrent", "users", "fits"):
+        table.add_column(column, justify="right" if column not in ("tier", "SKU", "users", "fits") else "left")
+    tier_keys = {"vmSku", "gpusPerNode", "nodeCount", "gpuMemoryUtilization", "maxLoras", "maxCpuLoras", "maxNumSeqs"}
+    for tier in TIERS:
+        variant = {k: v for k, v in values.items() if k not in tier_keys} | {"tier": tier, "target": "vm"}
+        variant.setdefault("operatorCidr", "203.0.113.7/32")
+        spec = build_spec(stack, variant, f"{stack} as {tier}")
+        plan = plan_capacity(spec, shape_for(spec), context_len=context_len)
+        table.add_row(tier, spec.vm_sku, str(spec.total_gpus), str(spec.gpu_memory_utilization), str(spec.max_loras),
+                      f"{plan.kv_tokens_per_gpu:,}", f"{plan.concurrent_requests:,}", TIER_DEFAULTS[tier].users,
+                      "yes" if not plan.problems else "[red]no[/red]")
+    return table
+
+
+@app.command()
+def plan(
+    stack: Annotated[str, typer.Option(help=f"stack to plan ({', '.join(STACKS)}): reads Pulumi.<stack>.yaml")] = "poc",
+    root: Annotated[Path, typer.Option(help="directory holding the stack files")] = Path("."),
+    all_tiers: Annotated[bool, typer.Option("--all", help="also compare every tier for this stack's model")] = False,
+    context_len: Annotated[int | None, typer.Option(help="tokens per request for the concurrency estimate "
+                                                         "(default: the stack's max model len)")] = None,
+    benchmark_gpu: Annotated[bool, typer.Option(help="plan on the benchmark machine's H100 80GB HBM3 instead")] = False,
+) -> None:
+    """Print the deployment spec and the GPU memory / capacity plan of a stack; exit 1 if it cannot fit."""
+    try:
+        spec = load_spec(stack, root)
+    except SpecError as exc:
+        raise typer.Exit(code=_fail(str(exc))) from None
+    console.print(spec_table(spec))
+    capacity = plan_capacity(spec, shape_for(spec), gpu=H100_80GB_HBM3 if benchmark_gpu else None,
+                             context_len=context_len)
+    console.print(capacity_table(capacity, f"Capacity plan: {shape_for(spec).name} on {capacity.gpu.name}"))
+    if all_tiers:
+        console.print(tier_table(stack, root, context_len))
+    if capacity.problems:
+        for problem in capacity.problems:
+            console.print(f"[red]does not fit:[/red] {problem}")
+        raise typer.Exit(code=1)
+    console.print("[green]fits[/green]")
+
+
+@app.command("make-checkpoint")
+def make_checkpoint_command(
+    out: Annotated[Path, typer.Argument(help="directory to write the checkpoint into")],
+    size: Annotated[str, typer.Option(help="tiny (CPU tests) or full (the real 2.4B shape)")] = "tiny",
+    adapters: Annotated[int, typer.Option(help="how many random LoRA adapters to write next to it")] = 0,
+    rank: Annotated[int, typer.Option(help="adapter rank")] = 8,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="torch device that draws the weights (cuda is much faster for full)")] = "cpu",
+) -> None:
+    """Write an EXAONE-shaped checkpoint with random weights (nothing is downloaded) and optional adapters."""
+    from exaone_lora.checkpoints import make_adapter, make_checkpoint
+
+    if size not in ("tiny", "full"):
+        raise typer.Exit(code=_fail("--size must be tiny or full"))
+    with console.status(f"writing the {size} checkpoint to {out}"):
+        checkpoint = make_checkpoint(out, size, seed=seed, device=device)
+    console.print(f"checkpoint: {checkpoint.path} ({checkpoint.shape.parameter_count():,} parameters)")
+    for i in range(adapters):
+        path = make_adapter(checkpoint, out.with_name(f"{out.name}-lora-{i}"), rank=rank, seed=seed + 1 + i)
+        console.print(f"adapter: {path} (rank {rank})")
+
+
+if __name__ == "__main__":
+    app()

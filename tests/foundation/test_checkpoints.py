@@ -1,0 +1,100 @@
+"""The checkpoint factory: EXAONE's real names and config keys, loadable by transformers and PEFT."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from exaone_lora.checkpoints import Checkpoint, make_adapter, make_checkpoint
+from exaone_lora.checkpoints.factory import parameter_shapes
+from exaone_lora.hf_compat import fix_input_embeddings
+from exaone_lora.model_shape import EXAONE_3_5_2_4B, EXAONE_TINY
+
+
+def test_full_shape_has_the_real_parameter_names_and_count() -> None:
+    shapes = dict(parameter_shapes(EXAONE_3_5_2_4B))
+    assert sum(math.prod(s) for s in shapes.values()) == 2_405_327_360
+    assert shapes["transformer.wte.weight"] == (102_400, 2560)
+    assert shapes["transformer.h.29.attn.attention.k_proj.weight"] == (640, 2560)
+    assert shapes["transformer.h.0.mlp.c_fc_0.weight"] == (7168, 2560)
+    assert shapes["transformer.h.0.mlp.c_proj.weight"] == (2560, 7168)
+    assert "lm_head.weight" not in shapes  # tied to wte, as in the published checkpoint
+
+
+def test_config_has_exaone_keys(tiny_checkpoint: Checkpoint) -> None:
+    config = json.loads((tiny_checkpoint.path / "config.json").read_text())
+    assert config["architectures"] == ["ExaoneForCausalLM"]
+    assert config["model_type"] == "exaone"
+    assert config["num_layers"] == EXAONE_TINY.num_layers and "num_hidden_layers" not in config
+    assert config["auto_map"]["AutoConfig"] == "configuration_exaone.ExaoneConfig"
+    assert (tiny_checkpoint.path / "configuration_exaone.py").exists()
+
+
+def test_tokenizer_renders_exaone_chat_format(tiny_checkpoint: Checkpoint) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint.path)
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}],
+        tokenize=False,
+    )
+    assert text == "[|system|]S[|endofturn|]\n[|user|]U\n[|assistant|]A[|endofturn|]\n"
+    assert tokenizer.eos_token == "[|endofturn|]"
+    assert len(tokenizer.encode("[|user|]")) == 1  # special tokens are single tokens
+
+
+def test_loads_with_trust_remote_code_and_runs_forward(tiny_checkpoint: Checkpoint) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint.path, trust_remote_code=True, dtype=torch.float32)
+    assert model.config.num_hidden_layers == EXAONE_TINY.num_layers  # mapped onto num_layers
+    names = dict(model.named_parameters())
+    assert "transformer.h.1.attn.attention.out_proj.weight" in names
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    assert out.logits.shape == (1, 4, EXAONE_TINY.vocab_size)
+    assert torch.isfinite(out.loss)
+
+
+def test_remote_code_reproduces_the_get_input_embeddings_gap(tiny_checkpoint: Checkpoint) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint.path, trust_remote_code=True)
+    with pytest.raises(NotImplementedError):
+        model.get_input_embeddings()
+    assert fix_input_embeddings(model).get_input_embeddings() is model.transformer.wte
+
+
+def test_adapter_loads_with_peft_and_changes_the_output(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = make_adapter(tiny_checkpoint, tmp_path / "lora", rank=4, seed=3)
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        assert f.get_tensor("base_model.model.transformer.h.0.mlp.c_fc_1.lora_A.weight").shape == (4, 128)
+    assert "base_model.model.transformer.h.1.attn.attention.v_proj.lora_B.weight" in keys
+    assert len(keys) == 2 * 7 * EXAONE_TINY.num_layers
+
+    model = fix_input_embeddings(
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint.path, trust_remote_code=True, dtype=torch.float32))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    base = model(input_ids=ids).logits.detach().clone()
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    tuned = peft_model(input_ids=ids).logits
+    assert not torch.allclose(base, tuned, atol=1e-4)
+
+
+def test_factory_is_idempotent_and_atomic(tmp_path: Path) -> None:
+    first = make_checkpoint(tmp_path / "m", "tiny", seed=5)
+    stamp = (first.path / "model.safetensors").stat().st_mtime_ns
+    assert make_checkpoint(tmp_path / "m", "tiny", seed=5).path == first.path
+    assert (first.path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rewritten
+    make_checkpoint(tmp_path / "m", "tiny", seed=6)  # a different recipe rebuilds
+    assert (first.path / "model.safetensors").stat().st_mtime_ns != stamp
+    assert not (tmp_path / "m.partial").exists()

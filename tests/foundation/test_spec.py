@@ -1,0 +1,116 @@
+"""The deployment spec: every stack file loads, and every bad value is refused naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exaone_lora.spec import STACKS, SpecError, build_spec, load_spec, read_config, stack_file
+from tests.support.processes import REPO
+
+
+def poc_values() -> dict[str, Any]:
+    return read_config(stack_file("poc", REPO))
+
+
+def refused(values: dict[str, Any]) -> str:
+    with pytest.raises(SpecError) as info:
+        build_spec("poc", values, "Pulumi.poc.yaml")
+    return str(info.value)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_file_loads(stack: str) -> None:
+    spec = load_spec(stack, REPO)
+    assert spec.stack == stack
+    assert spec.port == 8080
+    assert spec.max_lora_rank >= max((p.rank for p in spec.adapters), default=0)
+    assert spec.resource_tags()["stack"] == stack
+
+
+def test_tier_defaults_come_from_the_tier_table() -> None:
+    poc, pilot, prod = (load_spec(s, REPO) for s in ("poc", "pilot", "prod"))
+    assert (poc.vm_sku, poc.gpus_per_node, poc.gpu_memory_utilization) == ("Standard_NC40ads_H100_v5", 1, 0.5)
+    assert (pilot.vm_sku, pilot.gpu_memory_utilization) == ("Standard_NC40ads_H100_v5", 0.75)
+    assert (prod.tier, prod.vm_sku, prod.gpus_per_node, prod.total_gpus) == ("prod-small", "Standard_NC80adis_H100_v5", 2, 2)
+    assert load_spec("dev", REPO).target == "local"
+
+
+def test_stack_file_overrides_tier_defaults() -> None:
+    spec = build_spec("poc", poc_values() | {"gpuMemoryUtilization": 0.8, "maxLoras": 6}, "Pulumi.poc.yaml")
+    assert (spec.gpu_memory_utilization, spec.max_loras, spec.max_cpu_loras) == (0.8, 6, 8)
+
+
+def test_keys_are_namespaced_by_the_project(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.x.yaml").write_text(yaml.safe_dump({"config": {"tier": "poc"}}))
+    with pytest.raises(SpecError, match=r"Pulumi.x.yaml: tier: config keys are namespaced, e.g. exaone-lora:tier"):
+        load_spec("x", tmp_path)
+
+
+def test_missing_stack_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such stack file"):
+        load_spec("nope", tmp_path)
+
+
+def test_secrets_do_not_belong_in_the_spec(tmp_path: Path) -> None:
+    document = {"config": {"exaone-lora:tier": "poc", "exaone-lora:sshPublicKey": {"secure": "v1:abc"}}}
+    (tmp_path / "Pulumi.s.yaml").write_text(yaml.safe_dump(document))
+    with pytest.raises(SpecError, match="exaone-lora:sshPublicKey: secrets do not belong"):
+        load_spec("s", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"tier": "huge"}, "Pulumi.poc.yaml: exaone-lora:tier: must be one of poc, pilot, prod-small, prod-large"),
+        ({"gpuMemoryUtilization": 0.97}, "Pulumi.poc.yaml: exaone-lora:gpuMemoryUtilization: must be in (0, 0.95]"),
+        ({"gpuMemoryUtilization": 0}, "exaone-lora:gpuMemoryUtilization: must be in (0, 0.95]"),
+        ({"operatorCidr": "not-a-cidr"}, "exaone-lora:operatorCidr: 'not-a-cidr' is not a CIDR"),
+        ({"operatorCidr": "0.0.0.0/0"}, "exaone-lora:operatorCidr: 0.0.0.0/0 would open SSH to the whole Internet"),
+        ({"operatorCidr": "::/0"}, "would open SSH to the whole Internet"),
+        ({"operatorCidr": "10.0.0.0/8"}, "exaone-lora:operatorCidr: 10.0.0.0/8 is broader than /16"),
+        ({"maxLoraRank": 24}, "exaone-lora:maxLoraRank: must be one of vLLM's LoRA ranks"),
+        ({"vllmVersion": ">=0.26"}, "exaone-lora:vllmVersion: must be an exact release"),
+        ({"vmSku": "Standard_NC80adis_H100_v5"}, "vmSku: Standard_NC80adis_H100_v5 is not allowed for tier poc"),
+        ({"maxLoras": 9, "maxCpuLoras": 4}, "maxCpuLoras: must be >= maxLoras (9)"),
+        ({"api": {"exposure": "public"}}, "exaone-lora:api: exposure 'public' needs allowedCidrs"),
+        ({"api": {"exposure": "public", "allowedCidrs": ["0.0.0.0/0"]}}, "exaone-lora:api.allowedCidrs: 0.0.0.0/0 opens the API"),
+        ({"gpuMemoryUtilizaton": 0.5}, "exaone-lora:gpuMemoryUtilizaton: unknown key (typo?)"),
+        ({"model": {"revision": "main"}}, "exaone-lora:model.revision: must be a full 40-hex-digit commit id"),
+    ],
+)
+def test_bad_values_are_refused_with_file_and_key(change: dict[str, Any], expected: str) -> None:
+    assert expected in refused(poc_values() | change)
+
+
+def test_ssh_needs_an_operator_cidr_on_vm_targets() -> None:
+    values = {k: v for k, v in poc_values().items() if k != "operatorCidr"}
+    assert "exaone-lora:operatorCidr: required for target 'vm'" in refused(values)
+
+
+def pin(**overrides: Any) -> dict[str, Any]:
+    return {"alias": "medical", "version": 3, "blobPath": "medical/v3/", "sha256": "a" * 64, **overrides}
+
+
+@pytest.mark.parametrize(
+    ("adapters", "expected"),
+    [
+        ([pin(rank=64)], "exaone-lora:adapters[0].rank: 64 is above maxLoraRank 32"),
+        ([{k: v for k, v in pin().items() if k != "sha256"}], "exaone-lora:adapters[0].sha256: Field required"),
+        ([pin(sha256="abc")], "exaone-lora:adapters[0].sha256: must be 64 lower-case hex digits"),
+        ([pin(alias="../etc")], "exaone-lora:adapters[0].alias: must be lower-case letters"),
+        ([pin(blobPath="../other/")], "exaone-lora:adapters[0].blobPath: must be a relative blob prefix"),
+        ([pin(version=0)], "exaone-lora:adapters[0].version: Input should be greater than or equal to 1"),
+        ([pin(), pin(version=4)], "exaone-lora:adapters[1].alias: medical is pinned twice"),
+    ],
+)
+def test_adapter_pins_are_checked(adapters: list[dict[str, Any]], expected: str) -> None:
+    assert expected in refused(poc_values() | {"adapters": adapters})
+
+
+def test_a_valid_pin_names_its_immutable_version() -> None:
+    spec = build_spec("poc", poc_values() | {"adapters": [pin()]}, "Pulumi.poc.yaml")
+    assert spec.adapters[0].name == "medical-v3"
