@@ -67,7 +67,7 @@ def spec_table(spec: DeploymentSpec) -> Table:
         ("gpu_memory_utilization", str(spec.gpu_memory_utilization)),
         ("max loras (GPU / CPU) / max rank", f"{spec.max_loras} / {spec.max_cpu_loras} / {spec.max_lora_rank}"),
         ("max model len / max seqs", f"{spec.max_model_len} / {spec.max_num_seqs}"),
-        ("API", f"port {spec.port}, {spec.api.exposure}" + (f" from {', '.join(spec.api.allowed_cidrs)}" if spec.api.allowed_cidrs else "")),
+        ("API", f"port {spec.port}, {spec.api.exposure} {' '.join(spec.api.allowed_cidrs)}".strip()),
         ("SSH from", spec.operator_cidr or "-"),
         ("adapters", ", ".join(f"{p.alias}=v{p.version}" for p in spec.adapters) or "(none pinned)"),
     ]
@@ -84,14 +84,15 @@ def capacity_table(plan: CapacityPlan, title: str) -> Table:
         ("GPU memory", f"{plan.gpu.gpu_memory_gib:,.2f} GiB ({plan.gpu.gpu_model})"),
         (f"budget at utilization {plan.gpu_memory_utilization}", _gib(plan.budget_bytes)),
         (f"weights ({plan.model.parameter_count():,} params, bf16)", _gib(plan.weight_bytes)),
-        (f"LoRA slots ({plan.max_loras} x rank {plan.max_lora_rank}, {plan.adapter_params:,} params each)", _gib(plan.lora_slot_bytes)),
+        (f"LoRA slots ({plan.max_loras} x rank {plan.max_lora_rank}, {plan.adapter_params:,} params each)",
+         _gib(plan.lora_slot_bytes)),
         ("runtime reserve (activations, graphs)", _gib(plan.reserve_bytes)),
         ("KV cache", _gib(plan.kv_cache_bytes)),
         ("KV bytes per token", f"{plan.kv_bytes_per_token:,} B"),
         ("KV tokens", f"{plan.kv_tokens_per_gpu:,}"),
         (f"concurrent requests at {plan.context_len} tokens", f"{plan.concurrent_requests_per_gpu:,}"),
         (f"CPU adapter cache ({plan.max_cpu_loras} adapters, host RAM)", _gib(plan.cpu_cache_bytes)),
-        (f"replicas / concurrent requests in total", f"{plan.replicas} / {plan.concurrent_requests:,}"),
+        ("replicas / concurrent requests in total", f"{plan.replicas} / {plan.concurrent_requests:,}"),
     ]
     for key, value in rows:
         table.add_row(key, value)

@@ -52,7 +52,7 @@ def test_refuses_a_context_longer_than_the_kv_cache() -> None:
 
 def test_refuses_too_many_gpu_adapters() -> None:
     plan = plan_capacity(variant(maxLoras=64, maxCpuLoras=64, maxLoraRank=256, gpuMemoryUtilization=0.3))  # type: ignore[arg-type]
-    with pytest.raises(CapacityError, match="maxLoras 64 at rank 256 needs .* GiB of GPU memory"):
+    with pytest.raises(CapacityError, match=r"maxLoras 64 at rank 256 needs .* GiB of GPU memory"):
         plan.check()
 
 

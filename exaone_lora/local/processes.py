@@ -1,0 +1,144 @@
+"""Real local servers for tests and the demo: the CPU build of vLLM and Azurite, as child processes on 127.0.0.1.
+
+A missing part fails the test with the command that installs it; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: venvs and caches live here
+INSTALL_HINT = "run `bash scripts/test.sh` once (it installs the test bed) or see README 'Tests'"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vllm_python() -> Path:
+    path = Path(os.environ.get("EXAONE_LORA_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+    if not path.exists():
+        raise RuntimeError(f"the CPU build of vLLM is not installed at {path}; {INSTALL_HINT}")
+    return path
+
+
+def azurite_bin() -> Path:
+    path = Path(os.environ.get("AZURITE_BIN", REPO / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"))
+    if not path.exists():
+        raise RuntimeError(f"Azurite is not installed at {path}; {INSTALL_HINT}")
+    return path
+
+
+@dataclass
+class RunningProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered:\n{tail}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s (log: {log})")
+
+
+@contextmanager
+def run_process(cmd: Sequence[str], log: Path, ready_url: str, timeout: float, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> Iterator[RunningProcess]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        # A new session, so that stopping it also stops vLLM's engine core child.
+        process = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                   cwd=cwd, start_new_session=True)
+    try:
+        wait_http(ready_url, process, log, timeout)
+        yield RunningProcess(process, ready_url.rsplit("/", 1)[0] if ready_url.endswith("/health") else ready_url, log)
+    finally:
+        stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextmanager
+def vllm_server(model_dir: Path, log: Path, *, adapters: dict[str, Path] | None = None, max_loras: int = 2,
+                max_cpu_loras: int = 4, max_lora_rank: int = 8, served_name: str = "exaone",
+                api_key: str | None = None, extra_args: Sequence[str] = (), timeout: float = 300) -> Iterator[RunningProcess]:
+    """A real OpenAI-compatible vLLM server (CPU build) on a free loopback port, runtime LoRA updates on."""
+    port = free_port()
+    cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", served_name, "--trust-remote-code", "--dtype", "bfloat16",
+           "--max-model-len", "512", "--max-num-seqs", "8", "--enable-lora", "--max-lora-rank", str(max_lora_rank),
+           "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras),
+           "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log", *extra_args]
+    if adapters:
+        cmd += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    with run_process(cmd, log, f"http://127.0.0.1:{port}/health", timeout, env=env) as proc:
+        yield proc
+
+
+# The emulator's documented development account (public, identical in every Azurite install).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@dataclass(frozen=True)
+class Azurite:
+    blob_url: str
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint={self.blob_url};")
+
+
+@contextmanager
+def azurite(workdir: Path, log: Path) -> Iterator[Azurite]:
+    """Azurite's Blob service on a free loopback port; telemetry off (it would call out otherwise)."""
+    if shutil.which("node") is None:
+        raise RuntimeError(f"node is not installed; {INSTALL_HINT}")
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(azurite_bin()), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+           "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
+    url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    with run_process(cmd, log, f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list", 60):
+        yield Azurite(url)
