@@ -1,0 +1,287 @@
+"""`exaone-lora adapters ...`: publish, list, show, alias, rollback, validate and download adapter versions.
+
+Connection: `--connection-string` (or env EXAONE_LORA_BLOB_CONNECTION_STRING; Azurite and shared-key
+accounts) or `--account-url` (or env EXAONE_LORA_BLOB_ACCOUNT_URL) with DefaultAzureCredential, the
+managed identity on Azure. Errors print their stable code and exit non-zero; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from service.manifest import manifest_sha256, parse_manifest
+from service.registry import DEFAULT_CONTAINER, AdapterRegistry, RegistryError, resolve_base_config
+from service.validation import AdapterValidationError, BaseConfigError, validate_adapter
+
+app = typer.Typer(
+    help="Adapter registry in Azure Blob: immutable versions {domain}-v{N}, one alias per domain, rollback.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConnectionString = Annotated[str | None, typer.Option(
+    "--connection-string", envvar="EXAONE_LORA_BLOB_CONNECTION_STRING", show_envvar=True,
+    help="Blob connection string (Azurite, shared-key accounts)")]
+AccountUrl = Annotated[str | None, typer.Option(
+    "--account-url", envvar="EXAONE_LORA_BLOB_ACCOUNT_URL", show_envvar=True,
+    help="https://<account>.blob.core.windows.net, signed in with DefaultAzureCredential (managed identity)")]
+Container = Annotated[str, typer.Option("--container", help="container holding the adapters")]
+Domain = Annotated[str, typer.Argument(help="adapter domain = the alias clients call, e.g. medical")]
+JsonOut = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+BaseConfigOpt = Annotated[Path | None, typer.Option(
+    "--base-config", help="base model config.json (or model directory); default: known by --base-model-name")]
+MaxRank = Annotated[int, typer.Option("--max-rank", help="the server's --max-lora-rank")]
+
+EXIT_INVALID = 2
+EXIT_REGISTRY = 1
+
+
+def _registry(connection_string: str | None, account_url: str | None, container: str) -> AdapterRegistry:
+    if connection_string:
+        return AdapterRegistry.from_connection_string(connection_string, container)
+    if account_url:
+        return AdapterRegistry.from_account_url(account_url, container)
+    err_console.print("[red]error:[/red] give --connection-string (env EXAONE_LORA_BLOB_CONNECTION_STRING) or "
+                      "--account-url (env EXAONE_LORA_BLOB_ACCOUNT_URL)")
+    raise typer.Exit(code=EXIT_INVALID)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    code = EXIT_INVALID if isinstance(exc, (AdapterValidationError, BaseConfigError, ValueError)) else EXIT_REGISTRY
+    # escape(): the "[code]" prefix of every error would otherwise be eaten as rich markup.
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+    return typer.Exit(code=code)
+
+
+def _print_json(data: Any) -> None:
+    # Plain print: rich would wrap long lines and break the JSON for scripts.
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _load_json_file(path: Path | None, what: str) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{what} {path} must hold a JSON object")
+    return data
+
+
+@app.command()
+def publish(
+    domain: Domain,
+    adapter_dir: Annotated[Path, typer.Argument(help="PEFT adapter directory (adapter_config.json + safetensors)")],
+    base_model_name: Annotated[str, typer.Option(help="base model name recorded in the manifest")],
+    base_model_revision: Annotated[str, typer.Option(help="base model revision (commit) recorded in the manifest")],
+    max_rank: MaxRank = 32,
+    base_config: BaseConfigOpt = None,
+    training_json: Annotated[Path | None, typer.Option(help="JSON file with training metadata")] = None,
+    metrics_json: Annotated[Path | None, typer.Option(help="JSON file with evaluation metrics")] = None,
+    activate: Annotated[bool, typer.Option(help="also point the alias at the new version")] = False,
+    connection_string: ConnectionString = None,
+    account_url: AccountUrl = None,
+    container: Container = DEFAULT_CONTAINER,
+    as_json: JsonOut = False,
+) -> None:
+    """Validate an adapter and publish it as the next immutable version {domain}-v{N}."""
+    registry = _registry(connection_string, account_url, container)
+    training, metrics = _load_json_file(training_json, "training metadata"), _load_json_file(metrics_json, "metrics")
+    try:
+        registry.ensure_container()
+        manifest = registry.publish(domain, adapter_dir, base_model_name=base_model_name,
+                                    base_model_revision=base_model_revision, max_rank=max_rank, training=training,
+                                    metrics=metrics, base_config=base_config)
+        alias = registry.set_alias(domain, manifest.version) if activate else None
+    except (AdapterValidationError, BaseConfigError, RegistryError, ValueError) as exc:
+        raise _fail(exc) from None
+    digest = manifest_sha256(manifest)
+    if as_json:
+        _print_json({"name": manifest.name, "domain": domain, "version": manifest.version, "manifest_sha256": digest,
+                     "alias": alias.model_dump() if alias else None})
+        return
+    console.print(f"[green]published[/green] {manifest.name} (rank {manifest.rank}, manifest sha256 {digest})")
+    if alias:
+        console.print(f"alias {domain} -> v{alias.current}")
+
+
+@app.command("list")
+def list_command(
+    domain: Annotated[str | None, typer.Argument(help="show this domain's versions; all domains when left out")] = None,
+    connection_string: ConnectionString = None,
+    account_url: AccountUrl = None,
+    container: Container = DEFAULT_CONTAINER,
+    as_json: JsonOut = False,
+) -> None:
+    """List domains with their current version, or one domain's versions."""
+    registry = _registry(connection_string, account_url, container)
+    try:
+        if domain is None:
+            rows = [(d, registry.alias(d).current, registry.versions(d)) for d in registry.domains()]
+            if as_json:
+                _print_json([{"domain": d, "current": current, "versions": versions} for d, current, versions in rows])
+                return
+            table = Table(title=f"Adapters in container {container}")
+            for column in ("domain", "current", "versions"):
+                table.add_column(column)
+            for d, current, versions in rows:
+                table.add_row(d, f"v{current}" if current else "-", ", ".join(f"v{v}" for v in versions) or "-")
+            console.print(table)
+            return
+        state = registry.alias(domain)
+        manifests = [registry.manifest(domain, v) for v in registry.versions(domain)]
+    except (AdapterValidationError, RegistryError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json([{"name": m.name, "version": m.version, "rank": m.rank, "created_at": m.created_at.isoformat(),
+                      "current": m.version == state.current} for m in manifests])
+        return
+    table = Table(title=f"{domain}: alias -> {state.current_name or '(unset)'}")
+    for column in ("version", "name", "rank", "modules", "base model", "created", "current"):
+        table.add_column(column)
+    for m in manifests:
+        table.add_row(str(m.version), m.name, str(m.rank), str(len(m.target_modules)), m.base_model.name,
+                      m.created_at.isoformat(), "*" if m.version == state.current else "")
+    console.print(table)
+
+
+@app.command()
+def show(
+    domain: Domain,
+    version: Annotated[int | None, typer.Argument(help="version number; the alias's current one when left out")] = None,
+    connection_string: ConnectionString = None,
+    account_url: AccountUrl = None,
+    container: Container = DEFAULT_CONTAINER,
+) -> None:
+    """Print a version's manifest (JSON) and its sha256 (the value a stack file pins)."""
+    registry = _registry(connection_string, account_url, container)
+    try:
+        if version is None:
+            version = registry.alias(domain).current
+            if version is None:
+                raise typer.BadParameter(f"alias {domain!r} is unset; give a version")
+        raw = registry.manifest_bytes(domain, version)
+        registry.manifest(domain, version)
+    except (AdapterValidationError, RegistryError) as exc:
+        raise _fail(exc) from None
+    typer.echo(raw.decode().rstrip("\n"))
+    err_console.print(f"manifest sha256 {manifest_sha256(raw)}")
+
+
+@app.command()
+def alias(
+    domain: Domain,
+    version: Annotated[int | None, typer.Argument(help="point the alias at this version; show it when left out")] = None,
+    expected_current: Annotated[int | None, typer.Option(help="refuse unless the alias currently points here")] = None,
+    connection_string: ConnectionString = None,
+    account_url: AccountUrl = None,
+    container: Container = DEFAULT_CONTAINER,
+    as_json: JsonOut = False,
+) -> None:
+    """Show an alias, or switch it to another version (the deploy)."""
+    registry = _registry(connection_string, account_url, container)
+    try:
+        if version is None:
+            state = registry.alias(domain)
+        elif expected_current is None:
+            state = registry.set_alias(domain, version)
+        else:
+            state = registry.set_alias(domain, version, expected_current=expected_current)
+    except (AdapterValidationError, RegistryError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json(state.model_dump())
+        return
+    console.print(f"{domain} -> {state.current_name or '(unset)'}  history {state.history}")
+
+
+@app.command()
+def rollback(
+    domain: Domain,
+    connection_string: ConnectionString = None,
+    account_url: AccountUrl = None,
+    container: Container = DEFAULT_CONTAINER,
+    as_json: JsonOut = False,
+) -> None:
+    """Point the alias back at the version that was current before (the rollback)."""
+    registry = _registry(connection_string, account_url, container)
+    try:
+        registry.rollback(domain)
+        state = registry.alias(domain)
+    except (AdapterValidationError, RegistryError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json(state.model_dump())
+        return
+    console.print(f"[yellow]rolled back[/yellow] {domain} -> {state.current_name}  history {state.history}")
+
+
+@app.command()
+def validate(
+    adapter_dir: Annotated[Path, typer.Argument(help="PEFT adapter directory")],
+    base_config: BaseConfigOpt = None,
+    base_model_name: Annotated[str, typer.Option(help="known base model (used when --base-config is left out)")] =
+        "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct",
+    max_rank: MaxRank = 32,
+    manifest: Annotated[Path | None, typer.Option(help="manifest.json whose sha256/sizes the files must match")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Check an adapter without a registry: exit 0 when it may be served, 2 with the error code when not."""
+    try:
+        shape = resolve_base_config(base_model_name, base_config)
+        parsed = parse_manifest(manifest.read_bytes()) if manifest else None
+        result = validate_adapter(adapter_dir, base_config=shape, max_rank=max_rank, manifest=parsed)
+    except AdapterValidationError as exc:
+        if as_json:
+            _print_json({"valid": False, "code": exc.code, "message": exc.message, "path": exc.path,
+                         "tensor": exc.tensor})
+        raise _fail(exc) from None
+    except (BaseConfigError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json({"valid": True, "rank": result.rank, "alpha": result.alpha, "dtype": result.dtype,
+                     "target_modules": list(result.target_modules), "tensors": result.tensor_count,
+                     "files": {k: v.model_dump() for k, v in result.files.items()}})
+        return
+    console.print(f"[green]valid[/green] rank {result.rank}, alpha {result.alpha:g}, {result.dtype}, "
+                  f"{result.tensor_count} tensors on {', '.join(result.target_modules)}")
+
+
+@app.command()
+def download(
+    domain: Domain,
+    version: Annotated[int, typer.Argument(help="version number")],
+    dest: Annotated[Path, typer.Argument(help="directory to create for this version, e.g. /data/lora-adapters/medical-v3")],
+    expected_sha256: Annotated[str | None, typer.Option(help="the manifest sha256 the version must have (a pin)")] = None,
+    base_config: BaseConfigOpt = None,
+    max_rank: Annotated[int | None, typer.Option(help="also validate against this max rank (needs --base-config)")] =
+        None,
+    connection_string: ConnectionString = None,
+    account_url: AccountUrl = None,
+    container: Container = DEFAULT_CONTAINER,
+) -> None:
+    """Download a version, verifying every sha256; the directory appears complete or not at all."""
+    registry = _registry(connection_string, account_url, container)
+    try:
+        path = registry.download(domain, version, dest, expected_manifest_sha256=expected_sha256,
+                                 base_config=base_config, max_rank=max_rank)
+    except (AdapterValidationError, RegistryError) as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]downloaded[/green] {domain}-v{version} -> {path}")
+
+
+__all__ = ["app"]
+
+if __name__ == "__main__":
+    app()
