@@ -1,0 +1,257 @@
+"""`exaone-lora serve ...`: run the gateway, the 8-step lifecycle, the swap benchmark, the reconciler.
+
+Every command that measures or changes something prints one JSON document on stdout (benchmark
+reports and promotion evidence read it); progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Gateway, lifecycle test, swap benchmark, reconciler.", no_args_is_help=True,
+                  rich_markup_mode="rich")
+err = Console(stderr=True)
+
+REGISTRY_CONN_ENV = "EXAONE_REGISTRY_CONNECTION_STRING"
+
+
+def _print(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise typer.BadParameter(f"{what} must look like KEY=VALUE, got {value!r}")
+        out[key] = rest
+    return out
+
+
+def _secret(env: str, file: Path | None) -> str | None:
+    from service.gateway.server import read_secret
+
+    return read_secret(env, file)
+
+
+def _spec(stack: str | None, root: Path) -> Any:
+    if stack is None:
+        return None
+    from exaone_lora.spec import SpecError, load_spec
+
+    try:
+        return load_spec(stack, root=root)
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def gateway(
+    upstream: Annotated[list[str] | None, typer.Option(help="vLLM replica URL (repeat); default: the stack's")] = None,
+    stack: Annotated[str | None, typer.Option(help="read ports, served name and replicas from Pulumi.<stack>.yaml")] = None,
+    root: Annotated[Path, typer.Option(help="where the Pulumi.<stack>.yaml files are")] = Path("."),
+    host: Annotated[str, typer.Option(help="public listener address")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="public listener port (default spec.port or 8080)")] = None,
+    admin_host: Annotated[str, typer.Option(help="admin listener address: loopback or a private address only")] = "127.0.0.1",
+    admin_port: Annotated[int | None, typer.Option(help="admin listener port (default spec.gateway.admin_port or 8082)")] = None,
+    served_name: Annotated[str | None, typer.Option(help="the base model's served name")] = None,
+    alias: Annotated[list[str] | None, typer.Option(help="initial ALIAS=VERSION_NAME, e.g. medical=medical-v3")] = None,
+    admin_key_file: Annotated[Path | None, typer.Option(help="admin bearer key file (else $EXAONE_GATEWAY_ADMIN_KEY)")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="public API key file (else $EXAONE_API_KEY; none: open)")] = None,
+    engine_key_file: Annotated[Path | None, typer.Option(help="file with vLLM's API key (else $VLLM_API_KEY)")] = None,
+) -> None:
+    """Run the gateway: public OpenAI API (aliases, streaming, /metrics) and the authenticated admin API."""
+    import ipaddress
+
+    from service.gateway import create_gateway
+    from service.gateway.server import ADMIN_KEY_ENV, API_KEY_ENV, ENGINE_KEY_ENV, serve
+
+    spec = _spec(stack, root)
+    if not upstream:
+        if spec is None:
+            raise typer.BadParameter("give --upstream URL (one per vLLM replica) or --stack")
+        from service.replicas import replica_endpoints
+
+        upstream = [e.url for e in replica_endpoints(spec)]
+    if admin_host not in ("localhost",):
+        try:
+            if not ipaddress.ip_address(admin_host).is_private:
+                raise typer.BadParameter(f"the admin listener must bind to loopback or a private address, not {admin_host}")
+        except ValueError:
+            raise typer.BadParameter(f"--admin-host must be an IP address, got {admin_host!r}") from None
+    admin_key = _secret(ADMIN_KEY_ENV, admin_key_file)
+    if not admin_key:
+        raise typer.BadParameter(f"no admin key: set ${ADMIN_KEY_ENV} (secrets.env) or --admin-key-file")
+    apps = create_gateway(
+        upstream, admin_key=admin_key, api_key=_secret(API_KEY_ENV, api_key_file),
+        engine_api_key=_secret(ENGINE_KEY_ENV, engine_key_file),
+        served_name=served_name or (spec.model.served_name if spec else "exaone"),
+        initial_aliases=_pairs(alias, "--alias"),
+    )
+    public_port = port or (spec.port if spec else 8080)
+    private_port = admin_port or (spec.gateway.admin_port if spec else 8082)
+    err.print(f"gateway: public http://{host}:{public_port}, admin http://{admin_host}:{private_port}, upstreams {upstream}")
+    asyncio.run(serve(apps, (host, public_port), (admin_host, private_port)))
+
+
+@app.command()
+def lifecycle(
+    url: Annotated[str, typer.Option(help="the vLLM server (not the gateway), e.g. http://127.0.0.1:8081")],
+    adapter: Annotated[list[str], typer.Option(help="DOMAIN=DIR of an adapter to load (repeat; the seed uses 4)")],
+    served_name: Annotated[str, typer.Option(help="the base model's served name")] = "exaone",
+    engine_key_file: Annotated[Path | None, typer.Option(help="file with vLLM's API key (else $VLLM_API_KEY)")] = None,
+    evidence_stack: Annotated[str | None, typer.Option(help="record the result as promotion evidence of this stack")] = None,
+    root: Annotated[Path, typer.Option(help="repository root (stack files, evidence/)")] = Path("."),
+) -> None:
+    """The seed's 8-step lifecycle: initial state, load, list, query, unload, query unloaded, reload, clean up."""
+    from service.lifecycle import run_lifecycle
+
+    adapters = {domain: Path(path) for domain, path in _pairs(adapter, "--adapter").items()}
+    missing = [str(p) for p in adapters.values() if not p.is_dir()]
+    if missing:
+        raise typer.BadParameter(f"not adapter directories: {', '.join(missing)}")
+    spec = _spec(evidence_stack, root)
+    result = run_lifecycle(url, adapters, served_name=served_name, api_key=_secret("VLLM_API_KEY", engine_key_file))
+    if spec is not None:
+        result["evidence"] = _record(root, spec, "lifecycle", result)
+    _print(result)
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
+def _record(root: Path, spec: Any, kind: str, result: dict[str, Any]) -> str | None:
+    try:
+        from exaone_lora.evidence import record_evidence
+    except ImportError:
+        err.print("[yellow]exaone_lora.evidence is not available: no evidence recorded[/yellow]")
+        return None
+    return str(record_evidence(root, spec, kind, bool(result["passed"]), result))
+
+
+@app.command("swap-bench")
+def swap_bench(
+    url: Annotated[str, typer.Option(help="the vLLM server, e.g. http://127.0.0.1:8081")],
+    adapter: Annotated[Path, typer.Option(help="adapter directory loaded under a fresh name each cycle")],
+    cycles: Annotated[int, typer.Option(min=1, max=1000, help="load / first token / unload cycles")] = 10,
+    max_tokens: Annotated[int, typer.Option(min=1, max=512)] = 4,
+    engine_key_file: Annotated[Path | None, typer.Option(help="file with vLLM's API key (else $VLLM_API_KEY)")] = None,
+    output: Annotated[Path | None, typer.Option(help="also write the JSON here")] = None,
+) -> None:
+    """Swap latency: N cycles of load, stream to the first token, unload (seconds per phase, JSON)."""
+    from service.lifecycle import swap_benchmark
+
+    if not adapter.is_dir():
+        raise typer.BadParameter(f"{adapter} is not an adapter directory")
+    result = swap_benchmark(url, adapter, cycles=cycles, max_tokens=max_tokens,
+                            api_key=_secret("VLLM_API_KEY", engine_key_file))
+    if output is not None:
+        output.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    _print(result)
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
+@app.command()
+def reconcile(
+    engine: Annotated[list[str] | None, typer.Option(help="vLLM replica URL (repeat); default: the stack's replicas")] = None,
+    stack: Annotated[str | None, typer.Option(help="read replicas, max_cpu_loras and max rank from the stack")] = None,
+    root: Annotated[Path, typer.Option(help="where the Pulumi.<stack>.yaml files are")] = Path("."),
+    gateway_admin: Annotated[str | None, typer.Option(help="gateway admin URL (aliases); none: vLLM only")] = None,
+    admin_key_file: Annotated[Path | None, typer.Option(help="admin key file (else $EXAONE_GATEWAY_ADMIN_KEY)")] = None,
+    desired: Annotated[list[str] | None, typer.Option(help="ALIAS=VERSION (repeat) instead of the registry")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(help="NAME=DIR of a local version, e.g. medical-v2=/data/x")] = None,
+    registry_url: Annotated[str | None, typer.Option(help="Blob account URL (managed identity)")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="where registry versions are downloaded")] = Path("/data/lora-adapters"),
+    base_config: Annotated[Path | None, typer.Option(help="base model dir or config.json, to validate adapters")] = None,
+    max_cpu_loras: Annotated[int | None, typer.Option(min=1, help="default: the stack's, else 4")] = None,
+    max_rank: Annotated[int | None, typer.Option(min=1, help="default: the stack's max_lora_rank")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the plan, change nothing")] = False,
+    every: Annotated[float | None, typer.Option(min=5, help="keep running: reconcile every N s (JSON lines)")] = None,
+) -> None:
+    """Drive every replica (and the gateway's aliases) to the desired adapter state; safe to re-run."""
+    import httpx
+
+    from service.gateway import EngineClient, GatewayAdmin
+    from service.gateway.server import ADMIN_KEY_ENV
+    from service.reconciler import (
+        AdapterSource,
+        AliasSink,
+        LocalSource,
+        MemoryAliases,
+        Reconciler,
+        RegistrySource,
+        desired_from_mapping,
+        desired_from_registry,
+    )
+
+    spec = _spec(stack, root)
+    if not engine:
+        if spec is None:
+            raise typer.BadParameter("give --engine URL (one per vLLM replica) or --stack")
+        from service.replicas import replica_endpoints
+
+        engine = [e.url for e in replica_endpoints(spec)]
+    rank = max_rank or (spec.max_lora_rank if spec else None)
+    config = str(base_config) if base_config else None
+    registry = None
+    conn = os.environ.get(REGISTRY_CONN_ENV)
+    if registry_url or conn:
+        from service.registry import AdapterRegistry
+
+        registry = (AdapterRegistry.from_account_url(registry_url) if registry_url
+                    else AdapterRegistry.from_connection_string(conn or ""))
+    if desired:
+        wanted = desired_from_mapping({a: int(v) for a, v in _pairs(desired, "--desired").items()})
+    elif registry is not None:
+        wanted = desired_from_registry(registry)
+    else:
+        raise typer.BadParameter(f"give --desired ALIAS=VERSION, --registry-url or ${REGISTRY_CONN_ENV}")
+    source: AdapterSource
+    if adapter:
+        source = LocalSource({k: Path(v) for k, v in _pairs(adapter, "--adapter").items()}, config, rank)
+    elif registry is not None:
+        source = RegistrySource(registry, cache_dir, config, rank)
+    else:
+        raise typer.BadParameter("give --adapter NAME=DIR or a registry to load versions from")
+
+    async def go() -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            sink: AliasSink = MemoryAliases()
+            if gateway_admin:
+                key = _secret(ADMIN_KEY_ENV, admin_key_file)
+                if not key:
+                    raise typer.BadParameter(f"no admin key: set ${ADMIN_KEY_ENV} or --admin-key-file")
+                sink = GatewayAdmin(gateway_admin, key, client)
+            reconciler = Reconciler([EngineClient(u, client) for u in engine or []], sink, source,
+                                    max_cpu_loras=max_cpu_loras or (spec.max_cpu_loras if spec else 4))
+            return await reconciler.reconcile(wanted, dry_run=dry_run)
+
+    async def attempt() -> dict[str, Any]:
+        try:
+            return await go()
+        except (httpx.HTTPError, RuntimeError, OSError) as exc:
+            # An unreachable replica stops the run: replicas must not be driven apart.
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    if every is not None:
+        # A replica restarted by systemd comes back without its runtime-loaded adapters: this loop
+        # (or a timer running the one-shot command) puts them back and keeps replicas identical.
+        while True:
+            sys.stdout.write(json.dumps(asyncio.run(attempt()), sort_keys=True) + "\n")
+            sys.stdout.flush()
+            time.sleep(every)
+    result = asyncio.run(attempt())
+    _print(result)
+    raise typer.Exit(0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,226 @@
+"""The two gateway listeners: the public OpenAI-compatible API and the authenticated admin API.
+
+The public app forwards only inference paths; vLLM's own admin endpoints (`/v1/load_lora_adapter`,
+`/v1/unload_lora_adapter`, ...) and its `/metrics` do not exist on it. Admin operations live on a
+separate app meant to be bound to 127.0.0.1 (or a private address) and require a bearer key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from service.gateway.core import GatewayCore, RoutingError
+from service.gateway.engine import EngineError
+from service.gateway.names import parse_version_name, version_name
+from service.gateway.proxy import forward, openai_error
+
+PUBLIC_PATHS = ("/v1/chat/completions", "/v1/completions")
+
+
+@dataclass
+class GatewayApps:
+    public: FastAPI
+    admin: FastAPI
+    core: GatewayCore
+
+
+def _bearer_ok(expected: str | None, header: str | None) -> bool:
+    if not expected:
+        return True
+    if not header or not header.startswith("Bearer "):
+        return False
+    # Constant-time: the key must not leak through response timing.
+    return hmac.compare_digest(header[7:].encode(), expected.encode())
+
+
+def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "exaone", api_key: str | None = None,
+                   engine_api_key: str | None = None, refresh_seconds: float = 5.0,
+                   initial_aliases: dict[str, str] | None = None, core: GatewayCore | None = None) -> GatewayApps:
+    """Build the public and admin apps over one shared core.
+
+    `admin_key` is mandatory (an admin API without a key is refused at construction); `api_key`
+    optionally protects the public API; `engine_api_key` is what vLLM itself expects.
+    `initial_aliases` (alias -> version name, e.g. from the registry's alias.json) are switched at
+    start-up where every replica has the version loaded; the reconciler does the rest.
+    """
+    if not admin_key or len(admin_key) < 16:
+        raise ValueError("the gateway admin key must be set and at least 16 characters long")
+    core = core or GatewayCore.for_upstreams(served_name, upstreams, engine_api_key=engine_api_key)
+    upstream_headers = {"Authorization": f"Bearer {engine_api_key}"} if engine_api_key else {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await core.refresh()
+        for alias, name in (initial_aliases or {}).items():
+            with contextlib.suppress(RoutingError):  # not loaded yet: the reconciler will switch it
+                core.switch_alias(alias, name)
+
+        async def keep_fresh() -> None:
+            # Replicas restart (systemd Restart=always); re-reading /v1/models heals the routing table.
+            while True:
+                await asyncio.sleep(refresh_seconds)
+                await core.refresh()
+
+        task = asyncio.create_task(keep_fresh())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await core.client.aclose()
+
+    public = FastAPI(title="EXAONE LoRA gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def require_api_key(request: Request) -> None:
+        if not _bearer_ok(api_key, request.headers.get("authorization")):
+            raise _Unauthorized()
+
+    async def inference(request: Request, path: str) -> Response:
+        require_api_key(request)
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return openai_error(400, "invalid_json", "the request body must be a JSON object")
+        if not isinstance(body, dict):
+            return openai_error(400, "invalid_json", "the request body must be a JSON object")
+        return await forward(core, path, body, upstream_headers)
+
+    @public.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await inference(request, "/v1/chat/completions")
+
+    @public.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await inference(request, "/v1/completions")
+
+    @public.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        require_api_key(request)
+        data = [{"id": core.served_name, "object": "model", "owned_by": "exaone-lora"}]
+        data += [{"id": alias, "object": "model", "owned_by": "exaone-lora", "parent": core.served_name}
+                 for alias in sorted(core.aliases.targets())]
+        return {"object": "list", "data": data}
+
+    @public.get("/health")
+    async def health() -> Response:
+        ok = any(r.healthy for r in core.replicas)
+        return JSONResponse({"status": "ok" if ok else "no healthy replica"}, status_code=200 if ok else 503)
+
+    @public.get("/metrics")
+    async def metrics() -> Response:
+        return Response(core.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    _install_unauthorized(public)
+    admin = _admin_app(core, admin_key)
+    return GatewayApps(public=public, admin=admin, core=core)
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _install_unauthorized(app: FastAPI) -> None:
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(_: Request, __: _Unauthorized) -> Response:
+        return JSONResponse({"error": {"message": "missing or wrong bearer key", "type": "authentication_error",
+                                       "code": "unauthorized"}}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RoutingError)
+    async def routing(_: Request, exc: RoutingError) -> Response:
+        return openai_error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(EngineError)
+    async def engine(_: Request, exc: EngineError) -> Response:
+        return JSONResponse({"error": {"message": str(exc), "type": "engine_error", "code": "engine_refused",
+                                       "upstream_status": exc.status}}, status_code=502)
+
+
+class LoadRequest(BaseModel):
+    name: str = Field(description="immutable version name, `domain-vN`")
+    path: str = Field(description="adapter directory on the replica hosts")
+
+
+class SwitchRequest(BaseModel):
+    version: int | None = Field(default=None, ge=1)
+    name: str | None = None
+    warmup: bool = True
+
+
+class DrainRequest(BaseModel):
+    timeout: float = Field(default=60.0, gt=0, le=600)
+
+
+def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
+    def authorized(request: Request) -> None:
+        if not _bearer_ok(admin_key, request.headers.get("authorization")):
+            raise _Unauthorized()
+
+    admin = FastAPI(title="EXAONE LoRA gateway admin", dependencies=[Depends(authorized)], docs_url=None,
+                    redoc_url=None, openapi_url=None)
+    _install_unauthorized(admin)
+
+    def check_name(name: str) -> None:
+        if parse_version_name(name) is None:
+            raise RoutingError(400, "bad_version_name", f"`{name}` is not an immutable version name (`domain-vN`)")
+
+    @admin.get("/admin/state")
+    async def state() -> dict[str, object]:
+        return core.snapshot()
+
+    @admin.post("/admin/refresh")
+    async def refresh() -> dict[str, object]:
+        await core.refresh()
+        return core.snapshot()
+
+    @admin.post("/admin/versions")
+    async def load(body: LoadRequest) -> dict[str, object]:
+        # A new immutable name every time, never vLLM's load_inplace (stale prefix cache upstream).
+        check_name(body.name)
+        results = await asyncio.gather(*(r.engine.load(body.name, body.path) for r in core.replicas if r.healthy))
+        await core.refresh()
+        return {"name": body.name, "loaded_now": sum(results), "state": core.snapshot()}
+
+    @admin.delete("/admin/versions/{name}")
+    async def unload(name: str, timeout: float = 60.0) -> dict[str, object]:
+        check_name(name)
+        await core.drain(name, timeout)
+        results = await asyncio.gather(*(r.engine.unload(name) for r in core.replicas if r.healthy))
+        await core.refresh()
+        return {"name": name, "unloaded_now": sum(results), "state": core.snapshot()}
+
+    @admin.post("/admin/versions/{name}/drain")
+    async def drain(name: str, body: DrainRequest) -> dict[str, object]:
+        check_name(name)
+        await core.drain(name, body.timeout)
+        return {"name": name, "in_flight": 0}
+
+    @admin.put("/admin/aliases/{alias}")
+    async def switch(alias: str, body: SwitchRequest) -> dict[str, object]:
+        if (body.version is None) == (body.name is None):
+            raise RoutingError(400, "bad_switch", "give exactly one of `version` or `name`")
+        name = body.name or version_name(alias, body.version or 0)
+        check_name(name)
+        await core.refresh()
+        if body.warmup:
+            # The new version must answer on every replica before any client is sent to it.
+            await asyncio.gather(*(r.engine.warmup(name) for r in core.replicas if r.healthy and name in r.loaded))
+        return core.switch_alias(alias, name)
+
+    @admin.delete("/admin/aliases/{alias}")
+    async def remove(alias: str) -> dict[str, object]:
+        removed = core.aliases.remove(alias)
+        if removed is None:
+            raise RoutingError(404, "unknown_alias", f"no alias `{alias}`")
+        core.metrics.alias_version.remove(alias)
+        return {"alias": alias, "removed": removed.name}
+
+    return admin
+

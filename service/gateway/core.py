@@ -1,0 +1,122 @@
+"""The gateway's brain: resolve a client's model name, pick a replica, account for traffic.
+
+Kept apart from the HTTP layer so the admin app, the public app and the reconciler's in-process use
+share one object per gateway (no module-level state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import httpx
+
+from service.gateway.engine import EngineClient, EngineError
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.names import parse_version_name
+from service.gateway.state import AliasTable, Replica, Route, Traffic
+
+
+class RoutingError(Exception):
+    """A request the gateway cannot place; `status`/`code` become the OpenAI-style error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class GatewayCore:
+    served_name: str
+    replicas: list[Replica]
+    client: httpx.AsyncClient
+    aliases: AliasTable = field(default_factory=AliasTable)
+    traffic: Traffic = field(default_factory=Traffic)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+
+    @classmethod
+    def for_upstreams(cls, served_name: str, upstreams: list[str], *, engine_api_key: str | None = None,
+                      client: httpx.AsyncClient | None = None) -> GatewayCore:
+        if not upstreams:
+            raise ValueError("the gateway needs at least one vLLM upstream URL")
+        # Generous pool and no read timeout: streams of long generations must not be cut by the gateway.
+        http = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None),
+                                           limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+        replicas = [Replica(EngineClient(url, http, api_key=engine_api_key)) for url in upstreams]
+        return cls(served_name=served_name, replicas=replicas, client=http)
+
+    # -- routing -------------------------------------------------------------------------------
+    def resolve(self, model: object) -> Route:
+        if not isinstance(model, str) or not model:
+            raise RoutingError(400, "invalid_request", "the request needs a `model` (an adapter alias or the base model)")
+        if model == self.served_name:
+            return Route(alias=model, upstream_model=model, label="base")
+        target = self.aliases.get(model)
+        if target is None:
+            known = sorted([self.served_name, *self.aliases.targets()])
+            raise RoutingError(404, "model_not_found", f"The model `{model}` does not exist. Available: {', '.join(known)}")
+        return Route(alias=model, upstream_model=target.name, label=target.name)
+
+    def pick(self, route: Route, exclude: set[str] | frozenset[str] = frozenset()) -> Replica:
+        """Least outstanding requests among healthy replicas that have the version loaded (sticky by alias on ties)."""
+        candidates = [r for r in self.replicas if r.healthy and r.url not in exclude
+                      and (route.label == "base" or route.upstream_model in r.loaded)]
+        if not candidates:
+            raise RoutingError(503, "no_replica", f"no healthy replica serves `{route.alias}` ({route.label}) right now")
+        # Ties go to the alias's "home" replica, so its prompts keep hitting the same prefix cache.
+        home = zlib.crc32(route.alias.encode()) % len(self.replicas)
+        order = {r.url: (i - home) % len(self.replicas) for i, r in enumerate(self.replicas)}
+        return min(candidates, key=lambda r: (r.outstanding, order[r.url]))
+
+    # -- state from the replicas ---------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Re-read every replica's /v1/models: the only source of truth for what is loaded."""
+        async def one(replica: Replica) -> None:
+            try:
+                models = await replica.engine.models()
+            except (httpx.HTTPError, EngineError):
+                replica.healthy = False
+                return
+            replica.loaded = set(models.adapters)
+            replica.healthy = True
+        await asyncio.gather(*(one(r) for r in self.replicas))
+
+    def switch_alias(self, alias: str, name: str) -> dict[str, object]:
+        parsed = parse_version_name(name)
+        if parsed is None:
+            raise RoutingError(400, "bad_version_name", f"`{name}` is not an immutable version name (`domain-vN`)")
+        if alias == self.served_name:
+            raise RoutingError(400, "reserved_alias", f"`{alias}` is the base model's name and cannot be an alias")
+        missing = [r.url for r in self.replicas if r.healthy and name not in r.loaded]
+        if missing or not any(r.healthy for r in self.replicas):
+            raise RoutingError(409, "version_not_loaded", f"`{name}` is not loaded on every healthy replica: {missing}")
+        previous = self.aliases.switch(alias, name, parsed[1])
+        self.metrics.alias_version.labels(alias).set(parsed[1])
+        self.metrics.alias_switched.labels(alias).set(time.time())
+        return {"alias": alias, "current": name, "previous": previous.name if previous else None}
+
+    async def drain(self, name: str, timeout: float = 60.0) -> int:
+        """Wait until no request is in flight on `name`; it must no longer be an alias target."""
+        if name in self.aliases.pointed_names():
+            raise RoutingError(409, "version_in_use", f"`{name}` is still the target of an alias")
+        deadline = time.monotonic() + timeout
+        while self.traffic.in_flight.get(name, 0) > 0:
+            if time.monotonic() > deadline:
+                raise RoutingError(504, "drain_timeout", f"`{name}` still has {self.traffic.in_flight[name]} requests")
+            await asyncio.sleep(0.05)
+        return 0
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "served_name": self.served_name,
+            "aliases": {a: {"name": t.name, "version": t.version, "switched_at": t.switched_at}
+                        for a, t in sorted(self.aliases.targets().items())},
+            "replicas": [{"url": r.url, "healthy": r.healthy, "loaded": sorted(r.loaded), "outstanding": r.outstanding}
+                         for r in self.replicas],
+            "in_flight": dict(self.traffic.in_flight),
+            "last_used": dict(self.traffic.last_used),
+        }

@@ -1,0 +1,40 @@
+"""Per-adapter Prometheus metrics of the gateway (names are a contract with dashboards and alerts).
+
+Each gateway owns its registry (no process-global state), so tests and several gateways in one
+process do not collide. Label values come from the alias table, never from raw client input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass
+class GatewayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter("exaone_gateway_requests", "Requests answered, by alias, version and HTTP status",
+                                ["alias", "version", "status"], registry=r)
+        self.errors = Counter("exaone_gateway_request_errors", "Failed requests, by alias, version and reason",
+                              ["alias", "version", "reason"], registry=r)
+        self.ttft = Histogram("exaone_gateway_ttft_seconds", "Time to the first streamed token",
+                              ["alias", "version"], buckets=TTFT_BUCKETS, registry=r)
+        self.duration = Histogram("exaone_gateway_request_duration_seconds", "Whole request duration",
+                                  ["alias", "version"], buckets=DURATION_BUCKETS, registry=r)
+        self.tokens = Counter("exaone_gateway_generated_tokens", "Completion tokens generated",
+                              ["alias", "version"], registry=r)
+        self.in_flight = Gauge("exaone_gateway_in_flight_requests", "Requests in flight, by alias", ["alias"], registry=r)
+        self.alias_version = Gauge("exaone_gateway_alias_version", "Version number an alias points to", ["alias"],
+                                   registry=r)
+        self.alias_switched = Gauge("exaone_gateway_alias_switch_timestamp_seconds", "Unix time of the last alias switch",
+                                    ["alias"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,181 @@
+"""Forwarding one OpenAI request to a replica, streaming or not, with the alias written back.
+
+Clients only ever see the alias in `model`; vLLM only ever sees the immutable version name.
+A replica that refuses the connection, or no longer has the version (404), is skipped and the
+request is placed on another replica: nothing was generated yet, so the retry is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from service.gateway.core import GatewayCore, RoutingError
+from service.gateway.state import Replica, Route
+
+VERSION_HEADER = "x-exaone-adapter-version"
+
+
+def openai_error(status: int, code: str, message: str) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": "model", "code": code}},
+                        status_code=status)
+
+
+class _Accounting:
+    """One request's metrics and in-flight bookkeeping, closed exactly once."""
+
+    def __init__(self, core: GatewayCore, route: Route) -> None:
+        self.core, self.route = core, route
+        self.start = time.perf_counter()
+        self.replica: Replica | None = None
+        self.closed = False
+        core.traffic.begin(route.upstream_model)
+        core.metrics.in_flight.labels(route.alias).inc()
+
+    def attach(self, replica: Replica) -> None:
+        if self.replica is not None:
+            self.replica.outstanding -= 1
+        self.replica = replica
+        replica.outstanding += 1
+
+    def first_token(self) -> None:
+        self.core.metrics.ttft.labels(self.route.alias, self.route.label).observe(time.perf_counter() - self.start)
+
+    def tokens(self, count: int) -> None:
+        if count > 0:
+            self.core.metrics.tokens.labels(self.route.alias, self.route.label).inc(count)
+
+    def close(self, status: int, error: str | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        m, alias, label = self.core.metrics, self.route.alias, self.route.label
+        m.requests.labels(alias, label, str(status)).inc()
+        if error:
+            m.errors.labels(alias, label, error).inc()
+        m.duration.labels(alias, label).observe(time.perf_counter() - self.start)
+        m.in_flight.labels(alias).dec()
+        self.core.traffic.end(self.route.upstream_model)
+        if self.replica is not None:
+            self.replica.outstanding -= 1
+
+
+def _rewrite(payload: dict[str, Any], alias: str) -> dict[str, Any]:
+    if "model" in payload:
+        payload["model"] = alias
+    return payload
+
+
+async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    try:
+        route = core.resolve(body.get("model"))
+    except RoutingError as exc:
+        core.metrics.errors.labels("unknown", "none", exc.code).inc()
+        return openai_error(exc.status, exc.code, exc.message)
+
+    stream = bool(body.get("stream"))
+    client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    upstream_body = {**body, "model": route.upstream_model}
+    if stream:
+        # Ask vLLM for the usage chunk so tokens are counted; dropped again unless the client asked.
+        upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+
+    acct = _Accounting(core, route)
+    tried: set[str] = set()
+    while True:
+        try:
+            replica = core.pick(route, exclude=tried)
+        except RoutingError as exc:
+            acct.close(exc.status, exc.code)
+            return openai_error(exc.status, exc.code, exc.message)
+        acct.attach(replica)
+        tried.add(replica.url)
+        request = core.client.build_request("POST", f"{replica.url}{path}", json=upstream_body, headers=headers)
+        try:
+            upstream = await core.client.send(request, stream=True)
+        except httpx.TransportError:
+            replica.healthy = False  # the periodic refresh brings it back when it answers again
+            continue
+        if upstream.status_code == 404 and route.label != "base" and len(tried) < len(core.replicas):
+            await upstream.aclose()
+            replica.loaded.discard(route.upstream_model)
+            continue
+        break
+
+    extra = {VERSION_HEADER: route.label}
+    if upstream.status_code != 200:
+        try:
+            raw = await upstream.aread()
+        finally:
+            await upstream.aclose()
+        reason = "upstream_error" if upstream.status_code >= 500 else "upstream_rejected"
+        acct.close(upstream.status_code, reason)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return openai_error(upstream.status_code, reason, raw.decode(errors="replace")[:500])
+        if isinstance(payload, dict):
+            # vLLM's message names the internal version; clients only know the alias.
+            text = json.dumps(payload).replace(route.upstream_model, route.alias)
+            return JSONResponse(json.loads(text), status_code=upstream.status_code, headers=extra)
+        return JSONResponse(payload, status_code=upstream.status_code, headers=extra)
+
+    if not stream:
+        try:
+            raw = await upstream.aread()
+        except httpx.HTTPError:
+            acct.close(502, "upstream_unreachable")
+            return openai_error(502, "upstream_unreachable", "the replica closed the connection")
+        finally:
+            await upstream.aclose()
+        payload = _rewrite(json.loads(raw), route.alias)
+        acct.tokens(int((payload.get("usage") or {}).get("completion_tokens") or 0))
+        acct.close(200)
+        return JSONResponse(payload, headers=extra)
+
+    return StreamingResponse(_sse(upstream, acct, route.alias, client_wants_usage), media_type="text/event-stream",
+                             headers=extra)
+
+
+async def _sse(upstream: httpx.Response, acct: _Accounting, alias: str, client_wants_usage: bool) -> AsyncIterator[bytes]:
+    status, error = 200, None
+    seen_first = False
+    try:
+        async for line in upstream.aiter_lines():
+            if not line:
+                continue
+            if not line.startswith("data:"):
+                yield (line + "\n").encode()
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                yield b"data: [DONE]\n\n"
+                continue
+            chunk = json.loads(data)
+            usage = chunk.get("usage")
+            if usage:
+                acct.tokens(int(usage.get("completion_tokens") or 0))
+            if chunk.get("choices") and not seen_first:
+                seen_first = True
+                acct.first_token()
+            if not chunk.get("choices") and usage and not client_wants_usage:
+                continue
+            if not client_wants_usage:
+                chunk.pop("usage", None)
+            yield f"data: {json.dumps(_rewrite(chunk, alias))}\n\n".encode()
+    except httpx.HTTPError:
+        status, error = 502, "upstream_unreachable"
+        raise
+    except BaseException:
+        # The client went away (Starlette cancels the generator): counted, not hidden.
+        status, error = 499, "client_disconnected"
+        raise
+    finally:
+        await upstream.aclose()
+        acct.close(status, error)

@@ -1,0 +1,74 @@
+"""Running both gateway listeners in one process (one event loop, one shared core)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from service.gateway.app import GatewayApps
+
+ADMIN_KEY_ENV = "EXAONE_GATEWAY_ADMIN_KEY"
+API_KEY_ENV = "EXAONE_API_KEY"
+ENGINE_KEY_ENV = "VLLM_API_KEY"
+
+
+def read_secret(env: str, file: Path | None = None) -> str | None:
+    """A secret from a file (first line, e.g. /etc/exaone-lora/...) or else from the environment."""
+    if file is not None:
+        return file.read_text().strip() or None
+    return os.environ.get(env) or None
+
+
+def _servers(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int]) -> list[uvicorn.Server]:
+    def server(app: object, host: str, port: int) -> uvicorn.Server:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,  # type: ignore[arg-type]
+                                timeout_keep_alive=30)
+        return uvicorn.Server(config)
+
+    return [server(apps.public, *public), server(apps.admin, *admin)]
+
+
+async def serve(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int]) -> None:
+    await asyncio.gather(*(s.serve() for s in _servers(apps, public, admin)))
+
+
+@dataclass
+class RunningGateway:
+    public_url: str
+    admin_url: str
+    apps: GatewayApps
+
+
+@contextmanager
+def gateway_in_thread(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int],
+                      timeout: float = 30) -> Iterator[RunningGateway]:
+    """Both listeners in a background thread (tests, benchmarks), stopped on exit."""
+    servers = _servers(apps, public, admin)
+    loop = asyncio.new_event_loop()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(asyncio.gather(*(s.serve() for s in servers)))
+
+    thread = threading.Thread(target=main, name="gateway", daemon=True)
+    thread.start()
+    deadline = loop.time() + timeout
+    try:
+        while not all(s.started for s in servers):
+            if not thread.is_alive():
+                raise RuntimeError("the gateway stopped while starting (port in use?)")
+            if loop.time() > deadline:
+                raise TimeoutError("the gateway did not start")
+            threading.Event().wait(0.05)
+        yield RunningGateway(f"http://{public[0]}:{public[1]}", f"http://{admin[0]}:{admin[1]}", apps)
+    finally:
+        for s in servers:
+            s.should_exit = True
+        thread.join(timeout=30)

@@ -1,0 +1,82 @@
+"""The gateway's in-memory routing state: the alias table and the replicas with what each has loaded.
+
+Everything here is touched only from the gateway's event loop, so a switch is one dict assignment:
+a request resolves its alias exactly once, when it arrives, and keeps that version to the end. That
+is what makes a deploy or a rollback lose no request: in-flight requests finish on the old version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from service.gateway.engine import EngineClient
+
+
+@dataclass(frozen=True)
+class AliasTarget:
+    alias: str
+    name: str  # the immutable version name loaded in vLLM, e.g. medical-v3
+    version: int
+    switched_at: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: `label` is what metrics show as version (`base` for the base model)."""
+
+    alias: str
+    upstream_model: str
+    label: str
+
+
+class AliasTable:
+    def __init__(self) -> None:
+        self._targets: dict[str, AliasTarget] = {}
+
+    def get(self, alias: str) -> AliasTarget | None:
+        return self._targets.get(alias)
+
+    def switch(self, alias: str, name: str, version: int) -> AliasTarget | None:
+        previous = self._targets.get(alias)
+        self._targets[alias] = AliasTarget(alias, name, version, time.time())
+        return previous
+
+    def remove(self, alias: str) -> AliasTarget | None:
+        return self._targets.pop(alias, None)
+
+    def targets(self) -> dict[str, AliasTarget]:
+        return dict(self._targets)
+
+    def pointed_names(self) -> set[str]:
+        return {t.name for t in self._targets.values()}
+
+
+@dataclass
+class Replica:
+    engine: EngineClient
+    loaded: set[str] = field(default_factory=set)
+    outstanding: int = 0
+    healthy: bool = True
+
+    @property
+    def url(self) -> str:
+        return self.engine.url
+
+
+@dataclass
+class Traffic:
+    """In-flight counts and last use per upstream model: drains and LRU eviction read these."""
+
+    in_flight: Counter[str] = field(default_factory=Counter)
+    last_used: dict[str, float] = field(default_factory=dict)
+
+    def begin(self, name: str) -> None:
+        self.in_flight[name] += 1
+        self.last_used[name] = time.time()
+
+    def end(self, name: str) -> None:
+        self.in_flight[name] -= 1
+        if self.in_flight[name] <= 0:
+            del self.in_flight[name]

@@ -1,0 +1,100 @@
+"""Issue 11 on CPUs: per-GPU unit rendering, and two real vLLM replicas kept identical behind the gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from exaone_lora.spec import load_spec
+from service.reconciler import desired_from_mapping
+from service.replicas import TARGET, kubernetes_replicas, replica_endpoints, replica_units
+from service.vllm_config import kubernetes_container
+from tests.serving.conftest import GatewayFactory, TrafficLoop, reconcile, unload_all
+from tests.support.processes import REPO, RunningProcess, vllm_server
+
+
+def test_prod_small_renders_one_unit_per_gpu() -> None:
+    spec = load_spec("prod", root=REPO)
+    assert spec.gpus_per_node == 2
+    units = replica_units(spec)
+    assert list(units) == ["exaone-vllm@0.service", "exaone-vllm@1.service", TARGET]
+    for gpu in (0, 1):
+        text = units[f"exaone-vllm@{gpu}.service"]
+        assert f"Environment=CUDA_VISIBLE_DEVICES={gpu}\n" in text
+        assert f"--port {8081 + 10 * gpu} " in text and "--host 127.0.0.1" in text
+        assert f"PartOf={TARGET}" in text and "Restart=always" in text
+        assert "--tensor-parallel-size" not in text  # replicas, not tensor parallelism
+    assert "Wants=exaone-vllm@0.service exaone-vllm@1.service" in units[TARGET]
+    endpoints = replica_endpoints(spec)
+    assert [e.url for e in endpoints] == ["http://127.0.0.1:8081", "http://127.0.0.1:8091"]
+    assert [e.cuda_visible_devices for e in endpoints] == ["0", "1"]
+    # AKS: one single-GPU pod per GPU.
+    assert kubernetes_replicas(spec) == 2
+    assert kubernetes_container(spec)["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_single_gpu_and_local_stacks_render_one_replica() -> None:
+    for stack in ("pilot", "dev"):
+        spec = load_spec(stack, root=REPO)
+        units = replica_units(spec)
+        assert list(units) == ["exaone-vllm@0.service", TARGET], stack
+        assert "CUDA_VISIBLE_DEVICES" not in units["exaone-vllm@0.service"]
+
+
+def test_replica_ports_must_not_collide() -> None:
+    spec = load_spec("prod", root=REPO)
+    clashing = spec.model_copy(update={"port": 8091})
+    with pytest.raises(ValueError, match="collide"):
+        replica_endpoints(clashing)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_two_replicas_reconciled_identically_and_switched_without_failures(
+        vllm: RunningProcess, tiny_checkpoint: object, logs_dir: Path, gateway_factory: GatewayFactory, admin_key: str,
+        medical_versions: dict[str, Path]) -> None:
+    second_log = logs_dir / "vllm-replica-2.log"
+    with vllm_server(tiny_checkpoint.path, second_log, max_loras=2, max_cpu_loras=4) as second:  # type: ignore[attr-defined]
+        upstreams = [vllm.url, second.url]
+        try:
+            # Drift before the run: replica 2 already has v2 (a crash half-way through an earlier run).
+            httpx.post(f"{second.url}/v1/load_lora_adapter", timeout=60,
+                       json={"lora_name": "medical-v2", "lora_path": str(medical_versions["medical-v2"])})
+            with gateway_factory(upstreams) as gw:
+                first = reconcile(gw, admin_key, upstreams, medical_versions, desired_from_mapping({"medical": 1}))
+                assert first["ok"], first
+                sets = [_medical(u) for u in upstreams]
+                assert sets[0] == sets[1] == {"medical-v1", "medical-v2"}, sets  # v2 kept (capacity), now on both
+                traffic = TrafficLoop(gw.public_url, "medical", workers=4, max_requests=160, max_seconds=20)
+                with traffic.running():
+                    traffic.wait_for(20)
+                    switch = reconcile(gw, admin_key, upstreams, medical_versions, desired_from_mapping({"medical": 2}))
+                    assert switch["ok"], switch
+                    assert [a["kind"] for a in switch["done"]] == ["warmup", "warmup", "switch"]
+                    traffic.wait_for(20)
+                assert traffic.failures == [] and set(traffic.statuses) == {200}
+                assert {"medical-v1", "medical-v2"} <= set(traffic.versions)
+                served_by = [r["outstanding"] for r in httpx.get(
+                    f"{gw.admin_url}/admin/state", headers={"Authorization": f"Bearer {admin_key}"}).json()["replicas"]]
+                assert served_by == [0, 0]
+                assert _medical(vllm.url) == _medical(second.url) == {"medical-v1", "medical-v2"}
+                again = reconcile(gw, admin_key, upstreams, medical_versions, desired_from_mapping({"medical": 2}))
+                assert again["planned"] == []
+                # Both replicas took traffic (least outstanding requests spreads concurrent clients).
+                assert _requests_seen(second.url) > 0
+        finally:
+            unload_all(upstreams, ["medical-v1", "medical-v2"])
+
+
+def _medical(url: str) -> set[str]:
+    return {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"] if m["id"].startswith("medical-")}
+
+
+def _requests_seen(url: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("vllm:request_success_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
