@@ -1,0 +1,1 @@
+"""The Azure infrastructure of a stack, as Pulumi components rendered from the DeploymentSpec."""

@@ -1,0 +1,54 @@
+"""Stacks and variants run once per session under Pulumi's mock runtime (about half a second each)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from exaone_lora.spec import DeploymentSpec, build_spec, load_spec, read_config, stack_file
+from infra.mocks import ProgramRun
+from infra.preview import run_program
+from tests.support.processes import REPO
+
+ADAPTERS = [
+    {"alias": "medical", "version": 3, "blobPath": "medical/v3", "sha256": "a" * 64},
+    {"alias": "legal", "version": 1, "blobPath": "legal/v1", "sha256": "b" * 64},
+]
+
+
+def variant(stack: str, **overrides: Any) -> DeploymentSpec:
+    """A shipped stack with some keys replaced, validated like a stack file."""
+    values = {**read_config(stack_file(stack, REPO)), **overrides}
+    return build_spec(stack, values, f"Pulumi.{stack}.yaml (variant)")
+
+
+class Runs:
+    def __init__(self) -> None:
+        self._cache: dict[str, ProgramRun] = {}
+
+    def stack(self, name: str) -> ProgramRun:
+        if name not in self._cache:
+            self._cache[name] = run_program(load_spec(name, REPO))
+        return self._cache[name]
+
+    def spec(self, key: str, spec: DeploymentSpec) -> ProgramRun:
+        if key not in self._cache:
+            self._cache[key] = run_program(spec)
+        return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def runs() -> Runs:
+    return Runs()
+
+
+@pytest.fixture(scope="session")
+def aks_spec() -> DeploymentSpec:
+    return variant("poc", target="aks", adapters=ADAPTERS)
+
+
+@pytest.fixture(scope="session")
+def large_spec() -> DeploymentSpec:
+    return variant("prod", tier="prod-large", nodeCount=3, adapters=ADAPTERS,
+                   api={"exposure": "public", "allowedCidrs": ["198.51.100.0/24"]}, monitoring={"azureMonitor": True})

@@ -1,0 +1,123 @@
+"""Promotion copies tested pins between stack files, and refuses without evidence or on pin mismatch."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from exaone_lora.evidence import passing_evidence, pins, pins_fingerprint, read_evidence, record_evidence
+from exaone_lora.spec import load_spec
+from infra.cli import app
+from infra.promotion import PromotionError, promote
+from tests.support.processes import REPO
+
+ADAPTERS_YAML = """  exaone-lora:adapters:
+    - alias: medical
+      version: 3
+      blobPath: medical/v3
+      sha256: {sha}
+  exaone-lora:serverArgs:
+    enable-prefix-caching: true
+"""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for stack in ("poc", "prod"):
+        shutil.copy(REPO / f"Pulumi.{stack}.yaml", tmp_path)
+    poc = tmp_path / "Pulumi.poc.yaml"
+    # The poc stack was tested with one adapter pinned, a newer vLLM and prefix caching.
+    text = poc.read_text().replace("vllmVersion: 0.26.0", "vllmVersion: 0.27.1")
+    poc.write_text(text + ADAPTERS_YAML.format(sha="c" * 64))
+    return tmp_path
+
+
+def tested(root: Path, stack: str = "poc") -> None:
+    spec = load_spec(stack, root)
+    record_evidence(root, spec, "lifecycle", True, {"tests": 12})
+    record_evidence(root, spec, "benchmark", True, {"tok_s": 300})
+
+
+def test_evidence_records_carry_the_pins_fingerprint(root: Path) -> None:
+    spec = load_spec("poc", root)
+    path = record_evidence(root, spec, "benchmark", False, {"why": "slow"})
+    assert path.parent == root / "evidence" / "poc" and path.name.startswith("benchmark-")
+    record = read_evidence(path)
+    assert record["fingerprint"] == pins_fingerprint(spec) and record["passed"] is False
+    assert record["pins"]["adapters"] == [{"alias": "medical", "version": 3, "sha256": "c" * 64}]
+    assert record["pins"]["server"]["server_args"] == {"enable-prefix-caching": True}
+    assert passing_evidence(root, spec) == {}, "a failed run is no evidence"
+    tested(root)
+    assert set(passing_evidence(root, spec)) == {"lifecycle", "benchmark"}
+    with pytest.raises(ValueError, match="evidence kind"):
+        record_evidence(root, spec, "vibes", True, {})
+
+
+def test_promotion_copies_pins_and_keeps_the_target(root: Path) -> None:
+    tested(root)
+    before = load_spec("prod", root)
+    result = promote("poc", "prod", root)
+    assert result.written and "+  exaone-lora:vllmVersion: 0.27.1" in result.diff
+    after = load_spec("prod", root)
+    assert pins(after) == pins(load_spec("poc", root)), "the target must carry exactly the tested pins"
+    for key in ("tier", "vm_sku", "region", "operator_cidr", "api", "tags", "gpus_per_node"):
+        assert getattr(after, key) == getattr(before, key), f"promotion changed the target's {key}"
+    text = (root / "Pulumi.prod.yaml").read_text()
+    assert text.startswith("# Production: Standard_NC80adis_H100_v5"), "comments must survive"
+    assert text.index("exaone-lora:tier") < text.index("exaone-lora:vllmVersion") < text.index("exaone-lora:tags")
+    assert not list(root.glob(".Pulumi.*tmp")), "no temp file left behind"
+    assert not promote("poc", "prod", root).changed, "promoting again is a no-op"
+
+
+def test_refused_without_evidence_and_target_untouched(root: Path) -> None:
+    original = (root / "Pulumi.prod.yaml").read_bytes()
+    record_evidence(root, load_spec("poc", root), "lifecycle", True, {})
+    with pytest.raises(PromotionError, match="no passing benchmark evidence for stack poc"):
+        promote("poc", "prod", root)
+    assert (root / "Pulumi.prod.yaml").read_bytes() == original
+
+
+def test_refused_on_pin_mismatch_and_target_untouched(root: Path) -> None:
+    tested(root)
+    poc = root / "Pulumi.poc.yaml"
+    # Someone bumps the adapter after the tests ran: the evidence no longer covers these pins.
+    poc.write_text(poc.read_text().replace("version: 3", "version: 4").replace("medical/v3", "medical/v4"))
+    original = (root / "Pulumi.prod.yaml").read_bytes()
+    with pytest.raises(PromotionError) as refused:
+        promote("poc", "prod", root)
+    message = str(refused.value)
+    assert "pin mismatch" in message and "adapters" in message
+    assert (root / "Pulumi.prod.yaml").read_bytes() == original
+    assert not list(root.glob(".Pulumi.*tmp"))
+
+
+def test_refused_when_the_target_does_not_load(root: Path) -> None:
+    poc = root / "Pulumi.poc.yaml"
+    poc.write_text(poc.read_text().replace("maxLoraRank: 32", "maxLoraRank: 64"))
+    tested(root)
+    prod = root / "Pulumi.prod.yaml"
+    # The target's own settings clash with the pins (an adapter above the target's rank is impossible here, so
+    # make the target's gateway ports collide instead): validation fails, nothing is written.
+    prod.write_text(prod.read_text() + "  exaone-lora:gateway:\n    enginePort: 8080\n")
+    original = prod.read_bytes()
+    with pytest.raises(PromotionError, match="cannot promote"):
+        promote("poc", "prod", root)
+    assert prod.read_bytes() == original
+
+
+def test_cli_promote_dry_run_and_refusal(root: Path) -> None:
+    runner = CliRunner()
+    original = (root / "Pulumi.prod.yaml").read_bytes()
+    refused = runner.invoke(app, ["promote", "--from", "poc", "--to", "prod", "--root", str(root)])
+    assert refused.exit_code == 1 and "no passing lifecycle evidence" in refused.output
+    tested(root)
+    dry = runner.invoke(app, ["promote", "--from", "poc", "--to", "prod", "--dry-run", "--root", str(root)])
+    assert dry.exit_code == 0, dry.output
+    assert "+  exaone-lora:vllmVersion: 0.27.1" in dry.output and "dry run: nothing written" in dry.output
+    assert (root / "Pulumi.prod.yaml").read_bytes() == original
+    done = runner.invoke(app, ["promote", "--from", "poc", "--to", "prod", "--root", str(root)])
+    assert done.exit_code == 0 and "wrote" in done.output
+    assert load_spec("prod", root).vllm_version == "0.27.1"

@@ -1,0 +1,235 @@
+"""The four shipped stacks (and AKS / prod-large variants) under Pulumi's mock runtime: the resource graph."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from exaone_lora.spec import DeploymentSpec, load_spec
+from infra.aks import GPU_TAINT
+from infra.common import STORAGE_BLOB_DATA_READER
+from infra.mocks import ProgramRun, RecordedResource
+from infra.policy.rules import open_rule_violations
+from infra.preview import policy_verdict, rows
+from service.vllm_config import systemd_unit, vllm_launch
+from tests.infra.conftest import Runs
+from tests.support.processes import REPO
+
+VM = "azure-native:compute:VirtualMachine"
+NSG = "azure-native:network:NetworkSecurityGroup"
+ID = "azure-native:managedidentity:UserAssignedIdentity"
+ROLE = "azure-native:authorization:RoleAssignment"
+ACCOUNT = "azure-native:storage:StorageAccount"
+CONTAINER = "azure-native:storage:BlobContainer"
+CLUSTER = "azure-native:containerservice:ManagedCluster"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+
+VM_STACK_TYPES = Counter({
+    "azure-native:resources:ResourceGroup": 1, "azure-native:network:VirtualNetwork": 1, "azure-native:network:Subnet": 1,
+    NSG: 1, ID: 1, ACCOUNT: 1, CONTAINER: 1, ROLE: 1, "azure-native:network:PublicIPAddress": 1,
+    "azure-native:network:NetworkInterface": 1, VM: 1,
+})
+
+
+def custom_types(run: ProgramRun) -> Counter[str]:
+    return Counter(r.type for r in run.resources if r.custom and not r.type.startswith("pulumi:providers:"))
+
+
+def rules_of(nsg: RecordedResource) -> list[dict]:
+    return list(nsg.inputs.get("securityRules") or [])
+
+
+@pytest.mark.parametrize(("stack", "size"), [("poc", "Standard_NC40ads_H100_v5"), ("pilot", "Standard_NC40ads_H100_v5"),
+                                             ("prod", "Standard_NC80adis_H100_v5")])
+def test_vm_stack_graph_and_size(runs: Runs, stack: str, size: str) -> None:
+    run = runs.stack(stack)
+    assert custom_types(run) == VM_STACK_TYPES, f"stack {stack}: unexpected resource graph {custom_types(run)}"
+    vm = run.one(VM)
+    assert vm.inputs["hardwareProfile"]["vmSize"] == size, f"{vm.urn}: wrong SKU for the tier"
+    image = vm.inputs["storageProfile"]["imageReference"]
+    assert (image["publisher"], image["offer"], image["sku"]) == ("Canonical", "ubuntu-24_04-lts", "server")
+    os_disk = vm.inputs["storageProfile"]["osDisk"]
+    assert os_disk["managedDisk"]["storageAccountType"] == "Premium_LRS", f"{vm.urn}: OS disk is not premium"
+    assert os_disk["diskSizeGB"] == load_spec(stack, REPO).os_disk_gb
+    linux = vm.inputs["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True, f"{vm.urn}: password login must be off"
+    assert linux["ssh"]["publicKeys"][0]["keyData"].startswith("ssh-ed25519 ")
+    assert vm.inputs["securityProfile"]["encryptionAtHost"] is True, f"{vm.urn}: no encryption at host"
+    assert all(r.inputs.get("tags", {}).get("stack") == stack for r in run.resources if "tags" in r.inputs)
+
+
+def test_dev_stack_creates_nothing_in_azure(runs: Runs) -> None:
+    run = runs.stack("dev")
+    assert custom_types(run) == Counter(), "target local must not create Azure resources"
+    assert run.outputs["apiUrl"] == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("stack", ["poc", "prod"])
+def test_private_api_stack_opens_only_ssh_from_operator(runs: Runs, stack: str) -> None:
+    nsg = runs.stack(stack).one(NSG)
+    spec = load_spec(stack, REPO)
+    assert [(r["destinationPortRange"], r["sourceAddressPrefix"], r["access"]) for r in rules_of(nsg)] == [
+        ("22", spec.operator_cidr, "Allow")], f"{nsg.urn}: private API stack must allow only SSH from the operator"
+
+
+def test_public_api_stack_opens_api_only_to_listed_cidrs(runs: Runs) -> None:
+    nsg = runs.stack("pilot").one(NSG)
+    api = [r for r in rules_of(nsg) if r["destinationPortRange"] == "8080"]
+    assert len(api) == 1 and api[0]["sourceAddressPrefix"] == "198.51.100.0/24", f"{nsg.urn}: API rule must list the clients"
+    assert all(not open_rule_violations(r) for r in rules_of(nsg)), f"{nsg.urn}: a rule is open to the Internet"
+
+
+@pytest.mark.parametrize("stack", ["poc", "pilot", "prod"])
+def test_identity_wiring(runs: Runs, stack: str) -> None:
+    run = runs.stack(stack)
+    identity, vm, role, container = run.one(ID), run.one(VM), run.one(ROLE), run.one(CONTAINER)
+    identity_id = run.outputs["identityId"]
+    assert vm.inputs["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [identity_id]}, \
+        f"{vm.urn}: the VM must run as the stack's user-assigned identity"
+    assert role.inputs["roleDefinitionId"].endswith(f"/roleDefinitions/{STORAGE_BLOB_DATA_READER}")
+    assert role.inputs["principalType"] == "ServicePrincipal"
+    assert role.inputs["scope"].endswith(f"/blobServices/default/containers/{container.inputs['containerName']}"), \
+        f"{role.urn}: the reader role must be scoped to the adapters container, not the account"
+    assert role.inputs["principalId"] != run.outputs["identityClientId"]  # principal (object) id, not the client id
+    assert identity.name == "identity"
+
+
+@pytest.mark.parametrize("stack", ["poc", "pilot", "prod"])
+def test_storage_settings(runs: Runs, stack: str) -> None:
+    run = runs.stack(stack)
+    account, container = run.one(ACCOUNT), run.one(CONTAINER)
+    assert account.inputs["allowBlobPublicAccess"] is False
+    assert account.inputs["minimumTlsVersion"] == "TLS1_2"
+    assert account.inputs["enableHttpsTrafficOnly"] is True
+    assert account.inputs["allowSharedKeyAccess"] is False, f"{account.urn}: shared keys are off unless the tier says so"
+    assert container.inputs["containerName"] == "adapters" and container.inputs["publicAccess"] == "None"
+
+
+def test_operator_contributor_only_when_configured() -> None:
+    from infra.common import STORAGE_BLOB_DATA_CONTRIBUTOR, InfraOptions
+    from infra.preview import run_program
+
+    run = run_program(load_spec("poc", REPO), InfraOptions(operator_principal_id="11111111-2222-3333-4444-555555555555"))
+    roles = {r.name: r.inputs for r in run.of_type(ROLE)}
+    assert roles["operator-blob-contributor"]["roleDefinitionId"].endswith(STORAGE_BLOB_DATA_CONTRIBUTOR)
+    assert roles["operator-blob-contributor"]["principalId"] == "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.mark.parametrize("stack", ["poc", "pilot", "prod"])
+def test_outputs_for_later_tools(runs: Runs, stack: str) -> None:
+    out = runs.stack(stack).outputs
+    for key in ("hostIps", "hostFqdns", "sshUser", "apiUrl", "storageAccount", "storageContainer", "identityClientId",
+                "tierSummary", "estimatedHourlyCostUsd"):
+        assert out.get(key) not in (None, "", []), f"stack {stack}: output {key} missing"
+    assert out["sshUser"] == "azureuser" and out["storageContainer"] == "adapters"
+    assert out["apiUrl"] == f"http://{out['hostIps'][0]}:8080"
+    assert out["estimatedHourlyCostUsd"] > 6.9
+
+
+def test_prod_large_puts_n_vms_behind_a_load_balancer(runs: Runs, large_spec: DeploymentSpec) -> None:
+    run = runs.spec("large", large_spec)
+    vms = run.of_type(VM)
+    assert len(vms) == 3 and {v.inputs["hardwareProfile"]["vmSize"] for v in vms} == {"Standard_NC80adis_H100_v5"}
+    lb = run.one("azure-native:network:LoadBalancer")
+    assert lb.inputs["sku"]["name"] == "Standard"
+    probe = lb.inputs["probes"][0]
+    assert (probe["protocol"], probe["requestPath"], probe["port"]) == ("Http", "/health", 8080)
+    assert lb.inputs["loadBalancingRules"][0]["probe"]["id"].endswith("/probes/gateway-health")
+    nics = run.of_type("azure-native:network:NetworkInterface")
+    pools = [n.inputs["ipConfigurations"][0]["loadBalancerBackendAddressPools"][0]["id"] for n in nics]
+    assert all(p.endswith("/backendAddressPools/vllm-replicas") for p in pools), "every NIC must join the LB backend pool"
+    assert len(run.outputs["hostIps"]) == 3
+    # Azure Monitor is on in this variant: workspace, endpoint, rule, one association per VM.
+    assert len(run.of_type("azure-native:monitor:DataCollectionRuleAssociation")) == 3
+    assert len(run.of_type("azure-native:monitor:AzureMonitorWorkspace")) == 1
+    assert policy_verdict(rows(run), large_spec).passed
+
+
+def test_azure_monitor_is_off_by_default(runs: Runs) -> None:
+    assert not [r for r in runs.stack("prod").resources if r.type.startswith("azure-native:monitor:")]
+
+
+def test_aks_pools_and_workload_identity(runs: Runs, aks_spec: DeploymentSpec) -> None:
+    run = runs.spec("aks", aks_spec)
+    assert not run.of_type(VM), "target aks must not create VMs"
+    cluster = run.one(CLUSTER)
+    pools = {p["name"]: p for p in cluster.inputs["agentPoolProfiles"]}
+    assert pools["system"]["mode"] == "System" and "nodeTaints" not in pools["system"]
+    gpu = pools["gpu"]
+    assert (gpu["mode"], gpu["vmSize"], gpu["count"]) == ("User", "Standard_NC40ads_H100_v5", 1)
+    assert gpu["nodeTaints"] == [GPU_TAINT] == ["nvidia.com/gpu=present:NoSchedule"]
+    assert gpu["enableEncryptionAtHost"] is True
+    assert cluster.inputs["oidcIssuerProfile"]["enabled"] is True
+    assert cluster.inputs["securityProfile"]["workloadIdentity"]["enabled"] is True
+    fic = run.one("azure-native:managedidentity:FederatedIdentityCredential")
+    assert fic.inputs["subject"] == "system:serviceaccount:exaone-lora:vllm"
+    assert fic.inputs["issuer"].startswith("https://oidc.mock.invalid/")
+    sa = run.one("kubernetes:core/v1:ServiceAccount")
+    assert sa.inputs["metadata"]["annotations"]["azure.workload.identity/client-id"] == run.outputs["identityClientId"]
+    provider = run.one("pulumi:providers:kubernetes")
+    kubeconfig = provider.inputs["kubeconfig"]
+    # Sent as a secret (the wire format wraps it), taken from the cluster's listed user credentials.
+    assert isinstance(kubeconfig, dict) and "mock-aks.invalid" in kubeconfig["value"], \
+        "the k8s provider must use the cluster's kubeconfig"
+    assert not [r for r in rules_of(run.one(NSG)) if r["destinationPortRange"] == "22"], "no SSH rule on the AKS path"
+    assert policy_verdict(rows(run), aks_spec).passed
+
+
+def test_aks_container_args_equal_the_vm_unit_args(runs: Runs, aks_spec: DeploymentSpec) -> None:
+    run = runs.spec("aks", aks_spec)
+    deployment = run.one(DEPLOYMENT)
+    pod = deployment.inputs["spec"]["template"]["spec"]
+    vllm = pod["containers"][0]
+    assert vllm["image"] == f"vllm/vllm-openai:v{aks_spec.vllm_version}"
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"readinessProbe", "livenessProbe"} <= set(vllm)
+    pod_args = list(vllm["args"])
+    vm_args = list(vllm_launch(aks_spec).args)
+    # The one intended difference: on the VM vLLM listens on loopback behind the gateway on the same host; in a
+    # pod, kubelet probes and the Service reach the pod IP, so it must bind 0.0.0.0 (the pod network is the fence).
+    host_at = vm_args.index("--host") + 1
+    assert (vm_args[host_at], pod_args[host_at]) == ("127.0.0.1", "0.0.0.0")
+    assert pod_args[:host_at] + pod_args[host_at + 1:] == vm_args[:host_at] + vm_args[host_at + 1:]
+    assert " ".join(vm_args[host_at + 1:]) in systemd_unit(aks_spec), "the unit must run the same argv"
+    assert "--lora-modules" in pod_args and "medical-v3=/data/lora-adapters/medical-v3" in pod_args
+    init = pod["initContainers"][0]
+    script = init["command"][-1]
+    assert f"echo {'a' * 64}  /tmp/adapters/medical/v3/manifest.json | sha256sum -c -" in script
+    assert pod["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    assert deployment.inputs["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    pdb = run.one("kubernetes:policy/v1:PodDisruptionBudget")
+    assert pdb.inputs["spec"]["maxUnavailable"] == 1
+    service = run.one("kubernetes:core/v1:Service")
+    assert service.inputs["spec"]["ports"][0]["port"] == 8080
+    assert service.inputs["metadata"]["annotations"] == {"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}
+
+
+@pytest.mark.parametrize("stack", ["dev", "poc", "pilot", "prod"])
+def test_shipped_stacks_pass_the_policy_pack(runs: Runs, stack: str) -> None:
+    verdict = policy_verdict(rows(runs.stack(stack)), load_spec(stack, REPO))
+    assert verdict.passed, verdict.summary()
+
+
+def test_stack_with_ssh_from_anywhere_is_refused(runs: Runs) -> None:
+    from infra.preview import run_program
+
+    spec = load_spec("poc", REPO)
+    # The loader already refuses 0.0.0.0/0; bypass validation to prove the policy pack catches it on its own.
+    bad = spec.model_copy(update={"operator_cidr": "0.0.0.0/0"})
+    verdict = policy_verdict(rows(run_program(bad)), bad)
+    assert not verdict.passed
+    message = verdict.summary()
+    assert "REFUSES" in message and "no-open-ssh-or-api" in message
+    assert "NetworkSecurityGroup::nsg" in message and "exposes port 22 to the Internet (source 0.0.0.0/0)" in message
+
+
+def test_pulumi_entry_point_builds_the_selected_stack() -> None:
+    import runpy
+
+    from infra.mocks import run_under_mocks
+
+    # What `pulumi up -s pilot` runs: infra/__main__.py picks the stack from pulumi.get_stack().
+    run = run_under_mocks("exaone-lora", "pilot", lambda: runpy.run_path(str(REPO / "infra" / "__main__.py")) and {})
+    vm = run.one(VM)
+    assert vm.inputs["tags"]["stack"] == "pilot" and vm.inputs["hardwareProfile"]["vmSize"] == "Standard_NC40ads_H100_v5"
