@@ -1,0 +1,1 @@
+"""GPU serving benchmarks: streaming client, suites, device runner and report generator (issue 9)."""

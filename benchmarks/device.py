@@ -1,0 +1,206 @@
+"""Run the benchmarks on a GPU machine: make the model, start a variant's server, time it, bench, stop.
+
+    python -m benchmarks.device prepare --root /root/bench
+    python -m benchmarks.device cycle seed --root /root/bench --out "$OUT" [--sizes full|tiny] [--restart]
+
+`cycle` starts the variant's server with a fresh compile cache (cold), waits for /health, runs the suites,
+stops it, and with `--restart` starts it again on the kept cache (warm) and times that too. The server runs
+in its own process session so it survives a call that times out; `stop` ends it by its recorded pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.suites import SUITES, SuiteSizes, Target, run_all
+from benchmarks.variants import VARIANTS, device_layout, variant_launch, variant_spec
+
+DOMAINS = ("medical", "legal", "customer_support", "code")
+PORT = 8081
+
+
+def prepare(root: Path, size: str = "full", device: str = "cuda", rank: int = 32) -> dict[str, str]:
+    """The random-weight checkpoint and one adapter per domain, written on this machine (too big to carry)."""
+    from exaone_lora.checkpoints import make_adapter, make_checkpoint
+
+    start = time.perf_counter()
+    ckpt = make_checkpoint(root / "model", size, device=device)
+    adapters = {}
+    layout = device_layout(str(root), "any")
+    for i, domain in enumerate(DOMAINS):
+        adapters[domain] = str(make_adapter(ckpt, Path(str(layout.adapter_dir(domain))), rank=rank, seed=10 + i,
+                                            dtype="bfloat16"))
+    (root / "adapters.json").write_text(json.dumps(adapters))
+    print(f"prepared {ckpt.path} and {len(adapters)} rank-{rank} adapters in {time.perf_counter() - start:.1f}s",
+          flush=True)
+    return adapters
+
+
+def start_server(variant: str, root: Path, log: Path) -> dict[str, Any]:
+    launch = variant_launch(variant, str(root / "model"), str(root), port=PORT)
+    for key in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME"):
+        Path(launch.env[key]).mkdir(parents=True, exist_ok=True)
+    argv = launch.command(sys.executable)
+    env = os.environ | launch.env
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    state = {"pid": proc.pid, "variant": variant, "argv": argv, "env": launch.env, "t0": t0, "log": str(log),
+             "url": f"http://127.0.0.1:{PORT}"}
+    (root / "server.json").write_text(json.dumps(state))
+    print(f"started {variant} pid {proc.pid}: {' '.join(argv)}", flush=True)
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child still answers kill(0); ask its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_ready(state: dict[str, Any], timeout_s: float) -> float:
+    """Seconds from process start to /health 200 plus one generated token."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if not _alive(state["pid"]):
+            tail = Path(state["log"]).read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"server {state['variant']} exited during start:\n{tail}")
+        try:
+            if httpx.get(state["url"] + "/health", timeout=5).status_code == 200:
+                r = httpx.post(state["url"] + "/v1/completions", timeout=60,
+                               json={"model": "exaone", "prompt": "hi", "max_tokens": 1})
+                if r.status_code == 200:
+                    ready = time.time() - state["t0"]
+                    print(f"{state['variant']} ready after {ready:.1f}s", flush=True)
+                    return ready
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"server {state['variant']} not ready after {timeout_s}s")
+
+
+def stop_server(root: Path) -> None:
+    path = root / "server.json"
+    if not path.exists():
+        return
+    pid = json.loads(path.read_text())["pid"]
+    if _alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(60):
+            if not _alive(pid):
+                break
+            time.sleep(0.5)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+            time.sleep(2)
+    with contextlib.suppress(ChildProcessError):  # reap it when this process started it
+        os.waitpid(pid, os.WNOHANG)
+    path.unlink()
+    # The GPU memory of the engine core goes with its process; give the driver a moment.
+    time.sleep(3)
+
+
+STARTUP_PATTERN = re.compile(r"(took|seconds|secs|Available KV cache|GPU KV cache size|Maximum concurrency|"
+                             r"Graph capturing|torch.compile|Capturing CUDA)", re.IGNORECASE)
+
+
+def startup_lines(log: Path, limit: int = 60) -> list[str]:
+    """vLLM's own startup timings (model load, torch.compile, graph capture, KV cache size) from its log."""
+    lines = [line.strip()[-300:] for line in log.read_text(errors="replace").splitlines() if STARTUP_PATTERN.search(line)]
+    return lines[:limit]
+
+
+def cycle(variant: str, root: Path, out: Path, sizes: SuiteSizes, suites: tuple[str, ...], restart: bool,
+          ready_timeout_s: float) -> Path:
+    """Cold start, suites, stop, and (with `restart`) a warm restart on the kept caches; failures are recorded."""
+    from benchmarks.report import Run, key_numbers
+
+    stop_server(root)
+    adapters = json.loads((root / "adapters.json").read_text())
+    spec = variant_spec(variant)
+    result: dict[str, Any] = {"startup": {}}
+    path = out / f"{variant}.json"
+    state = start_server(variant, root, out / f"{variant}-server.log")
+    try:
+        result["startup"]["cold_ready_s"] = wait_ready(state, ready_timeout_s)
+        result["startup"]["cold_log"] = startup_lines(Path(state["log"]))
+        target = Target(url=state["url"], base_model=spec.model.served_name, adapter_dirs=adapters)
+        bench = run_all(target, sizes, state["argv"], variant, suites, max_loras=spec.max_loras,
+                        extra={"description": VARIANTS[variant][2], "server_env": state["env"],
+                               "adapter_rank": 32, "sizes": sizes.__dict__})
+        result = bench | result
+    except Exception as exc:  # keep what was measured and say what broke
+        result["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
+        result.setdefault("meta", {"variant": variant, "server_argv": state["argv"]})
+        raise
+    finally:
+        stop_server(root)
+        _write(path, result)
+    if restart:
+        state = start_server(variant, root, out / f"{variant}-restart.log")
+        try:
+            result["startup"]["warm_ready_s"] = wait_ready(state, ready_timeout_s)
+            result["startup"]["warm_log"] = startup_lines(Path(state["log"]))
+        except Exception as exc:
+            result["startup"]["warm_error"] = f"{type(exc).__name__}: {exc}"[-3000:]
+        finally:
+            stop_server(root)
+            _write(path, result)
+    print(f"SUMMARY {variant}: " + json.dumps(key_numbers(Run(variant, path, result))), flush=True)
+    return path
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str))
+    print(f"wrote {path}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--size", default="full")
+    p.add_argument("--device", default="cuda")
+    c = sub.add_parser("cycle")
+    c.add_argument("variant", choices=list(VARIANTS))
+    c.add_argument("--root", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--sizes", choices=("full", "tiny"), default="full")
+    c.add_argument("--suites", default=",".join(SUITES))
+    c.add_argument("--restart", action="store_true")
+    c.add_argument("--ready-timeout", type=float, default=480)
+    s = sub.add_parser("stop")
+    s.add_argument("--root", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.cmd == "prepare":
+        prepare(args.root, args.size, args.device)
+    elif args.cmd == "cycle":
+        sizes = SuiteSizes.full() if args.sizes == "full" else SuiteSizes.tiny()
+        cycle(args.variant, args.root, args.out, sizes, tuple(args.suites.split(",")), args.restart, args.ready_timeout)
+    else:
+        stop_server(args.root)
+
+
+if __name__ == "__main__":
+    main()

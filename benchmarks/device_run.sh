@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs on the device machine (repo root as cwd). Steps, each one `run` call (see benchmarks/README.md):
+#   stage N          copy wheel part N (carried in .gpu/cN) to /root/stage
+#   install          join the parts, pip install --target /root/site, list vLLM's flags, make model + adapters
+#   bg V [V...]      start a detached runner doing `cycle` for each variant (outlives the call's 10-minute limit)
+#   poll [SECONDS]   wait for the runner (at most SECONDS), print its log tail, copy results to $OUT
+#   cycle V [V...]   for each variant: cold start, suites, stop, warm restart (what the runner does)
+set -euo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/root/site:/root/repo HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+ROOT=/root/bench
+RES=$ROOT/results
+OUT=${OUT:-/tmp/out}
+step=$1; shift
+case "$step" in
+  stage)
+    mkdir -p /root/stage; cp ".gpu/c$1/part$1" /root/stage/; ls -la /root/stage ;;
+  install)
+    rm -rf /root/repo; mkdir -p /root/repo; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
+    cd /root/stage && cat part? > wheels.tar && mkdir -p whl && tar xf wheels.tar -C whl && rm -f part? wheels.tar
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site whl/*.whl 2>&1 | tail -3
+    cd /root/repo
+    python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+    python3 -m vllm.entrypoints.openai.api_server --help=all > "$OUT/vllm-help.txt" 2>&1 || true
+    grep -E -- "--(async-scheduling|compilation-config|cudagraph|max-cudagraph|enable-prefix|max-num-batched|specialize|max-cpu-loras|disable-uvicorn|stream-interval|fully-sharded)" "$OUT/vllm-help.txt" | head -30 || true
+    mkdir -p $ROOT $RES && python3 -m benchmarks.device prepare --root $ROOT
+    nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv ;;
+  bg)
+    # Fresh code for this run (the call's tree may have changed since install).
+    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
+    rm -f $ROOT/runner.done
+    setsid nohup bash -c "cd /root/repo && bash benchmarks/device_run.sh cycle $*; touch $ROOT/runner.done" \
+      > $ROOT/runner.log 2>&1 < /dev/null &
+    sleep 2; echo "runner started for: $*" ;;
+  poll)
+    limit=${1:-560}; t=0
+    while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
+    [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
+    grep -E "SUMMARY|ready after|suite .* done|Error|error|started " $ROOT/runner.log | tail -40 || true
+    cp $RES/*.json "$OUT/" 2>/dev/null || true
+    for f in $RES/*.log; do [ -e "$f" ] && tail -c 400000 "$f" > "$OUT/$(basename "$f")"; done; ls -la "$OUT" ;;
+  cycle)
+    for v in "$@"; do
+      python3 -m benchmarks.device cycle "$v" --root $ROOT --out $RES --restart \
+        ${BENCH_READY_TIMEOUT:+--ready-timeout $BENCH_READY_TIMEOUT} || echo "VARIANT $v FAILED"
+    done ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac

@@ -1,0 +1,303 @@
+"""Write `docs/benchmarks.md` (tables) and PNG plots under `docs/img/` from the kept JSON results.
+
+    python -m benchmarks.report [--results benchmarks/results] [--doc docs/benchmarks.md] [--img docs/img]
+
+Every number in the document comes from a JSON file in the results folder (one file per variant, as
+`benchmarks.device cycle` writes them); the variant's exact server argv, vLLM version, GPU and commit are
+printed beside its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Targets of issue 9: (key, label, comparison, threshold).
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("lora_over_base", "LoRA single-stream / base single-stream", ">=", 0.85),
+    ("mixed_over_base_128", "mixed-adapter / base-only aggregate tok/s at concurrency 128", ">=", 0.90),
+    ("base_tok_s", "base single-stream decode tok/s", ">=", 400.0),
+    ("warm_ready_s", "ready after a restart, compile cache kept (s)", "<=", 60.0),
+    ("swap_p50_s", "swap (load + first token) p50 from local disk (s)", "<=", 0.150),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.data.get("meta", {}))
+
+    @property
+    def suites(self) -> dict[str, Any]:
+        return dict(self.data.get("suites", {}))
+
+
+def load_runs(results: Path) -> list[Run]:
+    runs = []
+    for path in sorted(results.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "meta" in data:
+            runs.append(Run(str(data["meta"].get("variant", path.stem)), path, data))
+    if not runs:
+        raise FileNotFoundError(f"no benchmark result JSON (with a 'meta' block) in {results}")
+    return runs
+
+
+def key_numbers(run: Run) -> dict[str, float | None]:
+    s = run.suites
+    test1 = s.get("test1", {})
+    sat = s.get("saturation", {})
+    swap = s.get("swap", {})
+    startup = run.data.get("startup", {})
+    return {
+        "base_tok_s": test1.get("base_decode_tok_s"),
+        "lora_tok_s": test1.get("lora_decode_tok_s_mean"),
+        "lora_over_base": test1.get("lora_over_base"),
+        "mixed_over_base_128": (sat.get("mixed_over_base") or {}).get("128"),
+        "cold_ready_s": startup.get("cold_ready_s"),
+        "warm_ready_s": startup.get("warm_ready_s"),
+        "swap_p50_s": (swap.get("disk") or {}).get("p50"),
+        "cpu_tier_ttft_p50_s": (swap.get("cpu_tier_first_token") or {}).get("p50"),
+    }
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _met(value: float | None, op: str, threshold: float) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= threshold if op == ">=" else value <= threshold
+    return "**met**" if ok else "missed"
+
+
+def plot_saturation(runs: list[Run], img: Path) -> list[Path]:
+    """Throughput and p50/p99 end-to-end latency vs concurrency, one line per variant and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig_lat, ax_lat = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        for mode, levels in (run.suites.get("saturation", {}).get("modes") or {}).items():
+            conc = [lv["concurrency"] for lv in levels]
+            style = "-" if mode == "base_only" else "--"
+            ax.plot(conc, [lv.get("aggregate_tok_s") or 0 for lv in levels], style, marker="o", label=f"{run.name} {mode}")
+            ax_lat.plot(conc, [lv["e2e_s"]["p50"] or 0 for lv in levels], style, marker="o", label=f"{run.name} {mode} p50")
+            ax_lat.plot(conc, [lv["e2e_s"]["p99"] or 0 for lv in levels], style, marker="x", alpha=0.6,
+                        label=f"{run.name} {mode} p99")
+    for axis, fig_, title, ylabel, name in (
+        (ax, fig, "Aggregate throughput vs concurrency", "output tok/s", "throughput_vs_concurrency.png"),
+        (ax_lat, fig_lat, "End-to-end latency vs concurrency", "seconds per request", "latency_vs_concurrency.png"),
+    ):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent requests")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+        fig_.tight_layout()
+        path = img / name
+        fig_.savefig(path, dpi=110)
+        made.append(path)
+        plt.close(fig_)
+    return made
+
+
+def plot_ratios(runs: list[Run], img: Path) -> Path:
+    """LoRA/base single-stream and mixed/base (concurrency 128) per variant, against the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name for r in runs]
+    nums = [key_numbers(r) for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.38
+    xs = range(len(runs))
+    ax.bar([x - width / 2 for x in xs], [n["lora_over_base"] or 0 for n in nums], width, label="LoRA / base, single stream")
+    ax.bar([x + width / 2 for x in xs], [n["mixed_over_base_128"] or 0 for n in nums], width,
+           label="mixed / base-only, concurrency 128")
+    ax.axhline(0.85, color="C0", linestyle=":", label="target 0.85")
+    ax.axhline(0.90, color="C1", linestyle=":", label="target 0.90")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylim(0, 1.2)
+    ax.set_title("LoRA / base ratios")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = img / "lora_base_ratios.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ttft(runs: list[Run], img: Path) -> Path:
+    """TTFT p50/p99 vs concurrency (mixed adapters), the latency users feel first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        for mode, levels in (run.suites.get("saturation", {}).get("modes") or {}).items():
+            conc = [lv["concurrency"] for lv in levels]
+            style = "-" if mode == "base_only" else "--"
+            ax.plot(conc, [lv["ttft_s"]["p50"] or 0 for lv in levels], style, marker="o", label=f"{run.name} {mode} p50")
+            ax.plot(conc, [lv["ttft_s"]["p99"] or 0 for lv in levels], style, marker="x", alpha=0.6,
+                    label=f"{run.name} {mode} p99")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("TTFT seconds")
+    ax.set_title("Time to first token vs concurrency")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = img / "ttft_vs_concurrency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "") -> str:
+    rel = [os.path.relpath(p, doc.parent) for p in images]
+    lines = ["# Serving benchmarks", "",
+             "Generated by `python -m benchmarks.report` from the JSON in `benchmarks/results/`; do not edit by hand.",
+             ""]
+    if preface:
+        lines += [preface.strip(), ""]
+
+    lines += ["## Targets (issue 9)", "", "| target | " + " | ".join(r.name for r in runs) + " |",
+              "|---|" + "---|" * len(runs)]
+    nums = {r.name: key_numbers(r) for r in runs}
+    for key, label, op, threshold in TARGETS:
+        digits = 3 if key.endswith("_s") and not key.endswith("tok_s") else 1 if key.endswith("tok_s") else 2
+        cells = [f"{_fmt(nums[r.name][key], digits)} ({_met(nums[r.name][key], op, threshold)})" for r in runs]
+        lines.append(f"| {label} {op} {threshold:g} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    lines += ["## Seed Test 1: sequential, one stream per model", "",
+              "| variant | model | requests | decode tok/s | e2e tok/s | TTFT p50 (ms) | ITL p50 (ms) |",
+              "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for model, summ in (run.suites.get("test1", {}).get("per_model") or {}).items():
+            lines.append(f"| {run.name} | {model} | {summ['ok']}/{summ['requests']} | {_fmt(summ['mean_decode_tok_s'], 1)} | "
+                         f"{_fmt(summ['mean_e2e_tok_s'], 1)} | {_fmt(_ms(summ['ttft_s']['p50']), 1)} | "
+                         f"{_fmt(_ms(summ['itl_s']['p50']), 2)} |")
+    lines.append("")
+
+    lines += ["## Seed Test 2: every model at once", "",
+              "| variant | rounds | per-stream decode tok/s (min–max) | round wall (s) |", "|---|---|---|---|"]
+    for run in runs:
+        t2 = run.suites.get("test2")
+        if t2:
+            walls = ", ".join(_fmt(r["wall_s"]) for r in t2["rounds"])
+            lines.append(f"| {run.name} | {len(t2['rounds'])} | {_fmt(t2['per_stream_decode_tok_s_min'], 1)}–"
+                         f"{_fmt(t2['per_stream_decode_tok_s_max'], 1)} | {walls} |")
+    lines.append("")
+
+    lines += ["## Saturation: aggregate throughput and latency", "",
+              "| variant | mode | concurrency | requests | agg tok/s | TTFT p50 / p99 (ms) | e2e p50 / p99 (s) | ITL p50 (ms) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for mode, levels in (run.suites.get("saturation", {}).get("modes") or {}).items():
+            for lv in levels:
+                lines.append(
+                    f"| {run.name} | {mode} | {lv['concurrency']} | {lv['ok']}/{lv['requests']} | "
+                    f"{_fmt(lv.get('aggregate_tok_s'), 0)} | {_fmt(_ms(lv['ttft_s']['p50']), 0)} / "
+                    f"{_fmt(_ms(lv['ttft_s']['p99']), 0)} | {_fmt(lv['e2e_s']['p50'])} / {_fmt(lv['e2e_s']['p99'])} | "
+                    f"{_fmt(_ms(lv['itl_s']['p50']), 2)} |")
+    lines.append("")
+    lines += ["| variant | mixed / base-only aggregate, by concurrency |", "|---|---|"]
+    for run in runs:
+        ratios = run.suites.get("saturation", {}).get("mixed_over_base") or {}
+        lines.append(f"| {run.name} | " + ", ".join(f"{c}: {_fmt(v)}" for c, v in ratios.items()) + " |")
+    lines.append("")
+
+    lines += ["## Adapter swap and time to ready", "",
+              "| variant | load+first token p50 / p90 (ms) | load only p50 (ms) | CPU-tier first token p50 (ms) | "
+              "base first token p50 (ms) | ready cold (s) | ready warm (s) |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        swap = run.suites.get("swap") or {}
+        disk = swap.get("disk") or {}
+        startup = run.data.get("startup", {})
+        lines.append(f"| {run.name} | {_fmt(_ms(disk.get('p50')), 0)} / {_fmt(_ms(disk.get('p90')), 0)} | "
+                     f"{_fmt(_ms((swap.get('disk_load_only') or {}).get('p50')), 0)} | "
+                     f"{_fmt(_ms((swap.get('cpu_tier_first_token') or {}).get('p50')), 0)} | "
+                     f"{_fmt(_ms((swap.get('base_first_token') or {}).get('p50')), 0)} | "
+                     f"{_fmt(startup.get('cold_ready_s'), 0)} | {_fmt(startup.get('warm_ready_s'), 0)} |")
+    lines.append("")
+
+    lines += ["## Quality-matrix shape", "",
+              "Random weights make the text meaningless; the matrix checks every (prompt, model) cell answers with the "
+              "requested length.", "", "| variant | cells | all answered | output tokens per cell |", "|---|---|---|---|"]
+    for run in runs:
+        q = run.suites.get("quality")
+        if q:
+            toks = sorted({c["output_tokens"] for c in q["cells"]})
+            lines.append(f"| {run.name} | {len(q['cells'])} | {q['all_ok']} | {', '.join(map(str, toks))} |")
+    lines.append("")
+
+    if images:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in rel] + [""]
+
+    lines += ["## Exactly what ran", ""]
+    for run in runs:
+        m = run.meta
+        lines += [f"### {run.name}", "", f"- {m.get('description', '')}", f"- vLLM {m.get('vllm_version')}, GPU: "
+                  f"{m.get('gpu')}, commit `{m.get('git_commit')}`, at {m.get('utc')}", f"- result file: `{run.path.name}`",
+                  *([f"- note: {m['note']}"] if m.get("note") else []),
+                  "", "```", " ".join(str(a) for a in m.get("server_argv", [])), "```", ""]
+        log = run.data.get("startup", {}).get("cold_log") or []
+        if log:
+            lines += ["<details><summary>vLLM startup log lines (cold)</summary>", "", "```", *log[:30], "```",
+                      "</details>", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def generate(results: Path, doc: Path, img: Path, preface_file: Path | None = None) -> Path:
+    runs = load_runs(results)
+    img.mkdir(parents=True, exist_ok=True)
+    images = [*plot_saturation(runs, img), plot_ttft(runs, img), plot_ratios(runs, img)]
+    preface = preface_file.read_text() if preface_file and preface_file.exists() else ""
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(render(runs, images, doc, preface))
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--img", type=Path, default=Path("docs/img"))
+    parser.add_argument("--preface", type=Path, default=Path("benchmarks/preface.md"),
+                        help="hand-written analysis placed above the generated tables")
+    args = parser.parse_args(argv)
+    print(generate(args.results, args.doc, args.img, args.preface))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Serving configurations benchmarked side by side, each a variant of a real stack spec.
+
+The server's argv always comes from `service.vllm_config.vllm_launch`, so what is measured is what the
+deployment ships; a variant only changes spec fields (tier defaults, `server_args`) the way a stack file
+could.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from exaone_lora.spec import DeploymentSpec, load_spec
+from service.layout import HostLayout
+from service.vllm_config import VllmLaunch, vllm_launch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Capture CUDA graphs only for the batch sizes the saturation levels hit (powers of two up to max_num_seqs)
+# instead of vLLM's default ~70 sizes: most of the cold start is graph capture.
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+# name -> (stack, spec field updates, description)
+VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "poc-shipped": ("poc", {}, "Pulumi.poc.yaml exactly as shipped (tier poc defaults)"),
+    "seed": ("poc", {"gpu_memory_utilization": 0.9, "max_num_seqs": 256},
+             "the reference design's settings: utilization 0.9, 4 GPU LoRA slots, vLLM defaults otherwise"),
+    "tuned": ("poc", {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "server_args": {
+            "max-num-batched-tokens": 8192,
+            "enable-prefix-caching": True,
+            "async-scheduling": True,
+            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
+        },
+    }, "seed + capture sizes limited to powers of two, async scheduling, prefix caching, 8k batched tokens"),
+    "tuned-interactive": ("poc", {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "server_args": {
+            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
+            "performance-mode": "interactivity",
+        },
+    }, "tuned capture sizes + vLLM 0.26's --performance-mode interactivity (latency-oriented kernels/graphs)"),
+    "tuned-1slot": ("poc", {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "max_loras": 1,
+        "max_cpu_loras": 8,
+        "server_args": {
+            "max-num-batched-tokens": 8192,
+            "enable-prefix-caching": True,
+            "async-scheduling": True,
+            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
+        },
+    }, "tuned with a single GPU LoRA slot (single-stream LoRA cost vs slot count)"),
+}
+
+
+def variant_spec(name: str, root: Path | str = REPO_ROOT) -> DeploymentSpec:
+    """The stack spec of variant `name` (validated again after the updates)."""
+    if name not in VARIANTS:
+        raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    stack, updates, _ = VARIANTS[name]
+    spec = load_spec(stack, root)
+    merged = spec.model_dump() | updates
+    return DeploymentSpec.model_validate(merged)
+
+
+def device_layout(root: str, variant: str) -> HostLayout:
+    """Host paths on the benchmark machine; each variant gets its own cache so its first start is truly cold."""
+    base = PurePosixPath(root)
+    return HostLayout(data=base / "data", app=base / "app", config=base / "etc", cache=base / "cache" / variant)
+
+
+def variant_launch(name: str, model_path: str, root: str, port: int = 8081) -> VllmLaunch:
+    spec = variant_spec(name)
+    return vllm_launch(spec, device_layout(root, name), model_path=model_path, host="127.0.0.1", port=port)

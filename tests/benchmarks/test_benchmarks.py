@@ -1,0 +1,87 @@
+"""The benchmark client, suites and report generator, run against the session's real CPU vLLM at tiny sizes.
+
+The H100 numbers come from `benchmarks.device`; these tests keep that code from rotting where CI has no GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+
+from benchmarks.client import Job, percentile, run_jobs, summarize
+from benchmarks.report import generate, key_numbers, load_runs
+from benchmarks.suites import SuiteSizes, Target, run_all
+from benchmarks.variants import VARIANTS, variant_launch
+from tests.support.processes import RunningProcess
+
+
+def test_stream_counts_tokens_from_the_stream_not_the_text(vllm: RunningProcess) -> None:
+    jobs = [Job("exaone", "hello", 6), Job("exaone", "world", 6)]
+    results, wall = asyncio.run(run_jobs(vllm.url, jobs, concurrency=2, timeout_s=120))
+    assert wall > 0
+    for r in results:
+        assert r.ok, r.error
+        # ignore_eos + max_tokens: exactly the asked length, even if random weights decode to "".
+        assert r.output_tokens == 6
+        assert r.ttft_s is not None and 0 < r.ttft_s <= r.e2e_s
+        assert len(r.itl_s) == 5
+    summary = summarize(results, wall)
+    assert summary["ok"] == 2 and summary["output_tokens"] == 12
+    assert summary["aggregate_tok_s"] > 0
+
+
+def test_a_bad_model_is_an_error_result_not_an_exception(vllm: RunningProcess) -> None:
+    results, _ = asyncio.run(run_jobs(vllm.url, [Job("no-such-adapter", "x", 2)], concurrency=1, timeout_s=60))
+    assert not results[0].ok
+    assert "HTTP 404" in (results[0].error or "") or "HTTP 400" in (results[0].error or "")
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+
+
+def test_variants_render_through_the_shipped_launcher() -> None:
+    seed = variant_launch("seed", "/m", "/root/bench")
+    assert "--max-loras" in seed.args and seed.args[seed.args.index("--gpu-memory-utilization") + 1] == "0.9"
+    tuned = variant_launch("tuned", "/m", "/root/bench")
+    assert "--compilation-config" in tuned.args
+    # Each variant's caches are its own, so its first start on a machine is a cold start.
+    assert tuned.env["VLLM_CACHE_ROOT"] != seed.env["VLLM_CACHE_ROOT"]
+    assert set(VARIANTS) >= {"poc-shipped", "seed", "tuned"}
+
+
+def test_suites_and_report_end_to_end(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path: Path) -> None:
+    # Two adapters keep it short; max_loras matches the session server's two GPU slots.
+    adapters = {d: str(p) for d, p in list(tiny_adapters.items())[:2]}
+    target = Target(url=vllm.url, base_model="exaone", adapter_dirs=adapters, name_prefix="bench-")
+    argv = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "tiny"]
+    result = run_all(target, SuiteSizes.tiny(), argv, "ci-tiny", max_loras=2)
+    meta = result["meta"]
+    assert meta["server_argv"] == argv and meta["vllm_version"] and meta["git_commit"]
+    s = result["suites"]
+    assert set(s["test1"]["per_model"]) == {"exaone", "bench-medical", "bench-legal"}
+    assert s["test1"]["lora_over_base"] > 0
+    assert s["quality"]["all_ok"] and {c["output_tokens"] for c in s["quality"]["cells"]} == {8}
+    assert set(s["saturation"]["modes"]) == {"base_only", "mixed_adapters"}
+    assert all(lv["ok"] == lv["requests"] for lv in s["saturation"]["modes"]["mixed_adapters"])
+    assert s["swap"]["disk"]["n"] == 1 and s["swap"]["disk"]["p50"] > 0
+    # Everything loaded was unloaded again: the shared server is left as found.
+    names = {m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=30).json()["data"]}
+    assert not any(n.startswith(("bench-", "swap-", "cpu-")) for n in names)
+
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    result["startup"] = {"cold_ready_s": 50.0, "warm_ready_s": 20.0}
+    (results_dir / "ci-tiny.json").write_text(json.dumps(result))
+    doc = generate(results_dir, tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img")
+    text = doc.read_text()
+    assert "## Targets (issue 9)" in text and "ci-tiny" in text and " ".join(argv) in text
+    assert "ready after a restart" in text and "20.000 (**met**)" in text
+    for png in ("throughput_vs_concurrency.png", "latency_vs_concurrency.png", "lora_base_ratios.png"):
+        assert (tmp_path / "docs" / "img" / png).stat().st_size > 1000
+    assert key_numbers(load_runs(results_dir)[0])["warm_ready_s"] == 20.0
