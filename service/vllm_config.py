@@ -100,6 +100,8 @@ def vllm_launch(
         "TORCHINDUCTOR_CACHE_DIR": str(layout.cache / "inductor"),
         "TRITON_CACHE_DIR": str(layout.cache / "triton"),
         "HF_HOME": str(layout.cache / "hf"),
+        # FlashInfer's JIT kernels land under XDG_CACHE_HOME: ~100 s of a first start on an H100 (docs/benchmarks.md).
+        "XDG_CACHE_HOME": str(layout.cache / "xdg"),
     }
     if spec.lora_mode == "dynamic":
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
@@ -116,7 +118,7 @@ def systemd_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, repl
     launch = vllm_launch(spec, layout, model_path=model_path, replica=replica)
     exec_start = " ".join(_quote(part) for part in launch.command(str(layout.vllm_python)))
     env_lines = "\n".join(f"Environment={_quote(f'{k}={v}')}" for k, v in sorted(launch.env.items()))
-    cache_dirs = " ".join(str(layout.cache.relative_to("/var/cache") / d) for d in ("vllm", "inductor", "triton", "hf"))
+    cache_dirs = " ".join(str(layout.cache.relative_to("/var/cache") / d) for d in ("vllm", "inductor", "triton", "hf", "xdg"))
     return f"""[Unit]
 Description=vLLM multi-LoRA server for {spec.model.name} (replica {replica}, stack {spec.stack})
 After=network-online.target

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 from exaone_lora.spec import build_spec, load_spec, read_config, stack_file
@@ -54,7 +56,7 @@ def test_systemd_and_kubernetes_share_the_argv(stack: str) -> None:
     unit = systemd_unit(spec)
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     container = kubernetes_container(spec)
-    unit_args = exec_start.split()[3:]
+    unit_args = shlex.split(exec_start.removeprefix("ExecStart="))[3:]
     k8s_args = container["args"]
     # Only the bind address differs: in a pod the kubelet's probes reach vLLM on the pod IP.
     assert flag(k8s_args, "--host") == "0.0.0.0" and flag(unit_args, "--host") == "127.0.0.1"

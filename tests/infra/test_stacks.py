@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 
 import pytest
@@ -191,7 +192,8 @@ def test_aks_container_args_equal_the_vm_unit_args(runs: Runs, aks_spec: Deploym
     host_at = vm_args.index("--host") + 1
     assert (vm_args[host_at], pod_args[host_at]) == ("127.0.0.1", "0.0.0.0")
     assert pod_args[:host_at] + pod_args[host_at + 1:] == vm_args[:host_at] + vm_args[host_at + 1:]
-    assert " ".join(vm_args[host_at + 1:]) in systemd_unit(aks_spec), "the unit must run the same argv"
+    exec_start = next(line for line in systemd_unit(aks_spec).splitlines() if line.startswith("ExecStart="))
+    assert shlex.split(exec_start.removeprefix("ExecStart="))[3:] == vm_args, "the unit must run the same argv"
     assert "--lora-modules" in pod_args and "medical-v3=/data/lora-adapters/medical-v3" in pod_args
     init = pod["initContainers"][0]
     script = init["command"][-1]
