@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        max_steps=args.warmup_steps + args.steps, warmup_ratio=0.0)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    # trust_remote_code: without it transformers prompts on stdin and the prompt lands in the JSON on stdout.
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=True)
     per_step = args.micro_batch * args.grad_accum
     # With --packing a micro-batch counts rows of --max-length tokens, each holding several samples.
     per_row = max(1, args.max_length // args.sample_tokens) if args.packing else 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -163,6 +165,43 @@ def make_checkpoint_command(
     for i in range(adapters):
         path = make_adapter(checkpoint, out.with_name(f"{out.name}-lora-{i}"), rank=rank, seed=seed + 1 + i)
         console.print(f"adapter: {path} (rank {rank})")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="leave Azurite and the test host running afterwards")] = False,
+    down: Annotated[bool, typer.Option("--down", help="stop a demo left running by --keep, then exit")] = False,
+    root: Annotated[Path, typer.Option(help="directory holding the stack files")] = Path("."),
+    stack: Annotated[str, typer.Option(help="the local stack to stand up")] = "dev",
+    workdir: Annotated[Path | None, typer.Option(help="where the demo keeps its state (default .cache/demo)")] = None,
+    traffic_seconds: Annotated[float, typer.Option(help="upper bound of the client loop during the deploy")] = 40.0,
+) -> None:
+    """The whole product end to end on this machine (no Azure, no GPU): plan, local stack, train, provision,
+    requests, zero-downtime deploy and rollback, metrics, lifecycle. Re-running is safe."""
+    from exaone_lora.demo.report import DemoReport
+    from exaone_lora.demo.run import DemoOptions, run_demo
+    from exaone_lora.demo.run import down as demo_down
+
+    # Library chatter (weight-loading bars, deprecation notices) would bury the demo's own progress lines.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    options = DemoOptions(root=root.resolve(), stack=stack, keep=keep, traffic_seconds=traffic_seconds)
+    if workdir is not None:
+        options.workdir = workdir.resolve()
+    if down:
+        console.print("stopped the kept demo" if demo_down(options, console) else "no kept demo is running")
+        return
+    report = DemoReport(console)
+    try:
+        run_demo(options, console, report)
+    except Exception as exc:  # every failure ends in the report table and a clear line, not a traceback
+        raise typer.Exit(code=_fail(f"{type(exc).__name__}: {exc}\n(logs under {options.workdir / 'logs'})")) from None
+    finally:
+        console.print(report.table())
+        report.write(options.workdir / "report.json")
+    if keep:
+        console.print(f"kept running; state in {options.state_file}; stop with `exaone-lora demo --down`")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ class RunningProcess:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    detached: bool = False  # set to leave it running when its context ends
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -75,11 +80,13 @@ def run_process(cmd: Sequence[str], log: Path, ready_url: str, timeout: float, e
         # A new session, so that stopping it also stops vLLM's engine core child.
         process = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                    cwd=cwd, start_new_session=True)
+    running = RunningProcess(process, ready_url.rsplit("/", 1)[0] if ready_url.endswith("/health") else ready_url, log)
     try:
         wait_http(ready_url, process, log, timeout)
-        yield RunningProcess(process, ready_url.rsplit("/", 1)[0] if ready_url.endswith("/health") else ready_url, log)
+        yield running
     finally:
-        stop_process_group(process)
+        if not running.detached:
+            stop_process_group(process)
 
 
 def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
@@ -120,9 +127,20 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-@dataclass(frozen=True)
+@dataclass
 class Azurite:
     blob_url: str
+    process: RunningProcess | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def detach(self) -> None:
+        """Leave Azurite running after its context ends (the demo's --keep)."""
+        assert self.process is not None
+        self.process.detached = True
 
     @property
     def connection_string(self) -> str:
@@ -140,5 +158,5 @@ def azurite(workdir: Path, log: Path) -> Iterator[Azurite]:
     cmd = [str(azurite_bin()), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
            "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
     url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
-    with run_process(cmd, log, f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list", 60):
-        yield Azurite(url)
+    with run_process(cmd, log, f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list", 60) as process:
+        yield Azurite(url, process)

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from exaone_lora.checkpoints import Checkpoint
+from exaone_lora.local.testhost import TestHost, boot_testhost
 from exaone_lora.spec import DeploymentSpec, load_spec
 from provisioning.bootstrap import bootstrap
 from provisioning.results import Change
-from tests.provisioning.testhost import TestHost, boot_testhost
 from tests.support.processes import REPO, free_port
 
 # The booted host, for failure messages that show its journal.

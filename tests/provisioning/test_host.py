@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from exaone_lora.local.testhost import TestHost
 from exaone_lora.spec import DeploymentSpec
 from provisioning import adapters, patches, service
 from provisioning.adapters import DeployError, deploy_adapter, host_state
@@ -24,7 +25,6 @@ from provisioning.remote import out
 from service.layout import DEFAULT_LAYOUT
 from service.registry import AdapterRegistry
 from tests.provisioning.conftest import Bootstrapped
-from tests.provisioning.testhost import TestHost
 from tests.support.processes import REPO, Azurite
 
 pytestmark = [pytest.mark.testhost, pytest.mark.slow]

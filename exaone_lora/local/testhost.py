@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fabric import Connection
 
-from tests.support.processes import INSTALL_HINT, REPO, free_port
+from exaone_lora.local.processes import INSTALL_HINT, REPO, free_port
 
 CACHE = REPO / ".cache" / "testhost"
 ROOTFS = CACHE / "rootfs"
@@ -79,6 +79,7 @@ class TestHost:
     workdir: Path
     pid: int
     wheelhouse: str = "/wh"  # where the wheelhouse is mounted inside the host
+    detached: bool = False  # set to leave the host running when the context ends (the demo's --keep)
 
     @property
     def fab_args(self) -> list[str]:
@@ -108,6 +109,7 @@ def _wait_ssh(host: TestHost, process: subprocess.Popen[bytes], log: Path, timeo
 
 @contextmanager
 def boot_testhost(workdir: Path, log: Path) -> Iterator[TestHost]:
+    """Boot the host with its state under `workdir` (a kept `workdir` makes a re-run's provisioning a no-op)."""
     _need("systemd-nspawn", "systemd-container")
     rootfs = build_rootfs(log)
     wheelhouse = build_wheelhouse(log)
@@ -136,7 +138,8 @@ def boot_testhost(workdir: Path, log: Path) -> Iterator[TestHost]:
         yield host
     finally:
         host.connection.close()
-        stop_testhost(process)
+        if not host.detached:
+            stop_testhost(process)
 
 
 def stop_testhost(process: subprocess.Popen[bytes], grace: float = 30) -> None:

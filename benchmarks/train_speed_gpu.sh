@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU training-speed comparison of docs/training-benchmarks.md, in one device call:
+#   bash benchmarks/train_speed_gpu.sh            (writes train-<name>.json + train-log.txt under $OUT)
+# Same data (seed 42, ~400-token synthetic chat samples), rank 32 on all 7 linear modules, bf16,
+# effective batch 32 samples, 3 warm-up + 5 timed optimizer steps per configuration.
+set -u
+# usage: bash benchmarks/train_speed_gpu.sh [configuration ...]
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/train-speed-out}; R=${ROOT:-/tmp/train-speed}; C=$R/model-full
+mkdir -p "$OUT" "$R"
+LOG=$OUT/train-log.txt
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$LOG"
+python3 -c "import torch,transformers,peft;print('torch',torch.__version__,'transformers',transformers.__version__,'peft',peft.__version__)" | tee -a "$LOG"
+t=$(date +%s); python3 -c "from exaone_lora.checkpoints import make_checkpoint as m; print(m('$C','full',device='cuda').path)" >>"$LOG" 2>&1
+echo "checkpoint rc=$? in $(( $(date +%s) - t )) s" | tee -a "$LOG"
+run() {
+  local name=$1 limit=$2; shift 2
+  echo "== $name: $*" | tee -a "$LOG"
+  timeout "$limit" python3 -m benchmarks.train_speed --checkpoint "$C" --root "$R" --steps 5 --warmup-steps 3 \
+    --sample-tokens 290 "$@" >"$OUT/train-$name.json" 2>>"$LOG"
+  echo "$name rc=$?" | tee -a "$LOG"
+  python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print({k:d[k] for k in ('samples_per_step','samples_per_s','tokens_per_s','mfu','peak_memory_gib','loss_first','loss_last','mean_sample_tokens','setup_seconds')})" \
+    "$OUT/train-$name.json" 2>&1 | tee -a "$LOG"
+}
+config() {
+  case $1 in
+    reference) run reference 120 --micro-batch 4 --grad-accum 8 --max-length 512 ;;
+    mb16-chunked) run mb16-chunked 90 --micro-batch 16 --grad-accum 2 --chunked-ce --max-length 512 ;;
+    mb32-chunked) run mb32-chunked 90 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 ;;
+    packed-chunked) run packed-chunked 90 --micro-batch 8 --grad-accum 1 --chunked-ce --packing --max-length 1800 ;;
+    mb32-chunked-compile) run mb32-chunked-compile 200 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --compile --pad-multiple 64 ;;
+    mb16-chunked-compile) run mb16-chunked-compile 150 --micro-batch 16 --grad-accum 2 --chunked-ce --max-length 512 --compile --pad-multiple 64 ;;
+    packed-chunked-compile) run packed-chunked-compile 150 --micro-batch 8 --grad-accum 1 --chunked-ce --packing --max-length 1800 --compile --pad-multiple 64 ;;
+    *) echo "unknown configuration $1" | tee -a "$LOG" ;;
+  esac
+}
+# First call: reference mb16-chunked mb32-chunked packed-chunked mb32-chunked-compile (the default);
+# second call (with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True): mb32-chunked packed-chunked-compile mb16-chunked-compile
+for c in "${@:-reference mb16-chunked mb32-chunked packed-chunked mb32-chunked-compile}"; do for n in $c; do config "$n"; done; done

@@ -1,0 +1,1 @@
+"""The local end-to-end demo: the whole product on this machine, with no Azure account and no GPU."""
