@@ -20,6 +20,7 @@ from exaone_lora.spec import DeploymentSpec
 from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, sh, wait_for
 from provisioning.results import Change
 from service.layout import DEFAULT_LAYOUT, HostLayout
+from service.replicas import replica_count, replica_unit_name
 from service.vllm_config import systemd_unit, vllm_launch
 
 UNIT_DIR = "/etc/systemd/system"
@@ -31,11 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def vllm_unit_name(replica: int) -> str:
-    return f"exaone-vllm-{replica}.service"
+    """One unit instance per GPU, named by the serving side (`exaone-vllm@N.service`)."""
+    return replica_unit_name(replica)
 
 
 def replicas(spec: DeploymentSpec) -> int:
-    return 1 if spec.target == "local" else spec.gpus_per_node
+    return replica_count(spec)
 
 
 def gateway_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> str:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fabric import Connection
+from fabric import Config, Connection
 
 from exaone_lora.local.processes import INSTALL_HINT, REPO, free_port
 
@@ -86,7 +86,8 @@ class TestHost:
         return ["-H", f"root@127.0.0.1:{self.port}", "-i", str(self.key)]
 
     def connect(self) -> Connection:
-        return Connection("127.0.0.1", user="root", port=self.port,
+        # in_stream=False: never mirror our stdin to the host (there is none under CI, and pytest forbids reading it).
+        return Connection("127.0.0.1", user="root", port=self.port, config=Config(overrides={"run": {"in_stream": False}}),
                           connect_kwargs={"key_filename": str(self.key), "look_for_keys": False, "allow_agent": False})
 
 
@@ -131,7 +132,8 @@ def boot_testhost(workdir: Path, log: Path) -> Iterator[TestHost]:
     with log.open("ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
-    host = TestHost(Connection("127.0.0.1"), port, key, workdir, process.pid)
+    host = TestHost(Connection("127.0.0.1", config=Config(overrides={"run": {"in_stream": False}})), port, key, workdir,
+                    process.pid)
     host.connection = host.connect()
     try:
         _wait_ssh(host, process, log)
