@@ -64,7 +64,8 @@ Environment=PYTHONPATH={gateway_src(layout)}
 Environment=PYTHONDONTWRITEBYTECODE=1
 EnvironmentFile={layout.env_file}
 ExecStart={layout.vllm_python} -m service.cli gateway --host {public_host} --port {spec.port} \\
-  --admin-port {spec.gateway.admin_port} --served-name {spec.model.served_name} {upstreams}{aliases}
+  --admin-port {spec.gateway.admin_port} --served-name {spec.model.served_name} --adapter-root {layout.adapters} \\
+  {upstreams}{aliases}
 Restart=always
 RestartSec=3
 NoNewPrivileges=yes

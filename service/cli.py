@@ -69,6 +69,8 @@ def gateway(
     admin_key_file: Annotated[Path | None, typer.Option(help="admin bearer key file (else $EXAONE_GATEWAY_ADMIN_KEY)")] = None,
     api_key_file: Annotated[Path | None, typer.Option(help="public API key file (else $EXAONE_API_KEY; none: open)")] = None,
     engine_key_file: Annotated[Path | None, typer.Option(help="file with vLLM's API key (else $VLLM_API_KEY)")] = None,
+    adapter_root: Annotated[str | None, typer.Option(help="directory of deployed versions (<root>/<domain>-vN) as vLLM "
+                                                          "sees it: alias targets a restarted replica lost are reloaded")] = None,
 ) -> None:
     """Run the gateway: public OpenAI API (aliases, streaming, /metrics) and the authenticated admin API."""
     import ipaddress
@@ -96,7 +98,7 @@ def gateway(
         upstream, admin_key=admin_key, api_key=_secret(API_KEY_ENV, api_key_file),
         engine_api_key=_secret(ENGINE_KEY_ENV, engine_key_file),
         served_name=served_name or (spec.model.served_name if spec else "exaone"),
-        initial_aliases=_pairs(alias, "--alias"),
+        initial_aliases=_pairs(alias, "--alias"), adapter_root=adapter_root,
     )
     public_port = port or (spec.port if spec else 8080)
     private_port = admin_port or (spec.gateway.admin_port if spec else 8082)

@@ -44,7 +44,8 @@ def _bearer_ok(expected: str | None, header: str | None) -> bool:
 
 def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "exaone", api_key: str | None = None,
                    engine_api_key: str | None = None, refresh_seconds: float = 5.0,
-                   initial_aliases: dict[str, str] | None = None, core: GatewayCore | None = None) -> GatewayApps:
+                   initial_aliases: dict[str, str] | None = None, core: GatewayCore | None = None,
+                   adapter_root: str | None = None) -> GatewayApps:
     """Build the public and admin apps over one shared core.
 
     `admin_key` is mandatory (an admin API without a key is refused at construction); `api_key`
@@ -55,6 +56,7 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
     if not admin_key or len(admin_key) < 16:
         raise ValueError("the gateway admin key must be set and at least 16 characters long")
     core = core or GatewayCore.for_upstreams(served_name, upstreams, engine_api_key=engine_api_key)
+    core.adapter_root = adapter_root or core.adapter_root
     upstream_headers = {"Authorization": f"Bearer {engine_api_key}"} if engine_api_key else {}
 
     @contextlib.asynccontextmanager

@@ -37,6 +37,9 @@ class GatewayCore:
     aliases: AliasTable = field(default_factory=AliasTable)
     traffic: Traffic = field(default_factory=Traffic)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Where deployed versions live on this host (`<root>/<domain>-vN`, validated when deployed). When set, a
+    # replica that restarted without an alias's target version gets it loaded again on the next refresh.
+    adapter_root: str | None = None
 
     @classmethod
     def for_upstreams(cls, served_name: str, upstreams: list[str], *, engine_api_key: str | None = None,
@@ -83,7 +86,20 @@ class GatewayCore:
                 return
             replica.loaded = set(models.adapters)
             replica.healthy = True
+            await self._heal(replica)
         await asyncio.gather(*(one(r) for r in self.replicas))
+
+    async def _heal(self, replica: Replica) -> None:
+        """Load alias targets a restarted replica lost (runtime-loaded adapters do not survive a restart)."""
+        if self.adapter_root is None:
+            return
+        for name in sorted(self.aliases.pointed_names() - replica.loaded):
+            try:
+                if await replica.engine.load(name, f"{self.adapter_root.rstrip('/')}/{name}"):
+                    replica.loaded.add(name)
+                    self.metrics.healed.labels(name).inc()
+            except (httpx.HTTPError, EngineError):
+                continue  # the next refresh tries again; routing avoids this replica for `name` meanwhile
 
     def switch_alias(self, alias: str, name: str) -> dict[str, object]:
         parsed = parse_version_name(name)

@@ -35,6 +35,8 @@ class GatewayMetrics:
                                    registry=r)
         self.alias_switched = Gauge("exaone_gateway_alias_switch_timestamp_seconds", "Unix time of the last alias switch",
                                     ["alias"], registry=r)
+        self.healed = Counter("exaone_gateway_healed_loads", "Versions re-loaded into a replica that had lost them "
+                              "(restart)", ["version"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
