@@ -32,16 +32,19 @@ SUBCOMMANDS = {
     "infra": ("infra.cli", "Azure preview under the mock runtime, quota, costs, stack promotion."),
     "obs": ("service.observability.cli", "Prometheus config, alert rules and Grafana dashboard."),
 }
+def _unavailable(message: str):  # type: ignore[no-untyped-def]
+    def command() -> None:
+        raise typer.Exit(code=_fail(message))
+
+    return command
+
+
 for _name, (_module, _help) in SUBCOMMANDS.items():
     try:
         app.add_typer(importlib.import_module(_module).app, name=_name, help=_help)
     except ImportError as _exc:  # a part whose extras are not installed: say so instead of hiding the command
         _message = f"unavailable here ({_exc}); install the project with all extras (see README)"
-
-        def _missing(message: str = _message) -> None:
-            raise typer.Exit(code=_fail(message))
-
-        app.command(name=_name, help=f"{_help} [{_message}]")(_missing)
+        app.command(name=_name, help=f"{_help} [{_message}]")(_unavailable(_message))
 
 
 def _fail(message: str) -> int:
