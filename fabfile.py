@@ -23,7 +23,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from exaone_lora.spec import DeploymentSpec, load_spec
-from provisioning import adapters, patches, service
+from provisioning import adapters, monitoring, patches, service
 from provisioning import bootstrap as boot
 from provisioning.report import Action, run_on_hosts
 from provisioning.results import Change
@@ -103,6 +103,13 @@ def install_service(c, stack="dev", root=None, outputs=None, key=None):
     """Render the systemd units from the spec, install, enable, restart only if changed, wait for /health."""
     spec = _spec(stack, root)
     _run(c, spec, "install-service", lambda conn, report: service.install_service(conn, spec), outputs, key)
+
+
+@task(name="install-monitoring", help=STACK_HELP)
+def install_monitoring(c, stack="dev", root=None, outputs=None, key=None):
+    """Prometheus from the distribution on loopback, scraping every vLLM replica and the gateway, with the alert rules."""
+    spec = _spec(stack, root)
+    _run(c, spec, "install-monitoring", lambda conn, report: monitoring.install_monitoring(conn, spec), outputs, key)
 
 
 @task(name="deploy-adapters", iterable=["domain"],

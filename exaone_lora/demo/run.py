@@ -68,7 +68,7 @@ def _port_free(port: int) -> bool:
 
 
 def check_ports(spec: DeploymentSpec) -> None:
-    ports = [spec.port, spec.gateway.engine_port, spec.gateway.admin_port]
+    ports = [spec.port, spec.gateway.engine_port, spec.gateway.admin_port, spec.monitoring.prometheus_port]
     busy = [p for p in ports if not _port_free(p)]
     if busy:
         raise DemoError(f"ports {busy} on 127.0.0.1 are in use; the {spec.stack} stack needs {ports} "
@@ -163,6 +163,19 @@ def gateway_series(base: str) -> dict[tuple[str, str], float]:
     return totals
 
 
+def prometheus_up(port: int, timeout: float = 60) -> dict[str, bool]:
+    """`up` per job from the host's Prometheus, once it has scraped every job (its first scrape takes a while)."""
+    deadline = time.monotonic() + timeout
+    jobs: dict[str, bool] = {}
+    while time.monotonic() < deadline:
+        data = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up"}, timeout=10).json()
+        jobs = {r["metric"]["job"]: r["value"][1] == "1" for r in data["data"]["result"]}
+        if {"exaone-vllm", "exaone-gateway"} <= set(jobs) and all(jobs.values()):
+            break
+        time.sleep(2)
+    return jobs
+
+
 # ---- keep / down ----------------------------------------------------------------------------------------
 
 
@@ -198,6 +211,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
     from exaone_lora.local.testhost import boot_testhost
     from provisioning.adapters import deploy_adapter
     from provisioning.bootstrap import bootstrap
+    from provisioning.monitoring import install_monitoring
     from provisioning.service import install_service
     from service.lifecycle import run_lifecycle
     from service.registry import AdapterRegistry
@@ -229,6 +243,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             checkpoint = Path(str(report.facts["checkpoint"]))
             changes = bootstrap(conn, spec, wheelhouse=host.wheelhouse, model_path=checkpoint, report=console.print)
             changes += install_service(conn, spec, health_timeout=600)
+            changes += install_monitoring(conn, spec)
             for domain in DOMAINS:
                 registry.set_alias(domain, 1)
                 changes.append(deploy_adapter(conn, spec, registry, domain, version=1, report=console.print))
@@ -272,7 +287,11 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             if not {"1", "2"} <= {v.removeprefix("medical-v").removeprefix("v") for v in versions}:
                 raise DemoError(f"expected traffic on medical v1 and v2, saw versions {sorted(versions)}")
             report.facts["gateway_series"] = {f"{a}@{v}": n for (a, v), n in series.items()}
-            result.detail = f"{len(series)} alias/version series"
+            up = prometheus_up(spec.monitoring.prometheus_port)
+            report.facts["prometheus_up"] = up
+            if not up or not all(up.values()):
+                raise DemoError(f"the host's Prometheus does not see every target up: {up}")
+            result.detail = f"{len(series)} alias/version series; Prometheus targets up: {', '.join(sorted(up))}"
 
         with report.step("8 the seed's 8-step lifecycle against the engine") as result:
             engine = f"http://127.0.0.1:{spec.gateway.engine_port}"

@@ -26,6 +26,7 @@ def stack_root(tmp_path: Path) -> Path:
     dev = yaml.safe_load((root / "Pulumi.dev.yaml").read_text())
     dev["config"]["exaone-lora:port"] = free_port()
     dev["config"]["exaone-lora:gateway"] = {"enginePort": free_port(), "adminPort": free_port()}
+    dev["config"]["exaone-lora:monitoring"] = {"prometheusPort": free_port()}
     (root / "Pulumi.dev.yaml").write_text(yaml.safe_dump(dev))
     return root
 
@@ -41,6 +42,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(stack_root: Path, tmp_p
     assert isinstance(traffic, dict) and not traffic["failed"] and sum(traffic["ok"].values()) > 0
     served = report.facts["gateway_series"]
     assert isinstance(served, dict) and {"medical@medical-v1", "medical@medical-v2", "legal@legal-v1"} <= set(served)
+    assert report.facts["prometheus_up"] == {"exaone-vllm": True, "exaone-gateway": True, "prometheus": True}
     lifecycle = report.facts["lifecycle"]
     assert isinstance(lifecycle, dict) and lifecycle["passed"] and len(lifecycle["steps"]) == 8
     assert not options.state_file.exists()  # not --keep: nothing recorded, everything stopped
