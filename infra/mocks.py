@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import threading
@@ -142,6 +143,10 @@ class ProgramRun:
 
 def run_under_mocks(project: str, stack: str, program: Any) -> ProgramRun:
     """Run `program()` (returns a dict of outputs) under the mock runtime; waits for every registration."""
+    # Pulumi's runtime asks asyncio for the thread's current loop; an earlier `asyncio.run()` in the same
+    # process (a CLI command, another test) leaves none set, so give it a fresh one for this run.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     mocks = AzureMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
@@ -153,6 +158,10 @@ def run_under_mocks(project: str, stack: str, program: Any) -> ProgramRun:
         resolved = pulumi.Output.all(*[outputs[k] for k in keys])
         return resolved.apply(lambda values: run.outputs.update(zip(keys, values, strict=True)))
 
-    pulumi.runtime.test(body)()
+    try:
+        pulumi.runtime.test(body)()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
     run.resources = list(monitor.recorded)
     return run
