@@ -67,7 +67,7 @@ def test_two_replicas_reconciled_identically_and_switched_without_failures(
                 assert first["ok"], first
                 sets = [_medical(u) for u in upstreams]
                 assert sets[0] == sets[1] == {"medical-v1", "medical-v2"}, sets  # v2 kept (capacity), now on both
-                traffic = TrafficLoop(gw.public_url, "medical", workers=4, max_requests=160, max_seconds=20)
+                traffic = TrafficLoop(gw.public_url, "medical", workers=4, max_requests=400, max_seconds=90)
                 with traffic.running():
                     traffic.wait_for(20)
                     switch = reconcile(gw, admin_key, upstreams, medical_versions, desired_from_mapping({"medical": 2}))
