@@ -106,7 +106,7 @@ class TrafficLoop:
                     else:
                         response = client.post(f"{self.url}/v1/completions", json=body)
                         ok = response.status_code == 200 and response.json()["model"] == self.model
-                except httpx.HTTPError as exc:
+                except Exception as exc:  # a worker must never die silently: every surprise is a recorded failure
                     with self._lock:
                         self.failures.append(f"{type(exc).__name__}: {exc}")
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -67,15 +68,19 @@ def test_two_replicas_reconciled_identically_and_switched_without_failures(
                 assert first["ok"], first
                 sets = [_medical(u) for u in upstreams]
                 assert sets[0] == sets[1] == {"medical-v1", "medical-v2"}, sets  # v2 kept (capacity), now on both
-                traffic = TrafficLoop(gw.public_url, "medical", workers=4, max_requests=400, max_seconds=90)
+                traffic = TrafficLoop(gw.public_url, "medical", workers=4, max_requests=2000, max_seconds=120)
                 with traffic.running():
                     traffic.wait_for(20)
                     switch = reconcile(gw, admin_key, upstreams, medical_versions, desired_from_mapping({"medical": 2}))
                     assert switch["ok"], switch
                     assert [a["kind"] for a in switch["done"]] == ["warmup", "warmup", "switch"]
                     traffic.wait_for(20)
+                    # Requests keep flowing after the switch until one was answered by v2 (bounded in time).
+                    deadline = time.monotonic() + 60
+                    while "medical-v2" not in traffic.versions and time.monotonic() < deadline:
+                        time.sleep(0.1)
                 assert traffic.failures == [] and set(traffic.statuses) == {200}
-                assert {"medical-v1", "medical-v2"} <= set(traffic.versions)
+                assert {"medical-v1", "medical-v2"} <= set(traffic.versions), (traffic.versions, traffic.sent, switch)
                 served_by = [r["outstanding"] for r in httpx.get(
                     f"{gw.admin_url}/admin/state", headers={"Authorization": f"Bearer {admin_key}"}).json()["replicas"]]
                 assert served_by == [0, 0]
