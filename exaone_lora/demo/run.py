@@ -239,7 +239,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             result.detail = ", ".join(sorted(published))
 
         conn = host.connection
-        with report.step("4 provision: bootstrap, install-service, deploy-adapters") as result:
+        with report.step("4 provision: bootstrap, install-service, install-monitoring, deploy-adapters") as result:
             checkpoint = Path(str(report.facts["checkpoint"]))
             changes = bootstrap(conn, spec, wheelhouse=host.wheelhouse, model_path=checkpoint, report=console.print)
             changes += install_service(conn, spec, health_timeout=600)
