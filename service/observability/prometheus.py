@@ -17,6 +17,7 @@ from exaone_lora.spec import DeploymentSpec
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.observability import metrics as m
 from service.observability._yaml import dump
+from service.replicas import replica_count
 from service.vllm_config import vllm_launch
 
 PROMETHEUS_HOST = "127.0.0.1"
@@ -36,11 +37,6 @@ class ScrapeTarget:
 def _local(host: str) -> str:
     # vLLM without the gateway binds 0.0.0.0; Prometheus sits on the same host and dials loopback.
     return "127.0.0.1" if host in ("0.0.0.0", "::") else host
-
-
-def replica_count(spec: DeploymentSpec) -> int:
-    """vLLM replicas per host: one per GPU (the systemd template `exaone-vllm@N`); one on the CPU test bed."""
-    return 1 if spec.target == "local" else spec.gpus_per_node
 
 
 def scrape_targets(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> list[ScrapeTarget]:
