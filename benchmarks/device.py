@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import httpx
 
 from benchmarks.suites import SUITES, SuiteSizes, Target, run_all
 from benchmarks.variants import VARIANTS, device_layout, variant_launch, variant_spec
+from service.vllm_config import VllmLaunch
 
 DOMAINS = ("medical", "legal", "customer_support", "code")
 PORT = 8081
@@ -49,19 +51,30 @@ def prepare(root: Path, size: str = "full", device: str = "cuda", rank: int = 32
 
 
 def start_server(variant: str, root: Path, log: Path) -> dict[str, Any]:
-    launch = variant_launch(variant, str(root / "model"), str(root), port=PORT)
-    for key in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME"):
-        Path(launch.env[key]).mkdir(parents=True, exist_ok=True)
-    argv = launch.command(sys.executable)
-    env = os.environ | launch.env
+    return start_launch(variant_launch(variant, str(root / "model"), str(root), port=PORT), variant, root, log)
+
+
+def start_launch(launch: VllmLaunch, label: str, root: Path, log: Path, name: str = "server",
+                 served: str = "exaone") -> dict[str, Any]:
+    """Start one vLLM from its rendered launch; its state goes to `<root>/<name>.json` for `stop_server`."""
+    for key in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME", "XDG_CACHE_HOME"):
+        if key in launch.env:
+            Path(launch.env[key]).mkdir(parents=True, exist_ok=True)
+    return start_process(launch.command(sys.executable), launch.env, label, root, log, name,
+                         f"http://127.0.0.1:{launch.port}", served)
+
+
+def start_process(argv: list[str], env_extra: dict[str, str], label: str, root: Path, log: Path, name: str,
+                  url: str, served: str = "exaone") -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with log.open("w") as fh:
-        proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    state = {"pid": proc.pid, "variant": variant, "argv": argv, "env": launch.env, "t0": t0, "log": str(log),
-             "url": f"http://127.0.0.1:{PORT}"}
-    (root / "server.json").write_text(json.dumps(state))
-    print(f"started {variant} pid {proc.pid}: {' '.join(argv)}", flush=True)
+        proc = subprocess.Popen(argv, env=os.environ | env_extra, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    state = {"pid": proc.pid, "variant": label, "argv": argv, "env": env_extra, "t0": t0, "log": str(log),
+             "url": url, "served": served}
+    (root / f"{name}.json").write_text(json.dumps(state))
+    print(f"started {label} pid {proc.pid}: {' '.join(argv)}", flush=True)
     return state
 
 
@@ -87,7 +100,7 @@ def wait_ready(state: dict[str, Any], timeout_s: float) -> float:
         try:
             if httpx.get(state["url"] + "/health", timeout=5).status_code == 200:
                 r = httpx.post(state["url"] + "/v1/completions", timeout=60,
-                               json={"model": "exaone", "prompt": "hi", "max_tokens": 1})
+                               json={"model": state.get("served", "exaone"), "prompt": "hi", "max_tokens": 1})
                 if r.status_code == 200:
                     ready = time.time() - state["t0"]
                     print(f"{state['variant']} ready after {ready:.1f}s", flush=True)
@@ -98,8 +111,8 @@ def wait_ready(state: dict[str, Any], timeout_s: float) -> float:
     raise TimeoutError(f"server {state['variant']} not ready after {timeout_s}s")
 
 
-def stop_server(root: Path) -> None:
-    path = root / "server.json"
+def stop_server(root: Path, name: str = "server") -> None:
+    path = root / f"{name}.json"
     if not path.exists():
         return
     pid = json.loads(path.read_text())["pid"]
@@ -190,6 +203,16 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--suites", default=",".join(SUITES))
     c.add_argument("--restart", action="store_true")
     c.add_argument("--ready-timeout", type=float, default=480)
+    c.add_argument("--saturation-rounds", type=int, default=None, help="requests per level = rounds x concurrency")
+    h = sub.add_parser("hot", help="LoRA replica + merged replica of the hot adapter + gateway (benchmarks/hot.py)")
+    h.add_argument("--root", type=Path, required=True)
+    h.add_argument("--out", type=Path, required=True)
+    h.add_argument("--saturation-rounds", type=int, default=None)
+    g = sub.add_parser("gateway", help="the project's gateway over the given upstreams (admin key from the env)")
+    g.add_argument("--upstream", action="append", required=True)
+    g.add_argument("--port", type=int, default=8080)
+    g.add_argument("--admin-port", type=int, default=8082)
+    g.add_argument("--alias", action="append", default=[], help="ALIAS=VERSION_NAME")
     s = sub.add_parser("stop")
     s.add_argument("--root", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -197,9 +220,30 @@ def main(argv: list[str] | None = None) -> None:
         prepare(args.root, args.size, args.device)
     elif args.cmd == "cycle":
         sizes = SuiteSizes.full() if args.sizes == "full" else SuiteSizes.tiny()
+        if args.saturation_rounds:
+            sizes = replace(sizes, saturation_rounds=args.saturation_rounds)
         cycle(args.variant, args.root, args.out, sizes, tuple(args.suites.split(",")), args.restart, args.ready_timeout)
+    elif args.cmd == "hot":
+        from benchmarks.hot import run_hot
+
+        sizes = SuiteSizes.full()
+        if args.saturation_rounds:
+            sizes = replace(sizes, saturation_rounds=args.saturation_rounds)
+        run_hot(args.root, args.out, sizes, DOMAINS)
+    elif args.cmd == "gateway":
+        run_gateway(args.upstream, args.port, args.admin_port, dict(a.split("=", 1) for a in args.alias))
     else:
         stop_server(args.root)
+
+
+def run_gateway(upstreams: list[str], port: int, admin_port: int, aliases: dict[str, str]) -> None:
+    import asyncio
+
+    from service.gateway import create_gateway
+    from service.gateway.server import ADMIN_KEY_ENV, serve
+
+    apps = create_gateway(upstreams, admin_key=os.environ[ADMIN_KEY_ENV], initial_aliases=aliases)
+    asyncio.run(serve(apps, ("127.0.0.1", port), ("127.0.0.1", admin_port)))
 
 
 if __name__ == "__main__":

@@ -26,22 +26,34 @@ case "$step" in
     nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv ;;
   bg)
     # Fresh code for this run (the call's tree may have changed since install).
-    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
+    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service training Pulumi.*.yaml /root/repo/
     rm -f $ROOT/runner.done
-    setsid nohup bash -c "cd /root/repo && bash benchmarks/device_run.sh cycle $*; touch $ROOT/runner.done" \
+    # BENCH_TRAIN="config ..." also runs those training-speed configurations once the serving variants are done.
+    setsid nohup bash -c "cd /root/repo && bash benchmarks/device_run.sh cycle $*; \
+      ${BENCH_TRAIN:+bash benchmarks/device_run.sh train $BENCH_TRAIN;} touch $ROOT/runner.done" \
       > $ROOT/runner.log 2>&1 < /dev/null &
     sleep 2; echo "runner started for: $*" ;;
   poll)
     limit=${1:-560}; t=0
     while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
     [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
-    grep -E "SUMMARY|ready after|suite .* done|Error|error|started " $ROOT/runner.log | tail -40 || true
-    cp $RES/*.json "$OUT/" 2>/dev/null || true
+    grep -E "SUMMARY|ready after|suite .* done|merged |profiles|Error|error|started |rc=|samples_per_s" $ROOT/runner.log | tail -60 || true
+    cp $RES/*.json $RES/*.txt "$OUT/" 2>/dev/null || true
     for f in $RES/*.log; do [ -e "$f" ] && tail -c 400000 "$f" > "$OUT/$(basename "$f")"; done; ls -la "$OUT" ;;
   cycle)
+    # BENCH_SUITES (comma list), BENCH_NO_RESTART=1 and BENCH_SATURATION_ROUNDS trim or lengthen a run.
     for v in "$@"; do
-      python3 -m benchmarks.device cycle "$v" --root $ROOT --out $RES --restart \
+      if [ "$v" = hot ]; then
+        python3 -m benchmarks.device hot --root $ROOT --out $RES \
+          ${BENCH_SATURATION_ROUNDS:+--saturation-rounds $BENCH_SATURATION_ROUNDS} || echo "VARIANT $v FAILED"
+        continue
+      fi
+      python3 -m benchmarks.device cycle "$v" --root $ROOT --out $RES $([ -n "${BENCH_NO_RESTART:-}" ] || echo --restart) \
+        ${BENCH_SUITES:+--suites $BENCH_SUITES} ${BENCH_SATURATION_ROUNDS:+--saturation-rounds $BENCH_SATURATION_ROUNDS} \
         ${BENCH_READY_TIMEOUT:+--ready-timeout $BENCH_READY_TIMEOUT} || echo "VARIANT $v FAILED"
     done ;;
+  train)
+    # The training-speed configurations (benchmarks/train_speed_gpu.sh) after the serving runner, same machine.
+    cd /root/repo && OUT=$RES ROOT=/root/train bash benchmarks/train_speed_gpu.sh "$@" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

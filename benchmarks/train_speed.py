@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         samples, tokens = samples + stats.samples, tokens + stats.tokens
     sync()
     elapsed = time.perf_counter() - t0
+    profile = profile_step(trainer) if args.profile and cuda else None
     flops_per_token = (4 + (2 if args.grad_ckpt else 0)) * matmul_params(trainer.model)
     achieved_tflops = flops_per_token * tokens / elapsed / 1e12
     curve = trainer.loss_curve
@@ -130,8 +131,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "loss_first": curve[0]["loss"] if curve else None,
         "loss_last": curve[-1]["loss"] if curve else None,
+        "loss_curve": [round(c["loss"], 4) for c in curve],
         "matmul_tflops": round(achieved_tflops, 2),
         "mfu": round(achieved_tflops / args.peak_tflops, 4) if cuda else None,
+        "profile": profile,
+    }
+
+
+def profile_step(trainer: Any, top: int = 20) -> dict[str, Any]:
+    """One more optimizer step under torch.profiler: GPU time by kernel, the biggest `top` first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer.train_step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total_us = sum(e.device_time_total for e in kernels)
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    return {
+        "gpu_ms": round(total_us / 1000, 2),
+        "top": [{"kernel": e.key[:160], "ms": round(e.device_time_total / 1000, 2), "calls": e.count,
+                 "share": round(e.device_time_total / total_us, 4)} for e in kernels[:top]],
     }
 
 
@@ -157,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--pad-multiple", type=int, default=1, help="round batch widths up (e.g. 64 with --compile)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--profile", action="store_true", help="profile one extra step; GPU time by kernel in the JSON")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS)
     return p
 

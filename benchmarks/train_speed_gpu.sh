@@ -31,9 +31,14 @@ config() {
     mb32-chunked-compile) run mb32-chunked-compile 200 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --compile --pad-multiple 64 ;;
     mb16-chunked-compile) run mb16-chunked-compile 150 --micro-batch 16 --grad-accum 2 --chunked-ce --max-length 512 --compile --pad-multiple 64 ;;
     packed-chunked-compile) run packed-chunked-compile 150 --micro-batch 8 --grad-accum 1 --chunked-ce --packing --max-length 1800 --compile --pad-multiple 64 ;;
+    # Round 3 (mask-free right padding -> FlashAttention path), with one profiled step each:
+    mb32-flash) run mb32-flash 90 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --profile ;;
+    mb32-flash-compile) run mb32-flash-compile 240 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --compile --pad-multiple 64 --profile ;;
+    mb16-flash-compile) run mb16-flash-compile 240 --micro-batch 16 --grad-accum 2 --chunked-ce --max-length 512 --compile --pad-multiple 64 ;;
     *) echo "unknown configuration $1" | tee -a "$LOG" ;;
   esac
 }
 # First call: reference mb16-chunked mb32-chunked packed-chunked mb32-chunked-compile (the default);
 # second call (with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True): mb32-chunked packed-chunked-compile mb16-chunked-compile
+# third call (after the mask-free attention change): reference mb32-flash mb32-flash-compile mb16-flash-compile
 for c in "${@:-reference mb16-chunked mb32-chunked packed-chunked mb32-chunked-compile}"; do for n in $c; do config "$n"; done; done

@@ -44,6 +44,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
             "performance-mode": "interactivity",
         },
     }, "tuned capture sizes + vLLM 0.26's --performance-mode interactivity (latency-oriented kernels/graphs)"),
+    "fp8": ("poc", {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "server_args": {
+            "quantization": "fp8",
+            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
+        },
+    }, "tuned capture sizes + online FP8 weight quantization (H100): half the weight bytes per decode step"),
+    # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
+    # share goes to a merged replica of the hot adapter (service.merge) on the same GPU.
+    "hot-lora": ("poc", {
+        "gpu_memory_utilization": 0.5,
+        "max_num_seqs": 256,
+        "server_args": {"compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES})},
+    }, "LoRA replica at utilization 0.5, sharing its GPU with a merged replica of the hot adapter"),
     "tuned-1slot": ("poc", {
         "gpu_memory_utilization": 0.9,
         "max_num_seqs": 256,

@@ -132,6 +132,21 @@ class GatewaySpec(_Model):
     admin_port: int = Field(default=8082, ge=1024, le=65535)
 
 
+class MergedReplicaSpec(_Model):
+    """A dedicated vLLM replica serving one alias's current version with the adapter folded into the weights.
+
+    It runs at base-model speed (no LoRA kernels in the decode step, docs/benchmarks.md); the gateway sends
+    the alias's traffic to it while it serves the alias's current version, and to the LoRA replicas otherwise
+    (during a deploy, until it is rebuilt), so it is purely a fast path and never a single point of failure.
+    """
+
+    alias: str
+    gpu: int = Field(default=0, ge=0, description="which GPU of the node it shares")
+    gpu_memory_utilization: float = Field(default=0.3, gt=0, le=0.9)
+    port: int = Field(default=8091, ge=1024, le=65535)
+    max_num_seqs: int = Field(default=64, ge=1)
+
+
 class MonitoringSpec(_Model):
     prometheus_port: int = Field(default=9090, ge=1024, le=65535)
     scrape_interval_seconds: int = Field(default=15, ge=5, le=300)
@@ -163,6 +178,7 @@ class DeploymentSpec(_Model):
         default_factory=dict, description="extra vLLM flags (tuning), flag name without dashes -> value"
     )
     adapters: tuple[AdapterPin, ...] = ()
+    merged_replicas: tuple[MergedReplicaSpec, ...] = ()
     operator_cidr: str | None = None
     api: ApiSpec = ApiSpec()
     admin_username: str = "azureuser"
@@ -226,7 +242,32 @@ class DeploymentSpec(_Model):
             if pin.alias in seen:
                 raise ValueError(f"adapters[{i}].alias: {pin.alias} is pinned twice")
             seen.add(pin.alias)
+        self._check_merged(seen)
         return self
+
+    def _check_merged(self, pinned: set[str]) -> None:
+        if not self.merged_replicas:
+            return
+        if not self.gateway.enabled or self.target != "vm":
+            raise ValueError("mergedReplicas: need target 'vm' with the gateway enabled (the gateway routes to them)")
+        used = {self.port, self.gateway.engine_port, self.gateway.admin_port, self.monitoring.prometheus_port}
+        used |= {self.gateway.engine_port + 10 * gpu for gpu in range(self.gpus_per_node)}
+        share = dict.fromkeys(range(self.gpus_per_node), self.gpu_memory_utilization)
+        for i, merged in enumerate(self.merged_replicas):
+            key = f"mergedReplicas[{i}]"
+            if merged.alias not in pinned:
+                raise ValueError(f"{key}.alias: {merged.alias} is not one of the pinned adapters ({', '.join(sorted(pinned))})")
+            if merged.gpu >= self.gpus_per_node:
+                raise ValueError(f"{key}.gpu: {merged.gpu} but the node has {self.gpus_per_node} GPU(s)")
+            if merged.port in used:
+                raise ValueError(f"{key}.port: {merged.port} is already used by another listener")
+            used.add(merged.port)
+            share[merged.gpu] += merged.gpu_memory_utilization
+            if share[merged.gpu] > 0.95:
+                raise ValueError(f"{key}.gpuMemoryUtilization: GPU {merged.gpu} would be {share[merged.gpu]:.2f} "
+                                 "committed (LoRA replica + merged replicas); keep the sum <= 0.95")
+        if len({m.alias for m in self.merged_replicas}) != len(self.merged_replicas):
+            raise ValueError("mergedReplicas: an alias is listed twice")
 
     @property
     def sku(self) -> GpuSku:

@@ -7,10 +7,11 @@ explicit branches here (EXAONE needs remote code; rank 32 needs `--max-lora-rank
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
 from typing import Any
 
-from exaone_lora.spec import DeploymentSpec
+from exaone_lora.spec import DeploymentSpec, MergedReplicaSpec
 from service.layout import DEFAULT_LAYOUT, HostLayout
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
@@ -66,20 +67,12 @@ def vllm_launch(
     if host is None:
         # Behind the gateway vLLM is only reachable from the host itself.
         host = "127.0.0.1" if spec.gateway.enabled or on_cpu else "0.0.0.0"
-    args: list[str] = [
-        "--model", model_path or spec.model.path,
-        "--served-model-name", spec.model.served_name,
-        "--trust-remote-code",
-        "--dtype", "bfloat16",
-        "--max-model-len", str(spec.max_model_len),
-        "--max-num-seqs", str(spec.max_num_seqs),
+    args = _common_args(spec, model_path or spec.model.path, spec.model.served_name, spec.max_num_seqs, host, port)
+    args += [
         "--enable-lora",
         "--max-lora-rank", str(spec.max_lora_rank),
         "--max-loras", str(spec.max_loras),
         "--max-cpu-loras", str(spec.max_cpu_loras),
-        "--host", host,
-        "--port", str(port),
-        "--disable-uvicorn-access-log",
     ]
     if not on_cpu:
         args += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
@@ -88,8 +81,64 @@ def vllm_launch(
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     for name, value in sorted(spec.server_args.items()):
         args += _flag(name, value)
+    env = _environment(spec, layout)
+    if spec.lora_mode == "dynamic":
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if on_cpu:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    elif spec.gpus_per_node > 1:
+        env["CUDA_VISIBLE_DEVICES"] = str(replica)
+    return VllmLaunch(args=tuple(args), env=env, host=host, port=port)
 
-    env = {
+
+def merged_launch(spec: DeploymentSpec, merged: MergedReplicaSpec, *, version_name: str, model_path: str,
+                  layout: HostLayout = DEFAULT_LAYOUT, kv_cache_gib: int = 1) -> VllmLaunch:
+    """argv and environment of the merged replica of `merged.alias` serving `version_name` from `model_path`.
+
+    Same flags as the LoRA replica (server_args included) minus LoRA, with the version name as the served
+    model name: that is how the gateway recognises which version it serves. Its own compile caches, so
+    its restarts never invalidate the LoRA replica's.
+    """
+    host = "127.0.0.1"
+    args = _common_args(spec, model_path, version_name, merged.max_num_seqs, host, merged.port)
+    if spec.target != "local":
+        args += ["--gpu-memory-utilization", str(merged.gpu_memory_utilization)]
+    for name, value in sorted(spec.server_args.items()):
+        args += _flag(name, value)
+    env = _environment(spec, merged_cache_layout(layout, merged.alias))
+    if spec.target == "local":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = str(merged.gpu)
+    return VllmLaunch(args=tuple(args), env=env, host=host, port=merged.port)
+
+
+def merged_cache_layout(layout: HostLayout, alias: str) -> HostLayout:
+    return replace(layout, cache=layout.cache / f"merged-{alias}")
+
+
+def merged_model_dir(layout: HostLayout, version_name: str) -> PurePosixPath:
+    """Where the merged weights of one version live on the host (`/data/models/merged/<domain>-vN`)."""
+    return layout.models / "merged" / version_name
+
+
+def _common_args(spec: DeploymentSpec, model_path: str, served_name: str, max_num_seqs: int, host: str,
+                 port: int) -> list[str]:
+    return [
+        "--model", model_path,
+        "--served-model-name", served_name,
+        "--trust-remote-code",
+        "--dtype", "bfloat16",
+        "--max-model-len", str(spec.max_model_len),
+        "--max-num-seqs", str(max_num_seqs),
+        "--host", host,
+        "--port", str(port),
+        "--disable-uvicorn-access-log",
+    ]
+
+
+def _environment(spec: DeploymentSpec, layout: HostLayout) -> dict[str, str]:
+    return {
         # Offline: weights come from the local path, never from a hub at run time.
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -103,13 +152,6 @@ def vllm_launch(
         # FlashInfer's JIT kernels land under XDG_CACHE_HOME: ~100 s of a first start on an H100 (docs/benchmarks.md).
         "XDG_CACHE_HOME": str(layout.cache / "xdg"),
     }
-    if spec.lora_mode == "dynamic":
-        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-    if on_cpu:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-    elif spec.gpus_per_node > 1:
-        env["CUDA_VISIBLE_DEVICES"] = str(replica)
-    return VllmLaunch(args=tuple(args), env=env, host=host, port=port)
 
 
 def systemd_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, replica: int = 0,

@@ -65,10 +65,14 @@ def _ce_sum(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def loss_sum(model: Any, batch: dict[str, torch.Tensor], *, chunked: bool, chunk_tokens: int = 1024,
              packed: PackedAttention | None = None) -> tuple[torch.Tensor, int]:
     """Sum of token cross-entropies over the batch's labelled (shifted) targets, and their count."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
     labels = batch["labels"]
     if packed is not None:
         packed.mask = block_causal_mask(batch["segment_ids"])
+        inputs["attention_mask"] = batch["attention_mask"]
+    # Unpacked rows are right-padded: under a causal mask no real token sees a later pad, and pad positions
+    # carry no label, so the 2-D mask changes no counted loss. Leaving it out lets attention run the
+    # mask-free (FlashAttention) kernel in the project's and EXAONE's own modeling code.
     targets = labels[:, 1:]
     selected = targets != IGNORE_INDEX
     count = int(selected.sum())

@@ -113,7 +113,7 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
 
     @public.get("/health")
     async def health() -> Response:
-        ok = any(r.healthy for r in core.replicas)
+        ok = bool(core.lora_replicas())  # the base model and every alias are served while one of these is up
         return JSONResponse({"status": "ok" if ok else "no healthy replica"}, status_code=200 if ok else 503)
 
     @public.get("/metrics")
@@ -186,7 +186,7 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
     async def load(body: LoadRequest) -> dict[str, object]:
         # A new immutable name every time, never vLLM's load_inplace (stale prefix cache upstream).
         check_name(body.name)
-        results = await asyncio.gather(*(r.engine.load(body.name, body.path) for r in core.replicas if r.healthy))
+        results = await asyncio.gather(*(r.engine.load(body.name, body.path) for r in core.lora_replicas()))
         await core.refresh()
         return {"name": body.name, "loaded_now": sum(results), "state": core.snapshot()}
 
@@ -194,7 +194,7 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
     async def unload(name: str, timeout: float = 60.0) -> dict[str, object]:
         check_name(name)
         await core.drain(name, timeout)
-        results = await asyncio.gather(*(r.engine.unload(name) for r in core.replicas if r.healthy))
+        results = await asyncio.gather(*(r.engine.unload(name) for r in core.lora_replicas()))
         await core.refresh()
         return {"name": name, "unloaded_now": sum(results), "state": core.snapshot()}
 
@@ -213,7 +213,7 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
         await core.refresh()
         if body.warmup:
             # The new version must answer on every replica before any client is sent to it.
-            await asyncio.gather(*(r.engine.warmup(name) for r in core.replicas if r.healthy and name in r.loaded))
+            await asyncio.gather(*(r.engine.warmup(name) for r in core.lora_replicas() if name in r.loaded))
         return core.switch_alias(alias, name)
 
     @admin.delete("/admin/aliases/{alias}")

@@ -40,6 +40,9 @@ class GatewayCore:
     # Where deployed versions live on this host (`<root>/<domain>-vN`, validated when deployed). When set, a
     # replica that restarted without an alias's target version gets it loaded again on the next refresh.
     adapter_root: str | None = None
+    # A merged replica takes its version's requests until this many are outstanding on it; beyond that the
+    # overflow goes to the LoRA replicas (a merged replica is one GPU share, not the whole fleet).
+    merged_spill_at: int = 64
 
     @classmethod
     def for_upstreams(cls, served_name: str, upstreams: list[str], *, engine_api_key: str | None = None,
@@ -64,16 +67,34 @@ class GatewayCore:
             raise RoutingError(404, "model_not_found", f"The model `{model}` does not exist. Available: {', '.join(known)}")
         return Route(alias=model, upstream_model=target.name, label=target.name)
 
+    def lora_replicas(self) -> list[Replica]:
+        """Healthy multi-LoRA replicas: the ones versions are loaded into, warmed on and switched across."""
+        return [r for r in self.replicas if r.healthy and r.serves_base(self.served_name)]
+
+    def serves(self, replica: Replica, route: Route) -> bool:
+        if route.label == "base":
+            return replica.serves_base(self.served_name)
+        return route.upstream_model in replica.loaded or replica.merged_for(route.upstream_model)
+
     def pick(self, route: Route, exclude: set[str] | frozenset[str] = frozenset()) -> Replica:
-        """Least outstanding requests among healthy replicas that have the version loaded (sticky by alias on ties)."""
-        candidates = [r for r in self.replicas if r.healthy and r.url not in exclude
-                      and (route.label == "base" or route.upstream_model in r.loaded)]
+        """A healthy replica serving the route: a merged replica of the version first (until it has
+        `merged_spill_at` outstanding), then least outstanding (sticky by alias on ties)."""
+        candidates = [r for r in self.replicas if r.healthy and r.url not in exclude and self.serves(r, route)]
         if not candidates:
             raise RoutingError(503, "no_replica", f"no healthy replica serves `{route.alias}` ({route.label}) right now")
         # Ties go to the alias's "home" replica, so its prompts keep hitting the same prefix cache.
         home = zlib.crc32(route.alias.encode()) % len(self.replicas)
         order = {r.url: (i - home) % len(self.replicas) for i, r in enumerate(self.replicas)}
-        return min(candidates, key=lambda r: (r.outstanding, order[r.url]))
+
+        def rank(r: Replica) -> tuple[int, int, int]:
+            fast = route.label != "base" and r.merged_for(route.upstream_model) and r.outstanding < self.merged_spill_at
+            return (0 if fast else 1, r.outstanding, order[r.url])
+        return min(candidates, key=rank)
+
+    def path_of(self, replica: Replica, route: Route) -> str:
+        if route.label == "base":
+            return "base"
+        return "merged" if replica.merged_for(route.upstream_model) else "lora"
 
     # -- state from the replicas ---------------------------------------------------------------
     async def refresh(self) -> None:
@@ -85,8 +106,10 @@ class GatewayCore:
                 replica.healthy = False
                 return
             replica.loaded = set(models.adapters)
+            replica.base = models.base
             replica.healthy = True
-            await self._heal(replica)
+            if replica.serves_base(self.served_name):
+                await self._heal(replica)
         await asyncio.gather(*(one(r) for r in self.replicas))
 
     async def _heal(self, replica: Replica) -> None:
@@ -107,8 +130,11 @@ class GatewayCore:
             raise RoutingError(400, "bad_version_name", f"`{name}` is not an immutable version name (`domain-vN`)")
         if alias == self.served_name:
             raise RoutingError(400, "reserved_alias", f"`{alias}` is the base model's name and cannot be an alias")
-        missing = [r.url for r in self.replicas if r.healthy and name not in r.loaded]
-        if missing or not any(r.healthy for r in self.replicas):
+        # Merged replicas serve one fixed version each and are not part of a switch: until one serving `name`
+        # is up, `name`'s traffic goes to the LoRA replicas.
+        lora = self.lora_replicas()
+        missing = [r.url for r in lora if name not in r.loaded]
+        if missing or not lora:
             raise RoutingError(409, "version_not_loaded", f"`{name}` is not loaded on every healthy replica: {missing}")
         previous = self.aliases.switch(alias, name, parsed[1])
         self.metrics.alias_version.labels(alias).set(parsed[1])
@@ -131,7 +157,9 @@ class GatewayCore:
             "served_name": self.served_name,
             "aliases": {a: {"name": t.name, "version": t.version, "switched_at": t.switched_at}
                         for a, t in sorted(self.aliases.targets().items())},
-            "replicas": [{"url": r.url, "healthy": r.healthy, "loaded": sorted(r.loaded), "outstanding": r.outstanding}
+            "replicas": [{"url": r.url, "healthy": r.healthy, "loaded": sorted(r.loaded), "outstanding": r.outstanding,
+                          "base": list(r.base or ()),
+                          "kind": "lora" if r.serves_base(self.served_name) else "merged"}
                          for r in self.replicas],
             "in_flight": dict(self.traffic.in_flight),
             "last_used": dict(self.traffic.last_used),

@@ -35,6 +35,8 @@ class GatewayMetrics:
                                    registry=r)
         self.alias_switched = Gauge("exaone_gateway_alias_switch_timestamp_seconds", "Unix time of the last alias switch",
                                     ["alias"], registry=r)
+        self.routed = Counter("exaone_gateway_routed_requests", "Requests placed on a replica, by alias and path "
+                              "(base, lora, merged)", ["alias", "path"], registry=r)
         self.healed = Counter("exaone_gateway_healed_loads", "Versions re-loaded into a replica that had lost them "
                               "(restart)", ["version"], registry=r)
 

@@ -96,6 +96,7 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
             return openai_error(exc.status, exc.code, exc.message)
         acct.attach(replica)
         tried.add(replica.url)
+        core.metrics.routed.labels(route.alias, core.path_of(replica, route)).inc()
         request = core.client.build_request("POST", f"{replica.url}{path}", json=upstream_body, headers=headers)
         try:
             upstream = await core.client.send(request, stream=True)
@@ -105,6 +106,8 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
         if upstream.status_code == 404 and route.label != "base" and len(tried) < len(core.replicas):
             await upstream.aclose()
             replica.loaded.discard(route.upstream_model)
+            if replica.merged_for(route.upstream_model):
+                replica.base = ()  # it was restarted with another version; the next refresh says which
             continue
         break
 

@@ -55,14 +55,29 @@ class AliasTable:
 
 @dataclass
 class Replica:
+    """One vLLM upstream, described only by what its /v1/models says it serves.
+
+    A multi-LoRA replica lists the base model's served name and its loaded adapters. A merged replica
+    (`service.merge`) lists one immutable version name as its *base* model and no adapters: it serves
+    that version with the adapter folded into the weights, at base-model speed.
+    """
+
     engine: EngineClient
     loaded: set[str] = field(default_factory=set)
     outstanding: int = 0
     healthy: bool = True
+    base: tuple[str, ...] | None = None  # None until the first /v1/models answer
 
     @property
     def url(self) -> str:
         return self.engine.url
+
+    def serves_base(self, served_name: str) -> bool:
+        # Before the first refresh a replica is assumed to be a multi-LoRA one (the common case).
+        return self.base is None or served_name in self.base
+
+    def merged_for(self, name: str) -> bool:
+        return self.base is not None and name in self.base
 
 
 @dataclass

@@ -71,12 +71,16 @@ class ExaoneSelfAttention(nn.Module):
         v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        groups = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:
+            # No mask (no padding, or right padding, where a causal mask already hides it): SDPA may pick its
+            # FlashAttention kernel, which reads the grouped K/V heads directly.
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
+        else:
+            groups = self.num_heads // self.num_kv_heads
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -145,10 +149,10 @@ class ExaoneModel(ExaonePreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(t, device=hidden_states.device).expand(b, t)
         cos, sin = self.rotary(position_ids, hidden_states.dtype)
-        causal = torch.ones(t, t, dtype=torch.bool, device=hidden_states.device).tril()
-        mask = causal[None, None]
+        mask = None
         if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, :].bool()
+            causal = torch.ones(t, t, dtype=torch.bool, device=hidden_states.device).tril()
+            mask = causal[None, None] & attention_mask[:, None, None, :].bool()
             # A padded query row would see no key at all (NaN); let every token see itself.
             mask = mask | torch.eye(t, dtype=torch.bool, device=hidden_states.device)
         hidden_states = self.drop(hidden_states)
