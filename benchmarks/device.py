@@ -208,6 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--root", type=Path, required=True)
     h.add_argument("--out", type=Path, required=True)
     h.add_argument("--saturation-rounds", type=int, default=None)
+    d = sub.add_parser("dual", help="two replicas (one per GPU) vs one, and a switch under load (benchmarks/dual.py)")
+    d.add_argument("--root", type=Path, required=True)
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--saturation-rounds", type=int, default=4)
     g = sub.add_parser("gateway", help="the project's gateway over the given upstreams (admin key from the env)")
     g.add_argument("--upstream", action="append", required=True)
     g.add_argument("--port", type=int, default=8080)
@@ -230,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.saturation_rounds:
             sizes = replace(sizes, saturation_rounds=args.saturation_rounds)
         run_hot(args.root, args.out, sizes, DOMAINS)
+    elif args.cmd == "dual":
+        from benchmarks.dual import run_dual
+
+        run_dual(args.root, args.out, replace(SuiteSizes.full(), saturation_rounds=args.saturation_rounds), DOMAINS)
     elif args.cmd == "gateway":
         run_gateway(args.upstream, args.port, args.admin_port, dict(a.split("=", 1) for a in args.alias))
     else:

@@ -43,8 +43,8 @@ case "$step" in
   cycle)
     # BENCH_SUITES (comma list), BENCH_NO_RESTART=1 and BENCH_SATURATION_ROUNDS trim or lengthen a run.
     for v in "$@"; do
-      if [ "$v" = hot ]; then
-        python3 -m benchmarks.device hot --root $ROOT --out $RES \
+      if [ "$v" = hot ] || [ "$v" = dual ]; then
+        python3 -m benchmarks.device "$v" --root $ROOT --out $RES \
           ${BENCH_SATURATION_ROUNDS:+--saturation-rounds $BENCH_SATURATION_ROUNDS} || echo "VARIANT $v FAILED"
         continue
       fi

@@ -41,11 +41,15 @@ class Run:
         return dict(self.data.get("suites", {}))
 
 
+# Runs with their own layout (not one server through the suites): rendered by their own sections.
+SPECIAL = ("dual",)
+
+
 def load_runs(results: Path) -> list[Run]:
     runs = []
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
-        if "meta" in data:
+        if "meta" in data and data["meta"].get("variant") not in SPECIAL:
             runs.append(Run(str(data["meta"].get("variant", path.stem)), path, data))
     if not runs:
         raise FileNotFoundError(f"no benchmark result JSON (with a 'meta' block) in {results}")
@@ -68,6 +72,86 @@ def key_numbers(run: Run) -> dict[str, float | None]:
         "swap_p50_s": (swap.get("disk") or {}).get("p50"),
         "cpu_tier_ttft_p50_s": (swap.get("cpu_tier_first_token") or {}).get("p50"),
     }
+
+
+def merged_numbers(run: Run) -> dict[str, float | None]:
+    """The merged-replica run: the hot alias (served merged) against the base, both through the gateway."""
+    per_model = (run.suites.get("test1") or {}).get("per_model") or {}
+    hot = run.meta.get("hot_alias", "medical")
+    base = (per_model.get("exaone") or {}).get("mean_decode_tok_s")
+    fast = (per_model.get(hot) or {}).get("mean_decode_tok_s")
+    others = [m["mean_decode_tok_s"] for name, m in per_model.items() if name not in ("exaone", hot)
+              and m.get("mean_decode_tok_s")]
+    return {"base_tok_s": base, "hot_tok_s": fast, "hot_over_base": fast / base if fast and base else None,
+            "lora_over_base": (sum(others) / len(others)) / base if others and base else None}
+
+
+def render_hot(run: Run) -> list[str]:
+    s, nums = run.suites, merged_numbers(run)
+    hot = run.meta.get("hot_alias", "medical")
+    lines = ["## Merged replica of the hot adapter (run `hot`)", "",
+             f"One GPU shared by the LoRA replica (utilization 0.5) and a merged replica serving `{hot}-v1` with the "
+             "adapter folded into the weights (`service.merge`, utilization 0.35); the gateway routes by what each "
+             "replica's `/v1/models` lists. Test 1, 15 sequential requests per model, 128 tokens.", "",
+             "| path | model | decode tok/s | ITL p50 (ms) | / base (same path) |", "|---|---|---|---|---|"]
+    for suite, label in (("test1_direct_lora", "LoRA replica, direct"), ("test1_direct_merged", "merged replica, direct"),
+                         ("test1", "through the gateway")):
+        per_model = (s.get(suite) or {}).get("per_model") or {}
+        base = (per_model.get("exaone") or {}).get("mean_decode_tok_s")
+        for model, summ in per_model.items():
+            ratio = summ["mean_decode_tok_s"] / base if base and summ["mean_decode_tok_s"] else None
+            lines.append(f"| {label} | {model} | {_fmt(summ['mean_decode_tok_s'], 1)} | "
+                         f"{_fmt(_ms(summ['itl_s']['p50']), 2)} | {_fmt(ratio)} |")
+    lines += ["", f"Through the gateway: `{hot}` (merged) / base = **{_fmt(nums['hot_over_base'])}**; the other "
+              f"adapters (LoRA) / base = {_fmt(nums['lora_over_base'])}.", ""]
+    routes = run.data.get("gateway_routes") or {}
+    if routes:
+        lines += ["Gateway routing counters after the run (`exaone_gateway_routed_requests_total`): " +
+                  ", ".join(f"`{k}` {v:.0f}" for k, v in sorted(routes.items())), ""]
+    for prof in run.data.get("profile") or []:
+        lines += [f"Profile of one {prof['output_tokens']}-token request to `{prof['model']}` on the LoRA replica: "
+                  f"GPU kernels {prof['kernel_ms_per_token']} ms per token ({prof['kernel_launches_per_token']} "
+                  f"launches per token); the profiled request's own ITL p50 was {prof['itl_p50_ms']} ms (profiler "
+                  "overhead; unprofiled ITLs are in the table above).", "",
+                  "| kernel | ms per token | calls | share |", "|---|---|---|---|"]
+        lines += [f"| `{k['kernel'][:90]}` | {k['ms_per_token']} | {k['calls']} | {_fmt(k['share'])} |"
+                  for k in prof["top"][:10]]
+        lines.append("")
+    return lines
+
+
+def _target_cell(run: Run, key: str, value: float | None, digits: int, op: str, threshold: float) -> str:
+    if run.name == "hot" and key == "lora_over_base":
+        # The hot run's single-stream target is the hot alias through its merged replica; LoRA-served shown beside.
+        m = merged_numbers(run)
+        return (f"{_fmt(m['hot_over_base'], digits)} ({_met(m['hot_over_base'], op, threshold)}, merged replica; "
+                f"LoRA-served {_fmt(m['lora_over_base'], digits)})")
+    return f"{_fmt(value, digits)} ({_met(value, op, threshold)})"
+
+
+def render_dual(data: dict[str, Any]) -> list[str]:
+    meta = data.get("meta", {})
+    lines = ["## Two replicas, one per GPU (prod-small, issue 11, run `dual`)", "",
+             f"{meta.get('description', '')}. GPU: {'; '.join(str(meta.get('gpu')).splitlines())}, "
+             f"vLLM {meta.get('vllm_version')}, commit "
+             f"`{meta.get('git_commit')}`. Mixed adapters (4), 128 tokens, {meta.get('saturation_rounds')} × "
+             f"concurrency requests per level, {meta.get('client_processes')} client processes.", "",
+             "| concurrency | one replica tok/s | two, client-balanced tok/s | two via gateway tok/s | "
+             "two direct / one | two via gateway / one | failed |", "|---|---|---|---|---|---|---|"]
+    for level, row in (data.get("saturation") or {}).items():
+        failed = sum(row[k]["requests"] - row[k]["ok"] for k in ("one_replica", "two_direct", "two_gateway"))
+        lines.append(f"| {level} | {_fmt(row['one_replica']['aggregate_tok_s'], 0)} | "
+                     f"{_fmt(row['two_direct']['aggregate_tok_s'], 0)} | {_fmt(row['two_gateway']['aggregate_tok_s'], 0)} | "
+                     f"{_fmt(row['two_direct_over_one'])} | {_fmt(row['two_gateway_over_one'])} | {failed} |")
+    sw = data.get("switch_under_load")
+    if sw:
+        lines += ["", f"Switch `medical` v1 → v2 on both replicas through the gateway under load: HTTP "
+                      f"{sw['switch_status']} in {_fmt(sw['switch_s'])} s; {sw['ok']}/{sw['requests']} requests ok, "
+                      f"**{sw['failed']} failed**; alias after: `{(sw.get('alias_after') or {}).get('name')}`."]
+    if data.get("error"):
+        lines += ["", f"Run error: `{data['error'][:300]}`"]
+    lines += ["", "```", *[" ".join(map(str, a)) for a in meta.get("replica_argv", [])], "```", ""]
+    return lines
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -191,7 +275,7 @@ def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "") ->
     nums = {r.name: key_numbers(r) for r in runs}
     for key, label, op, threshold in TARGETS:
         digits = 3 if key.endswith("_s") and not key.endswith("tok_s") else 1 if key.endswith("tok_s") else 2
-        cells = [f"{_fmt(nums[r.name][key], digits)} ({_met(nums[r.name][key], op, threshold)})" for r in runs]
+        cells = [_target_cell(r, key, nums[r.name][key], digits, op, threshold) for r in runs]
         lines.append(f"| {label} {op} {threshold:g} | " + " | ".join(cells) + " |")
     lines.append("")
 
@@ -257,6 +341,13 @@ def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "") ->
             lines.append(f"| {run.name} | {len(q['cells'])} | {q['all_ok']} | {', '.join(map(str, toks))} |")
     lines.append("")
 
+    for run in runs:
+        if run.name == "hot":
+            lines += render_hot(run)
+    dual = doc_results_dual(runs)
+    if dual:
+        lines += render_dual(dual)
+
     if images:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in rel] + [""]
 
@@ -272,6 +363,13 @@ def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "") ->
             lines += ["<details><summary>vLLM startup log lines (cold)</summary>", "", "```", *log[:30], "```",
                       "</details>", ""]
     return "\n".join(lines) + "\n"
+
+
+def doc_results_dual(runs: list[Run]) -> dict[str, Any] | None:
+    if not runs:
+        return None
+    path = runs[0].path.parent / "dual.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _ms(seconds: float | None) -> float | None:

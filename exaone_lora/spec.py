@@ -143,7 +143,7 @@ class MergedReplicaSpec(_Model):
     alias: str
     gpu: int = Field(default=0, ge=0, description="which GPU of the node it shares")
     gpu_memory_utilization: float = Field(default=0.3, gt=0, le=0.9)
-    port: int = Field(default=8091, ge=1024, le=65535)
+    port: int = Field(default=8071, ge=1024, le=65535)
     max_num_seqs: int = Field(default=64, ge=1)
 
 

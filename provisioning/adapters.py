@@ -26,13 +26,15 @@ from pathlib import Path
 
 from fabric import Connection
 
-from exaone_lora.spec import DeploymentSpec
-from provisioning.remote import RemoteError, ok, out, put_bytes, sh
+from exaone_lora.spec import DeploymentSpec, MergedReplicaSpec
+from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, sh, wait_for
 from provisioning.results import Change
-from provisioning.service import replicas, restart
+from provisioning.service import gateway_src, replicas, restart
 from service.gateway.server import ADMIN_KEY_ENV
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.manifest import AdapterManifest, version_name
+from service.merge import MERGED_RECORD
+from service.merged_replicas import VERSION_VAR, merged_env_file, merged_for, merged_root, merged_unit_name
 from service.registry import AdapterRegistry
 from service.validation import check_name, validate_adapter
 from service.vllm_config import vllm_launch
@@ -287,8 +289,63 @@ def deploy_adapters(c: Connection, spec: DeploymentSpec, registry: AdapterRegist
         domains = [p.alias for p in spec.adapters]
     if not domains:
         raise DeployError(f"no --domain given and stack {spec.stack} pins no adapters")
-    return [deploy_adapter(c, spec, registry, d, version=version, rollback=rollback, dry_run=dry_run,
-                           layout=layout, report=report) for d in domains]
+    changes = []
+    for domain in domains:
+        changes.append(deploy_adapter(c, spec, registry, domain, version=version, rollback=rollback, dry_run=dry_run,
+                                      layout=layout, report=report))
+        merged = merged_for(spec, domain)
+        if merged is not None and not dry_run:
+            current = host_state(c, domain, layout).current
+            if current:
+                changes.append(ensure_merged(c, spec, merged, current, layout=layout, report=report))
+    return changes
+
+
+def merged_version(c: Connection, alias: str, layout: HostLayout = DEFAULT_LAYOUT) -> str | None:
+    """The version the merged replica of `alias` is configured to serve (its env file), if any."""
+    text = out(c, f"cat {merged_env_file(layout, alias)} 2>/dev/null || true")
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == VERSION_VAR:
+            return value.strip() or None
+    return None
+
+
+def ensure_merged(c: Connection, spec: DeploymentSpec, merged: MergedReplicaSpec, name: str, *,
+                  layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print, health_timeout: float = 900) -> Change:
+    """Make the merged replica of `merged.alias` serve `name` (already live on the LoRA path).
+
+    Runs after the alias switch, so clients are on `name` already (through LoRA) while this folds the
+    weights and restarts the replica; the gateway moves `name`'s traffic to it once it answers. Idempotent.
+    """
+    unit = merged_unit_name(merged.alias)
+    target = merged_root(layout) / name
+    health = f"http://127.0.0.1:{merged.port}/health"
+    previous = merged_version(c, merged.alias, layout)
+    if previous == name and ok(c, f"test -f {target}/{MERGED_RECORD}") and http_status(c, health) == 200:
+        return Change(f"merged replica {merged.alias}", False, f"no changes: serving {name}")
+    report(f"folding {name} into the base weights for {unit}")
+    src = gateway_src(layout)
+    result = c.run(f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli merge --base {spec.model.path} "
+                   f"--adapter {layout.adapters / name} --out {target} --version-name {name} "
+                   f"--max-rank {spec.max_lora_rank}", hide=True, warn=True, in_stream=False)
+    if result.exited != 0:
+        raise DeployError(f"{name} is live through the LoRA replicas, but its merged replica still serves "
+                          f"{previous or 'nothing'}: the merge failed: {(result.stderr or result.stdout)[-500:]}")
+    put_bytes(c, f"{VERSION_VAR}={name}\n".encode(), str(merged_env_file(layout, merged.alias)))
+    sh(c, f"systemctl restart {unit}")
+    report(f"waiting for {unit} to serve {name}")
+    try:
+        wait_for(lambda: http_status(c, health) == 200, health_timeout, interval=2, what=f"{unit} healthy")
+    except TimeoutError as exc:
+        raise DeployError(f"{name} is live through the LoRA replicas; {unit} did not come back: {exc}") from exc
+    # Keep the folded weights of the current and the previous version (a rollback restarts at once).
+    keep = {name, previous or name}
+    listing = out(c, f"ls {merged_root(layout)} 2>/dev/null || true").split()
+    stale = [d for d in listing if d.startswith(f"{merged.alias}-v") and d not in keep]
+    if stale:
+        sh(c, "rm -rf " + " ".join(shlex.quote(str(merged_root(layout) / d)) for d in stale))
+    return Change(f"merged replica {merged.alias}", True, f"{previous or 'nothing'} -> {name}")
 
 
 __all__ = ["DeployError", "RemoteError", "deploy_adapter", "deploy_adapters", "host_state"]

@@ -20,6 +20,7 @@ from exaone_lora.spec import DeploymentSpec
 from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, sh, wait_for
 from provisioning.results import Change
 from service.layout import DEFAULT_LAYOUT, HostLayout
+from service.merged_replicas import merged_endpoints, merged_units
 from service.replicas import replica_count, replica_unit_name
 from service.vllm_config import systemd_unit, vllm_launch
 
@@ -44,8 +45,10 @@ def gateway_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> s
     """The gateway (`python -m service.cli gateway`) in front of the vLLM replicas: public API on spec.port,
     admin API on loopback; it runs the project's own code with the vLLM venv's Python (which carries
     fastapi, uvicorn, httpx, prometheus-client, typer), so the host needs no second venv."""
-    upstreams = " ".join(f"--upstream http://127.0.0.1:{vllm_launch(spec, layout, replica=r).port}"
-                         for r in range(replicas(spec)))
+    urls = [f"http://127.0.0.1:{vllm_launch(spec, layout, replica=r).port}" for r in range(replicas(spec))]
+    # Merged replicas are upstreams too: the gateway tells them apart by what their /v1/models lists.
+    urls += [e.url for e in merged_endpoints(spec)]
+    upstreams = " ".join(f"--upstream {u}" for u in urls)
     # The stack's pins are the aliases at start; deploy-adapters switches them at run time.
     aliases = "".join(f" --alias {pin.alias}={pin.name}" for pin in spec.adapters)
     after = " ".join(vllm_unit_name(r) for r in range(replicas(spec)))
@@ -114,6 +117,7 @@ def ensure_gateway_app(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> Ch
 
 def rendered_units(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> dict[str, str]:
     units = {vllm_unit_name(r): systemd_unit(spec, layout, replica=r) for r in range(replicas(spec))}
+    units |= merged_units(spec, layout)
     if spec.gateway.enabled:
         units[GATEWAY_UNIT] = gateway_unit(spec, layout)
     return units

@@ -107,6 +107,33 @@ def gateway(
 
 
 @app.command()
+def merge(
+    base: Annotated[Path, typer.Option(help="the base model directory (config.json + *.safetensors)")],
+    adapter: Annotated[Path, typer.Option(help="the validated adapter version directory, e.g. /data/lora-adapters/medical-v3")],
+    out: Annotated[Path, typer.Option(help="where the merged model goes, e.g. /data/models/merged/medical-v3")],
+    version_name: Annotated[str, typer.Option(help="the immutable version name the merged replica will serve")],
+    max_rank: Annotated[int, typer.Option(help="the stack's maxLoraRank (the validator's limit)")] = 64,
+    device: Annotated[str, typer.Option(help="where to compute W + s*B@A: cpu, or cuda when the GPU has room")] = "cpu",
+) -> None:
+    """Fold one adapter version into the base weights: the model a merged replica serves at base speed."""
+    from service.gateway.names import parse_version_name
+    from service.merge import MergeError, merge_adapter
+
+    if parse_version_name(version_name) is None:
+        raise typer.BadParameter(f"{version_name!r} is not an immutable version name (`domain-vN`)")
+    started = time.perf_counter()
+    try:
+        merged = merge_adapter(base, adapter, out, version_name=version_name, max_rank=max_rank, device=device,
+                               progress=lambda name, i, n: err.print(f"merged {name} ({i}/{n})"))
+    except MergeError as exc:
+        err.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _print({"path": str(merged.path), "version_name": merged.version_name, "scale": merged.scale,
+            "merged_weights": merged.merged_weights, "reused": merged.reused,
+            "seconds": round(time.perf_counter() - started, 2)})
+
+
+@app.command()
 def lifecycle(
     url: Annotated[str, typer.Option(help="the vLLM server (not the gateway), e.g. http://127.0.0.1:8081")],
     adapter: Annotated[list[str], typer.Option(help="DOMAIN=DIR of an adapter to load (repeat; the seed uses 4)")],

@@ -158,13 +158,21 @@ def systemd_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, repl
                  model_path: str | None = None) -> str:
     """The vLLM unit file (`exaone-vllm@N.service` instance N serves GPU N)."""
     launch = vllm_launch(spec, layout, model_path=model_path, replica=replica)
+    return unit_text(launch, layout, layout.cache,
+                     f"vLLM multi-LoRA server for {spec.model.name} (replica {replica}, stack {spec.stack})")
+
+
+def unit_text(launch: VllmLaunch, layout: HostLayout, cache: PurePosixPath, description: str,
+              unit_extra: str = "", env_files: tuple[str, ...] = ()) -> str:
+    """A hardened systemd service running one rendered vLLM launch."""
     exec_start = " ".join(_quote(part) for part in launch.command(str(layout.vllm_python)))
     env_lines = "\n".join(f"Environment={_quote(f'{k}={v}')}" for k, v in sorted(launch.env.items()))
-    cache_dirs = " ".join(str(layout.cache.relative_to("/var/cache") / d) for d in ("vllm", "inductor", "triton", "hf", "xdg"))
+    cache_dirs = " ".join(str(cache.relative_to("/var/cache") / d) for d in ("vllm", "inductor", "triton", "hf", "xdg"))
+    extra_env = "".join(f"\nEnvironmentFile={f}" for f in env_files)
     return f"""[Unit]
-Description=vLLM multi-LoRA server for {spec.model.name} (replica {replica}, stack {spec.stack})
+Description={description}
 After=network-online.target
-Wants=network-online.target
+Wants=network-online.target{unit_extra}
 
 [Service]
 Type=exec
@@ -172,7 +180,7 @@ User={layout.service_user}
 Group={layout.service_user}
 WorkingDirectory={layout.data}
 {env_lines}
-EnvironmentFile=-{layout.env_file}
+EnvironmentFile=-{layout.env_file}{extra_env}
 ExecStart={exec_start}
 Restart=always
 RestartSec=5

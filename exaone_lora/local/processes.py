@@ -104,14 +104,18 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20) -> N
 @contextmanager
 def vllm_server(model_dir: Path, log: Path, *, adapters: dict[str, Path] | None = None, max_loras: int = 2,
                 max_cpu_loras: int = 4, max_lora_rank: int = 8, served_name: str = "exaone",
-                api_key: str | None = None, extra_args: Sequence[str] = (), timeout: float = 300) -> Iterator[RunningProcess]:
-    """A real OpenAI-compatible vLLM server (CPU build) on a free loopback port, runtime LoRA updates on."""
+                api_key: str | None = None, extra_args: Sequence[str] = (), timeout: float = 300,
+                lora: bool = True) -> Iterator[RunningProcess]:
+    """A real OpenAI-compatible vLLM server (CPU build) on a free loopback port, runtime LoRA updates on
+    (`lora=False`: a plain server, e.g. a merged replica serving one version as its base model)."""
     port = free_port()
     cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", served_name, "--trust-remote-code", "--dtype", "bfloat16",
-           "--max-model-len", "512", "--max-num-seqs", "8", "--enable-lora", "--max-lora-rank", str(max_lora_rank),
-           "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras),
+           "--max-model-len", "512", "--max-num-seqs", "8",
            "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log", *extra_args]
+    if lora:
+        cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras),
+                "--max-cpu-loras", str(max_cpu_loras)]
     if adapters:
         cmd += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",

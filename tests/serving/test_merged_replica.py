@@ -1,0 +1,106 @@
+"""A merged replica behind the gateway: one real CPU vLLM serving `medical-v1` with the adapter folded into the
+weights, next to the session's multi-LoRA vLLM. The gateway routes by what each replica's /v1/models says."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from exaone_lora.checkpoints import Checkpoint
+from service.gateway import VERSION_HEADER
+from service.merge import merge_adapter
+from tests.serving.conftest import GatewayFactory, unload_all
+from tests.support.processes import RunningProcess, stop_process_group, vllm_server
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def _prompt_logprobs(url: str, model: str, headers: dict[str, str] | None = None) -> list[float]:
+    """Log-probabilities of a fixed prompt's own tokens: no sampling choice, so two servers can be compared."""
+    body = {"model": model, "prompt": "What should I know about asthma? Please explain.", "max_tokens": 1,
+            "temperature": 0, "echo": True, "logprobs": 1}
+    response = httpx.post(f"{url}/v1/completions", json=body, headers=headers or {}, timeout=60)
+    assert response.status_code == 200, response.text
+    values = response.json()["choices"][0]["logprobs"]["token_logprobs"]
+    return [v for v in values[:-1] if v is not None]
+
+
+def _routes(url: str) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("exaone_gateway_routed_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split("{", 1)[1].rstrip("}")] = float(value)
+    return out
+
+
+def _wait(predicate: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_gateway_prefers_the_merged_replica_and_falls_back_to_lora(
+        vllm: RunningProcess, tiny_checkpoint: Checkpoint, medical_versions: dict[str, Path], logs_dir: Path,
+        gateway_factory: GatewayFactory, admin_key: str, tmp_path: Path) -> None:
+    merged = merge_adapter(tiny_checkpoint.path, medical_versions["medical-v1"], tmp_path / "medical-v1",
+                           version_name="medical-v1", max_rank=8)
+    for name in ("medical-v1", "medical-v2"):
+        r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", timeout=120,
+                       json={"lora_name": name, "lora_path": str(medical_versions[name])})
+        assert r.status_code == 200 or "already been loaded" in r.text
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    try:
+        with vllm_server(merged.path, logs_dir / "vllm-merged.log", served_name="medical-v1", lora=False) as fast, \
+                gateway_factory([vllm.url, fast.url]) as gw:
+            _wait(lambda: any(r["kind"] == "merged" and r["healthy"]
+                              for r in httpx.get(f"{gw.admin_url}/admin/state", headers=auth).json()["replicas"]))
+            switched = httpx.put(f"{gw.admin_url}/admin/aliases/medical", json={"name": "medical-v1"}, headers=auth,
+                                 timeout=120)
+            assert switched.status_code == 200, switched.text  # the merged replica does not block a switch
+
+            # Same version, two ways: folded weights and LoRA at run time give the same numbers; the base does not.
+            via_gateway = _prompt_logprobs(gw.public_url, "medical")
+            lora = _prompt_logprobs(vllm.url, "medical-v1")
+            base = _prompt_logprobs(vllm.url, "exaone")
+            assert len(via_gateway) == len(lora) > 3
+            assert max(abs(a - b) for a, b in zip(via_gateway, lora, strict=True)) < 0.02
+            assert max(abs(a - b) for a, b in zip(via_gateway, base, strict=True)) > 0.1
+            for _ in range(4):
+                r = httpx.post(f"{gw.public_url}/v1/completions", timeout=60,
+                               json={"model": "medical", "prompt": "Hi", "max_tokens": 2})
+                assert r.status_code == 200 and r.json()["model"] == "medical"
+                assert r.headers[VERSION_HEADER] == "medical-v1"
+            assert httpx.post(f"{gw.public_url}/v1/completions", timeout=60,
+                              json={"model": "exaone", "prompt": "Hi", "max_tokens": 2}).status_code == 200
+            routes = _routes(gw.public_url)
+            assert routes.get('alias="medical",path="merged"') == 5
+            assert 'alias="medical",path="lora"' not in routes
+            assert routes.get('alias="exaone",path="base"') == 1  # the base never goes to a merged replica
+
+            # A deploy switches the alias to v2: the merged replica still serves v1, so v2 goes to LoRA.
+            assert httpx.put(f"{gw.admin_url}/admin/aliases/medical", json={"name": "medical-v2"}, headers=auth,
+                             timeout=120).status_code == 200
+            r = httpx.post(f"{gw.public_url}/v1/completions", json={"model": "medical", "prompt": "Hi", "max_tokens": 2},
+                           timeout=60)
+            assert r.status_code == 200 and r.headers[VERSION_HEADER] == "medical-v2"
+            assert _routes(gw.public_url).get('alias="medical",path="lora"') == 1
+
+            # Back to v1, then the merged replica goes away: nothing fails, LoRA takes over at once.
+            assert httpx.put(f"{gw.admin_url}/admin/aliases/medical", json={"name": "medical-v1"}, headers=auth,
+                             timeout=120).status_code == 200
+            stop_process_group(fast.process)
+            for _ in range(3):
+                r = httpx.post(f"{gw.public_url}/v1/completions", timeout=60,
+                               json={"model": "medical", "prompt": "Hi", "max_tokens": 2})
+                assert r.status_code == 200 and r.headers[VERSION_HEADER] == "medical-v1"
+            assert _routes(gw.public_url).get('alias="medical",path="lora"') == 4
+            assert httpx.get(f"{gw.public_url}/health").status_code == 200
+    finally:
+        unload_all([vllm.url], ["medical-v1", "medical-v2"])
