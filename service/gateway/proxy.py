@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -146,9 +147,40 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
                              headers=extra)
 
 
+@dataclass(frozen=True)
+class SseChunk:
+    """One upstream `data:` payload after rewriting: what to send (None: drop), tokens counted, has choices."""
+
+    out: str | None
+    tokens: int
+    has_choices: bool
+
+
+def rewrite_chunk(data: str, upstream_model: str, alias: str, client_wants_usage: bool) -> SseChunk:
+    """Rewrite one streamed chunk for the client without parsing it when it need not be parsed.
+
+    Every token chunk passes through here, so the common case is two substring checks and one replace
+    (vLLM writes compact JSON: `"model":"medical-v3"`); only the chunk carrying `usage` (once per request)
+    or an unexpected layout is parsed. This is what bounds the gateway's tokens per second.
+    """
+    needle = f'"model":"{upstream_model}"'
+    if '"usage":{' not in data and needle in data:
+        return SseChunk(data.replace(needle, f'"model":"{alias}"', 1), 0, '"choices":[]' not in data)
+    chunk = json.loads(data)
+    usage = chunk.get("usage")
+    tokens = int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+    has_choices = bool(chunk.get("choices"))
+    if not has_choices and usage and not client_wants_usage:
+        return SseChunk(None, tokens, False)
+    if not client_wants_usage:
+        chunk.pop("usage", None)
+    return SseChunk(json.dumps(_rewrite(chunk, alias), separators=(",", ":")), tokens, has_choices)
+
+
 async def _sse(upstream: httpx.Response, acct: _Accounting, alias: str, client_wants_usage: bool) -> AsyncIterator[bytes]:
     status, error = 200, None
     seen_first = False
+    upstream_model = acct.route.upstream_model
     try:
         async for line in upstream.aiter_lines():
             if not line:
@@ -160,18 +192,13 @@ async def _sse(upstream: httpx.Response, acct: _Accounting, alias: str, client_w
             if data == "[DONE]":
                 yield b"data: [DONE]\n\n"
                 continue
-            chunk = json.loads(data)
-            usage = chunk.get("usage")
-            if usage:
-                acct.tokens(int(usage.get("completion_tokens") or 0))
-            if chunk.get("choices") and not seen_first:
+            chunk = rewrite_chunk(data, upstream_model, alias, client_wants_usage)
+            acct.tokens(chunk.tokens)
+            if chunk.has_choices and not seen_first:
                 seen_first = True
                 acct.first_token()
-            if not chunk.get("choices") and usage and not client_wants_usage:
-                continue
-            if not client_wants_usage:
-                chunk.pop("usage", None)
-            yield f"data: {json.dumps(_rewrite(chunk, alias))}\n\n".encode()
+            if chunk.out is not None:
+                yield f"data: {chunk.out}\n\n".encode()
     except httpx.HTTPError:
         status, error = 502, "upstream_unreachable"
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import threading
 import time
@@ -66,6 +67,12 @@ def unload_all(urls: list[str], names: list[str]) -> None:
             httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=30)
 
 
+def _streamed_models(text: str) -> set[str]:
+    """The `model` of every JSON event of an SSE body (the client must only ever see the alias)."""
+    events = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    return {json.loads(e).get("model") for e in events if e and e != "[DONE]"}
+
+
 @dataclass
 class TrafficLoop:
     """A bounded client loop: `workers` threads, at most `max_requests` and `max_seconds` in all."""
@@ -102,7 +109,7 @@ class TrafficLoop:
                     if stream:
                         with client.stream("POST", f"{self.url}/v1/completions", json=body) as response:
                             text = "".join(response.iter_text())
-                            ok = response.status_code == 200 and "data: [DONE]" in text and f'"model": "{self.model}"' in text
+                            ok = response.status_code == 200 and "data: [DONE]" in text and _streamed_models(text) == {self.model}
                     else:
                         response = client.post(f"{self.url}/v1/completions", json=body)
                         ok = response.status_code == 200 and response.json()["model"] == self.model
