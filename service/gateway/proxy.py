@@ -161,7 +161,8 @@ def rewrite_chunk(data: str, upstream_model: str, alias: str, client_wants_usage
 
     Every token chunk passes through here, so the common case is two substring checks and one replace
     (vLLM writes compact JSON: `"model":"medical-v3"`); only the chunk carrying `usage` (once per request)
-    or an unexpected layout is parsed. This is what bounds the gateway's tokens per second.
+    or an unexpected layout is parsed. The version name inside generated text is JSON-escaped (`\\"`), so
+    the replace can only hit the top-level field.
     """
     needle = f'"model":"{upstream_model}"'
     if '"usage":{' not in data and needle in data:
