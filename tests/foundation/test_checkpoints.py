@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -64,7 +65,7 @@ def test_loads_with_trust_remote_code_and_runs_forward(tiny_checkpoint: Checkpoi
 def test_remote_code_reproduces_the_get_input_embeddings_gap(tiny_checkpoint: Checkpoint) -> None:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint.path, trust_remote_code=True)
+    model: Any = AutoModelForCausalLM.from_pretrained(tiny_checkpoint.path, trust_remote_code=True)
     with pytest.raises(NotImplementedError):
         model.get_input_embeddings()
     assert fix_input_embeddings(model).get_input_embeddings() is model.transformer.wte

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def _logits(model_dir: Path, ids: torch.Tensor, adapter: Path | None = None) -> 
 
     from exaone_lora.hf_compat import fix_input_embeddings
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=True, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=True, dtype=torch.float32)
     fix_input_embeddings(model)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
