@@ -326,9 +326,9 @@ def ensure_merged(c: Connection, spec: DeploymentSpec, merged: MergedReplicaSpec
         return Change(f"merged replica {merged.alias}", False, f"no changes: serving {name}")
     report(f"folding {name} into the base weights for {unit}")
     src = gateway_src(layout)
-    result = c.run(f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli merge --base {spec.model.path} "
+    result = sh(c, f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli merge --base {spec.model.path} "
                    f"--adapter {layout.adapters / name} --out {target} --version-name {name} "
-                   f"--max-rank {spec.max_lora_rank}", hide=True, warn=True, in_stream=False)
+                   f"--max-rank {spec.max_lora_rank}", check=False)
     if result.exited != 0:
         raise DeployError(f"{name} is live through the LoRA replicas, but its merged replica still serves "
                           f"{previous or 'nothing'}: the merge failed: {(result.stderr or result.stdout)[-500:]}")
