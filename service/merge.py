@@ -87,8 +87,9 @@ def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path |
     recipe = _recipe(base, adapter, version_name, validated)
     record = out / MERGED_RECORD
     scale = _scale(adapter, validated)
-    if record.is_file() and json.loads(record.read_text()).get("recipe") == recipe:
-        return MergedModel(out, version_name, scale, json.loads(record.read_text())["merged_weights"], reused=True)
+    existing = json.loads(record.read_text()) if record.is_file() else {}
+    if existing.get("recipe") == recipe:
+        return MergedModel(out, version_name, scale, existing["merged_weights"], reused=True)
 
     lora = load_file(str(adapter / "adapter_model.safetensors"))
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
