@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from benchmarks.client import Job, run_jobs, summarize
+from benchmarks.hot import wait_gateway
 from benchmarks.suites import DOMAIN_PROMPTS, SuiteSizes, metadata
 from benchmarks.variants import REPO_ROOT, device_layout
 from exaone_lora.spec import load_spec
@@ -118,9 +119,7 @@ def run_dual(root: Path, out: Path, sizes: SuiteSizes, domains: tuple[str, ...])
                 "--port", str(GATEWAY_PORT), "--admin-port", str(ADMIN_PORT),
                 *[a for d in domains for a in ("--alias", f"{d}={names[d]}")]]
         start_process(argv, {"EXAONE_GATEWAY_ADMIN_KEY": key}, "gateway", root, out / "dual-gateway.log", "gateway", gw_url)
-        from benchmarks.hot import _wait_gateway
-
-        _wait_gateway(gw_url, list(domains))
+        wait_gateway(gw_url, list(domains))
         result["meta"] = metadata(urls[0], states[0]["argv"], "dual", {
             "description": "Pulumi.prod.yaml (prod-small): one vLLM replica per GPU, gateway in front",
             "replica_argv": [s["argv"] for s in states], "gateway_argv": argv, "client_processes": CLIENT_PROCESSES,

@@ -107,7 +107,7 @@ async def gateway_routes(url: str) -> dict[str, float]:
     return routes
 
 
-def _wait_gateway(url: str, aliases: list[str], timeout_s: float = 60) -> None:
+def wait_gateway(url: str, aliases: list[str], timeout_s: float = 60) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
@@ -162,7 +162,7 @@ def run_hot(root: Path, out: Path, sizes: SuiteSizes, domains: tuple[str, ...]) 
                 "--port", str(GATEWAY_PORT), "--admin-port", str(ADMIN_PORT),
                 *[a for d in domains for a in ("--alias", f"{d}={names[d]}")]]
         start_process(argv, {"EXAONE_GATEWAY_ADMIN_KEY": key}, "gateway", root, out / "gateway.log", "gateway", gw_url)
-        _wait_gateway(gw_url, list(domains))
+        wait_gateway(gw_url, list(domains))
         result["meta"] = metadata(lora_url, lora["argv"], "hot", {
             "description": "LoRA replica (utilization 0.5) + merged replica of `medical` (0.35) on one GPU, "
                            "gateway in front", "merged_argv": mstate["argv"], "gateway_argv": argv,

@@ -4,6 +4,7 @@ weights, next to the session's multi-LoRA vLLM. The gateway routes by what each 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -37,10 +38,10 @@ def _routes(url: str) -> dict[str, float]:
     return out
 
 
-def _wait(predicate: object, timeout: float = 20) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.2)
     raise AssertionError("condition not reached in time")
