@@ -20,6 +20,8 @@ import json
 import random
 import sys
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint = Path(args.checkpoint)
     config = SFTConfig(rank=args.rank, alpha=2 * args.rank, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
                        targets=args.targets, max_length=args.max_length, seed=args.seed, eval_fraction=0.0,
-                       packing=args.packing, chunked_ce=args.chunked_ce, ce_chunk_tokens=args.ce_chunk_tokens,
+                       packing=args.packing, padding_free=args.padding_free, chunked_ce=args.chunked_ce,
+                       ce_chunk_tokens=args.ce_chunk_tokens,
                        bf16=None if args.bf16 is None else args.bf16 == "on", gradient_checkpointing=args.grad_ckpt,
                        torch_compile=args.compile, pad_multiple=args.pad_multiple,
                        max_steps=args.warmup_steps + args.steps, warmup_ratio=0.0)
@@ -101,9 +104,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     samples = tokens = 0
+    step_ms = []
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        stats = trainer.train_step()
+        began = time.perf_counter()
+        stats = trainer.train_step()  # ends by reading the loss: the host has waited for the GPU
+        step_ms.append(round((time.perf_counter() - began) * 1000, 1))
         samples, tokens = samples + stats.samples, tokens + stats.tokens
     sync()
     elapsed = time.perf_counter() - t0
@@ -125,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "samples_per_s": round(samples / elapsed, 3),
         "tokens_per_s": round(tokens / elapsed, 1),
         "steps_per_s": round(args.steps / elapsed, 4),
+        "step_ms": step_ms,
         "mean_sample_tokens": round(trainer.train_tokens / max(trainer.n_train, 1), 1),
         "rows_per_epoch": len(trainer.rows),
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
@@ -139,20 +146,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def profile_step(trainer: Any, top: int = 20) -> dict[str, Any]:
-    """One more optimizer step under torch.profiler: GPU time by kernel, the biggest `top` first."""
+    """Two more optimizer steps: one under torch.profiler (GPU time by kernel, host time by operator, biggest
+    first), one under CUDA's sync debug mode (where the host waits for the GPU).
+
+    `gpu_idle_ms` is the step's wall time minus its summed kernel time (one stream, so kernels do not
+    overlap): time the GPU waited for the host (launches, Python, synchronisation).
+    """
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
         trainer.train_step()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+        wall_ms = (time.perf_counter() - started) * 1000
+    events = prof.key_averages()
+    # One more step with CUDA's sync debug mode: every host-device synchronisation, by source line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = Counter(f"{Path(w.filename).name}:{w.lineno}: {str(w.message)[:80]}" for w in caught
+                    if "synchroniz" in str(w.message))
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.device_time_total > 0]
     total_us = sum(e.device_time_total for e in kernels)
     kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    host = sorted((e for e in events if e.device_type == DeviceType.CPU), key=lambda e: e.self_cpu_time_total,
+                  reverse=True)
     return {
+        "wall_ms": round(wall_ms, 2),
         "gpu_ms": round(total_us / 1000, 2),
+        "gpu_idle_ms": round(wall_ms - total_us / 1000, 2),
         "top": [{"kernel": e.key[:160], "ms": round(e.device_time_total / 1000, 2), "calls": e.count,
                  "share": round(e.device_time_total / total_us, 4)} for e in kernels[:top]],
+        "synchronisations": dict(syncs.most_common(top)),
+        "host_top": [{"op": e.key[:120], "self_ms": round(e.self_cpu_time_total / 1000, 2), "calls": e.count}
+                     for e in host[:top]],
     }
 
 
@@ -171,6 +205,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-tokens", type=int, default=400)
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--packing", action="store_true")
+    p.add_argument("--padding-free", action="store_true", help="one row per micro-batch, variable-length attention")
     p.add_argument("--chunked-ce", action="store_true")
     p.add_argument("--ce-chunk-tokens", type=int, default=1024)
     p.add_argument("--bf16", choices=["on", "off"], default=None, help="default: on for GPU, off for CPU")

@@ -77,10 +77,14 @@ def validate_data(paths: Annotated[list[Path], typer.Argument(exists=True, dir_o
     for path in paths:
         corpus = read_sharegpt(path)
         if corpus.ok:
-            console.print(f"[green]ok[/] {path}: {len(corpus.conversations)} conversations, data hash {corpus.data_hash()[:16]}")
+            console.print(f"[green]ok[/] {path}: {len(corpus.conversations)} conversations, data hash "
+                          f"{corpus.data_hash()[:16]}", soft_wrap=True)
             continue
         bad += len(corpus.problems)
-        table = Table(title=f"{path}: {len(corpus.problems)} bad line(s), {len(corpus.conversations)} good")
+        # A line of its own, not a table title: titles wrap at the terminal width and split the path and count.
+        console.print(f"[red]bad[/] {path}: {len(corpus.problems)} bad line(s), {len(corpus.conversations)} good",
+                      soft_wrap=True)
+        table = Table()
         table.add_column("line", justify="right")
         table.add_column("reason")
         for problem in corpus.problems:
@@ -90,7 +94,11 @@ def validate_data(paths: Annotated[list[Path], typer.Argument(exists=True, dir_o
         raise typer.Exit(1)
 
 
-SFT_OPTIONS_HELP = "Speed knobs (--packing, --chunked-ce, --grad-ckpt, --compile, --bf16) keep the maths the same."
+SFT_OPTIONS_HELP = ("Speed knobs (--padding-free, --packing, --chunked-ce, --grad-ckpt, --compile, --bf16) keep the "
+                    "maths the same.")
+PaddingFree = Annotated[bool, typer.Option(
+    "--padding-free", help="One row per micro-batch, samples end to end, attention per sample: no compute on "
+                           "padding (FlashAttention's variable-length kernel on CUDA).")]
 
 
 @app.command(help=f"Train one LoRA adapter with PEFT on a ShareGPT file. {SFT_OPTIONS_HELP}")
@@ -110,6 +118,7 @@ def sft(
     seed: int = 42,
     eval_fraction: float = 0.1,
     packing: bool = False,
+    padding_free: PaddingFree = False,
     chunked_ce: bool = False,
     bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="Default: bf16 on GPU, fp32 on CPU.")] = None,
     grad_ckpt: bool = False,
@@ -127,7 +136,8 @@ def sft(
     try:
         config = SFTConfig(rank=rank, alpha=alpha, dropout=dropout, learning_rate=lr, epochs=epochs, micro_batch=micro_batch,
                            grad_accum=grad_accum, targets=targets, max_length=max_length, seed=seed,
-                           eval_fraction=eval_fraction, packing=packing, chunked_ce=chunked_ce, bf16=bf16,
+                           eval_fraction=eval_fraction, packing=packing, padding_free=padding_free,
+                           chunked_ce=chunked_ce, bf16=bf16,
                            gradient_checkpointing=grad_ckpt, torch_compile=compile, pad_multiple=pad_multiple,
                            max_steps=max_steps, save_every=save_every)
         result = train(base, data, out_dir, config, resume=resume, base_model_name=base_model_name,
@@ -201,6 +211,7 @@ def train_all(
     targets: str = "all-linear",
     max_length: int = 1024,
     packing: bool = False,
+    padding_free: PaddingFree = False,
     chunked_ce: bool = False,
     max_steps: int | None = None,
     max_rank: int = 32,
@@ -217,7 +228,8 @@ def train_all(
     if missing:
         raise _fail(f"missing data files: {', '.join(str(data_dir / f'{d}.jsonl') for d in missing)}")
     config = SFTConfig(rank=rank, alpha=alpha, learning_rate=lr, epochs=epochs, micro_batch=micro_batch, grad_accum=grad_accum,
-                       targets=targets, max_length=max_length, packing=packing, chunked_ce=chunked_ce, max_steps=max_steps)
+                       targets=targets, max_length=max_length, packing=packing, padding_free=padding_free,
+                       chunked_ce=chunked_ce, max_steps=max_steps)
     registry = _registry(connection_string_env, account_url)
     table = Table(title="train-all")
     for column in ("domain", "samples", "steps", "first loss", "final loss", "eval loss", "samples/s", "export", "status"):

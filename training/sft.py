@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from exaone_lora.model_shape import ALL_LINEAR_MODULES, ATTENTION_MODULES
-from training.data import Conversation, Row, collate, pack_examples, single_rows, split_eval, tokenize_all
+from training.data import (
+    Conversation,
+    Row,
+    collate,
+    collate_flat,
+    pack_examples,
+    single_rows,
+    split_eval,
+    tokenize_all,
+)
 
 TARGETS: dict[str, tuple[str, ...]] = {
     "attention-qv": ("q_proj", "v_proj"),
@@ -64,6 +73,9 @@ class SFTConfig:
     eval_fraction: float = 0.1
     # Speed knobs (benchmarked separately; same loss within noise).
     packing: bool = False
+    # One row per micro-batch, samples end to end, attention per sample (FlashAttention's variable-length
+    # kernel on CUDA): no compute on padding, and exactly the unpadded batches' samples and loss.
+    padding_free: bool = False
     chunked_ce: bool = False
     ce_chunk_tokens: int = 1024
     bf16: bool | None = None  # None: bf16 on GPU, fp32 on CPU
@@ -81,12 +93,15 @@ class SFTConfig:
         for name in ("rank", "alpha", "epochs", "micro_batch", "grad_accum", "max_length", "ce_chunk_tokens", "pad_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.padding_free and self.pad_multiple > self.max_length:
+            raise ValueError(f"with padding_free, pad_multiple ({self.pad_multiple}) must be <= max_length "
+                             f"({self.max_length}): the trailing padding is one sample of at most max_length tokens")
 
     def fingerprint(self) -> str:
         """What must not change between an interrupted run and its resumption."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("save_every", "keep_checkpoints", "device",
                                                                     "torch_compile", "gradient_checkpointing",
-                                                                    "pad_multiple")}
+                                                                    "pad_multiple", "padding_free")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
@@ -129,6 +144,24 @@ def load_base_model(path: Path | str, *, dtype: Any, device: str) -> tuple[Any, 
     model: Any = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=True, dtype=dtype)
     fix_input_embeddings(model)
     return model.to(device), tokenizer
+
+
+def compile_blocks(model: Any, *, dynamic: bool | None = None) -> int:
+    """torch.compile each decoder block in place (regional compilation); returns how many were compiled.
+
+    The blocks share one code path, so torch compiles one graph and reuses it for every layer: a cold start
+    compiles one block instead of the whole 30-layer decoder (two, in fact: the first block's input, the
+    frozen embedding's output, needs no gradient). In place, so parameter names (and the saved adapter) gain
+    no `_orig_mod` prefix. `dynamic` is torch.compile's.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or ())
+    blocks = [m for m in base.modules() if type(m).__name__ in kinds]
+    if not blocks:
+        raise ValueError(f"cannot compile: no decoder blocks ({', '.join(sorted(kinds)) or 'none declared'}) found")
+    for block in blocks:
+        block.compile(dynamic=dynamic)
+    return len(blocks)
 
 
 def default_base_name(path: Path | str) -> str:
@@ -186,7 +219,7 @@ class Trainer:
         import torch
         from peft import LoraConfig, get_peft_model
 
-        from training.loss import PackedAttention
+        from training.loss import PackedAttention, supports_padding_free
 
         self.config = config
         self.base_path = Path(base_path)
@@ -217,11 +250,14 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         self.model = get_peft_model(model, lora)
-        self.packed = PackedAttention(self.model) if config.packing else None
+        if config.padding_free and not supports_padding_free(self.model):
+            raise ValueError("padding-free batches need a decoder that takes sample bounds (cu_seq_lens_q, "
+                             "max_length_q), as the project's EXAONE-shaped modeling code does; this model's "
+                             "does not. Train without --padding-free.")
+        self.packed = PackedAttention(self.model) if config.packing and not config.padding_free else None
         if config.torch_compile:
-            # In place, so parameter names (and the saved adapter) do not gain an `_orig_mod` prefix.
-            decoder: Any = self.model.get_base_model().transformer
-            decoder.compile()
+            # Padding-free rows change width every step: compile for any width at once, not per width.
+            compile_blocks(self.model, dynamic=config.padding_free or None)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            fused=self.device.startswith("cuda"))
@@ -236,6 +272,7 @@ class Trainer:
         self.loss_curve: list[dict[str, float]] = []
         self.eval_curve: list[dict[str, float]] = []
         self._epoch_cache: tuple[int, list[list[Row]]] = (-1, [])
+        self._prefetched: tuple[int, dict[str, Any]] | None = None
 
     # ---------------------------------------------------------------- state
 
@@ -288,8 +325,19 @@ class Trainer:
     # ---------------------------------------------------------------- loop
 
     def _to_device(self, rows: Sequence[Row]) -> dict[str, Any]:
-        return {k: v.to(self.device, non_blocking=True)
-                for k, v in collate(rows, self.pad_id, self.config.pad_multiple).items()}
+        build = collate_flat if self.config.padding_free else collate
+        batch = build(rows, self.pad_id, self.config.pad_multiple)
+        if self.device.startswith("cuda"):
+            # Pinned, so the copy is queued behind the running step instead of waiting for it.
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _first_batch(self, step: int, rows: Sequence[Row]) -> dict[str, Any]:
+        """Step `step`'s first micro-batch: the one prepared while the previous step ran, if it was."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == step:
+            return prefetched[1]
+        return self._to_device(rows)
 
     def _loss_sum(self, batch: dict[str, Any]) -> tuple[Any, int]:
         import torch
@@ -299,7 +347,8 @@ class Trainer:
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             return loss_sum(self.model, batch, chunked=self.config.chunked_ce,
-                            chunk_tokens=self.config.ce_chunk_tokens, packed=self.packed)
+                            chunk_tokens=self.config.ce_chunk_tokens, packed=self.packed,
+                            max_sample_tokens=self.config.max_length)
 
     def evaluate(self) -> float | None:
         import torch
@@ -331,13 +380,13 @@ class Trainer:
         group = self.step_batches(self.step)
         # Normalise by the labelled tokens of the whole optimizer step, so accumulation = one big batch.
         step_targets = sum(row.label_count for rows in group for row in rows)
-        step_loss = 0.0
+        losses = []
         samples = tokens = 0
-        for rows in group:
-            batch = self._to_device(rows)
+        for index, rows in enumerate(group):
+            batch = self._first_batch(self.step, rows) if index == 0 else self._to_device(rows)
             loss, _ = self._loss_sum(batch)
             (loss / max(step_targets, 1)).backward()
-            step_loss += float(loss.detach())
+            losses.append(loss.detach())
             samples += sum(max(r.segment_ids) for r in rows)
             tokens += sum(len(r) for r in rows)
         torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
@@ -345,7 +394,11 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        loss_value = step_loss / max(step_targets, 1)
+        if self.step < self.total_steps:
+            # Build and queue the next step's first batch while the GPU is still busy with this one; reading
+            # the loss below is the step's only wait for the GPU, so the host gets ahead again right after.
+            self._prefetched = (self.step, self._to_device(self.step_batches(self.step)[0]))
+        loss_value = float(torch.stack(losses).sum()) / max(step_targets, 1)
         self.loss_curve.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
                                 "loss": round(loss_value, 6), "lr": self.scheduler.get_last_lr()[0]})
         return StepStats(loss_value, samples, tokens)

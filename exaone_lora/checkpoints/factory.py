@@ -90,6 +90,7 @@ def make_checkpoint(out_dir: Path | str, size: str = "tiny", seed: int = 0, devi
     marker = out / ".factory.json"
     recipe = {"size": size, "seed": seed, "shape": shape.name}
     if marker.exists() and not overwrite and json.loads(marker.read_text()) == recipe:
+        _refresh_remote_code(out)
         return Checkpoint(out, shape)
     # Build next to the target and rename, so an interrupted run never leaves a half checkpoint.
     staging = out.with_name(out.name + ".partial")
@@ -124,6 +125,17 @@ def make_checkpoint(out_dir: Path | str, size: str = "tiny", seed: int = 0, devi
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return Checkpoint(out, shape)
+
+
+def _refresh_remote_code(out: Path) -> None:
+    """A reused checkpoint gets this version's modeling code (weights do not depend on it); atomic per file."""
+    for name in ("configuration_exaone.py", "modeling_exaone.py"):
+        current = (REMOTE_CODE / name).read_bytes()
+        target = out / name
+        if not target.is_file() or target.read_bytes() != current:
+            staging = target.with_name(name + ".partial")
+            staging.write_bytes(current)
+            staging.replace(target)
 
 
 def _save_shards(out: Path, shards: list[dict], save_file) -> None:  # type: ignore[type-arg, no-untyped-def]

@@ -91,6 +91,34 @@ def test_adapter_loads_with_peft_and_changes_the_output(tiny_checkpoint: Checkpo
     assert not torch.allclose(base, tuned, atol=1e-4)
 
 
+def test_every_load_computes_the_same_rotary_embedding(tiny_checkpoint: Checkpoint) -> None:
+    """transformers 5 materialises a remote-code model from the meta device: anything not in the checkpoint
+    (such as a non-persistent rotary buffer) would be uninitialised memory, and differ from load to load."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    outputs = []
+    for _ in range(2):
+        model: Any = AutoModelForCausalLM.from_pretrained(tiny_checkpoint.path, trust_remote_code=True,
+                                                          dtype=torch.float32)
+        cos, sin = model.transformer.rotary(torch.arange(6)[None], torch.float32)
+        dim = EXAONE_TINY.head_dim
+        angle = 3 * EXAONE_TINY.rope_theta ** (-2 * 1 / dim)  # position 3, frequency 1
+        assert cos[0, 0, 3, 1] == pytest.approx(math.cos(angle), abs=1e-6)
+        assert sin[0, 0, 3, 1 + dim // 2] == pytest.approx(math.sin(angle), abs=1e-6)
+        with torch.no_grad():
+            outputs.append(model(input_ids=ids).logits)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_factory_refreshes_the_modeling_code_of_a_reused_checkpoint(tmp_path: Path) -> None:
+    first = make_checkpoint(tmp_path / "m", "tiny", seed=5)
+    stale = first.path / "modeling_exaone.py"
+    stale.write_text("# an older version\n")
+    make_checkpoint(tmp_path / "m", "tiny", seed=5)
+    assert "class ExaoneForCausalLM" in stale.read_text()
+
+
 def test_factory_is_idempotent_and_atomic(tmp_path: Path) -> None:
     first = make_checkpoint(tmp_path / "m", "tiny", seed=5)
     stamp = (first.path / "model.safetensors").stat().st_mtime_ns

@@ -38,15 +38,57 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _varlen_setup():
+    """torch's variable-length FlashAttention (torch >= 2.10) and how this torch spells its options, or None."""
+    import inspect
+
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    # torch 2.10 takes is_causal; 2.11 spells causal as a window: everything to the left, nothing to the right.
+    options: dict = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    if "enable_gqa" in params:
+        options["enable_gqa"] = True
+    return varlen_attn, options
+
+
+_VARLEN = _varlen_setup()
+
+
+def _varlen_attention(q, k, v, cu_seq_lens, max_length, dropout=0.0):
+    """Causal attention within each sample of one flattened row: (1, heads, T, d) in, (1, heads, T, d) out.
+
+    On CUDA, FlashAttention's variable-length kernel (no padding, no mask); elsewhere (CPU tests) SDPA under
+    the equivalent block-diagonal causal mask.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if q.is_cuda and dropout == 0.0 and _VARLEN is not None:
+        kernel, options = _VARLEN
+        if groups > 1 and "enable_gqa" not in options:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        q, k, v = (x[0].transpose(0, 1).contiguous() for x in (q, k, v))
+        return kernel(q, k, v, cu_seq_lens, cu_seq_lens, max_length, max_length, **options).transpose(0, 1)[None]
+    t = q.shape[2]
+    positions = torch.arange(t, device=q.device)
+    sample = torch.searchsorted(cu_seq_lens[1:].to(positions.dtype), positions, right=True)
+    mask = (sample[:, None] == sample[None, :]) & (positions[:, None] >= positions[None, :])
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None], dropout_p=dropout)
+
+
 class ExaoneRotaryEmbedding(nn.Module):
     def __init__(self, config):
         super().__init__()
-        dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dim = config.head_dim
+        self.theta = config.rope_theta
 
     def forward(self, position_ids, dtype):
-        freqs = position_ids[..., None].float() * self.inv_freq
+        # Computed here, not kept as a non-persistent buffer: transformers 5 builds the model on the meta device
+        # and loads only the checkpoint's tensors, so such a buffer would hold uninitialised memory.
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.float32, device=position_ids.device) / self.dim
+        freqs = position_ids[..., None].float() * (1.0 / self.theta ** exponents)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
 
@@ -64,7 +106,7 @@ class ExaoneSelfAttention(nn.Module):
         self.out_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=False)
         self.dropout = config.attention_dropout
 
-    def forward(self, hidden_states, cos, sin, mask):
+    def forward(self, hidden_states, cos, sin, mask, varlen=None):
         b, t, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -72,7 +114,10 @@ class ExaoneSelfAttention(nn.Module):
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         dropout = self.dropout if self.training else 0.0
-        if mask is None:
+        if varlen is not None:
+            cu_seq_lens, max_length = varlen
+            out = _varlen_attention(q, k, v, cu_seq_lens, max_length, dropout=dropout)
+        elif mask is None:
             # No mask (no padding, or right padding, where a causal mask already hides it): SDPA may pick its
             # FlashAttention kernel, which reads the grouped K/V heads directly.
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
@@ -89,8 +134,8 @@ class ExaoneAttention(nn.Module):
         super().__init__()
         self.attention = ExaoneSelfAttention(config)
 
-    def forward(self, hidden_states, cos, sin, mask):
-        return self.attention(hidden_states, cos, sin, mask)
+    def forward(self, hidden_states, cos, sin, mask, varlen=None):
+        return self.attention(hidden_states, cos, sin, mask, varlen)
 
 
 class ExaoneGatedMLP(nn.Module):
@@ -112,8 +157,8 @@ class ExaoneBlock(nn.Module):
         self.ln_2 = ExaoneRMSNorm(config.hidden_size, config.layer_norm_epsilon)
         self.mlp = ExaoneGatedMLP(config)
 
-    def forward(self, hidden_states, cos, sin, mask):
-        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), cos, sin, mask)
+    def forward(self, hidden_states, cos, sin, mask, varlen=None):
+        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), cos, sin, mask, varlen)
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
@@ -143,7 +188,13 @@ class ExaoneModel(ExaonePreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                cu_seq_lens_q=None, max_length_q=None, **kwargs):
+        """`cu_seq_lens_q` (int32 sample boundaries, transformers' padding-free convention) with `max_length_q`
+        (an upper bound on one sample's length) make attention per sample over a batch of one flattened row."""
+        if cu_seq_lens_q is not None and (attention_mask is not None or max_length_q is None):
+            raise ValueError("cu_seq_lens_q needs max_length_q and excludes attention_mask")
+        varlen = None if cu_seq_lens_q is None else (cu_seq_lens_q, int(max_length_q))
         hidden_states = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         b, t = hidden_states.shape[:2]
         if position_ids is None:
@@ -158,9 +209,9 @@ class ExaoneModel(ExaonePreTrainedModel):
         hidden_states = self.drop(hidden_states)
         for block in self.h:
             if self.gradient_checkpointing and self.training:
-                hidden_states = checkpoint(block, hidden_states, cos, sin, mask, use_reentrant=False)
+                hidden_states = checkpoint(block, hidden_states, cos, sin, mask, varlen, use_reentrant=False)
             else:
-                hidden_states = block(hidden_states, cos, sin, mask)
+                hidden_states = block(hidden_states, cos, sin, mask, varlen)
         return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden_states))
 
 
@@ -183,7 +234,7 @@ class ExaoneForCausalLM(ExaonePreTrainedModel, GenerationMixin):
                 labels=None, **kwargs):
         hidden = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
+            inputs_embeds=inputs_embeds, **kwargs,
         ).last_hidden_state
         logits = self.lm_head(hidden)
         loss = None
