@@ -248,8 +248,9 @@ class DeploymentSpec(_Model):
     def _check_merged(self, pinned: set[str]) -> None:
         if not self.merged_replicas:
             return
-        if not self.gateway.enabled or self.target != "vm":
-            raise ValueError("mergedReplicas: need target 'vm' with the gateway enabled (the gateway routes to them)")
+        if not self.gateway.enabled or self.target not in ("vm", "local"):
+            raise ValueError("mergedReplicas: need target 'vm' (or 'local') with the gateway enabled (the gateway "
+                             "routes to them)")
         used = {self.port, self.gateway.engine_port, self.gateway.admin_port, self.monitoring.prometheus_port}
         used |= {self.gateway.engine_port + 10 * gpu for gpu in range(self.gpus_per_node)}
         share = dict.fromkeys(range(self.gpus_per_node), self.gpu_memory_utilization)

@@ -338,7 +338,9 @@ def ensure_merged(c: Connection, spec: DeploymentSpec, merged: MergedReplicaSpec
     try:
         wait_for(lambda: http_status(c, health) == 200, health_timeout, interval=2, what=f"{unit} healthy")
     except TimeoutError as exc:
-        raise DeployError(f"{name} is live through the LoRA replicas; {unit} did not come back: {exc}") from exc
+        journal = out(c, f"journalctl --no-pager -n 25 -u {unit}", check=False)
+        raise DeployError(f"{name} is live through the LoRA replicas; {unit} did not come back: {exc}; "
+                          f"its last log lines:\n{journal}") from exc
     # Keep the folded weights of the current and the previous version (a rollback restarts at once).
     keep = {name, previous or name}
     listing = out(c, f"ls {merged_root(layout)} 2>/dev/null || true").split()

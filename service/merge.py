@@ -101,7 +101,10 @@ def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path |
 
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    new_parent = not out.parent.exists()
     staging.mkdir(parents=True)
+    if new_parent:  # e.g. /data/models/merged on a first merge: the service user must be able to enter it
+        out.parent.chmod(0o755)
     for item in base.iterdir():
         if item.suffix != ".safetensors" and item.is_file() and item.name != MERGED_RECORD:
             shutil.copy2(item, staging / item.name)
@@ -126,6 +129,11 @@ def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path |
          "weights_sha256": {p.name: _sha256(p) for p in sorted(staging.glob("*.safetensors"))},
          "validated": {k: v for k, v in asdict(validated).items() if k != "files"}},
         indent=2, default=str))
+    # The merge runs as root (sudo) and vLLM as its service user: whatever the umask or the writer's
+    # temporary-file modes, the served model must be readable by others.
+    for item in staging.iterdir():
+        item.chmod(0o644)
+    staging.chmod(0o755)
     # Swap in one rename where possible: a reader sees the old directory or the new one, never half of one.
     if out.exists():
         old = out.with_name(out.name + ".old")
@@ -134,6 +142,5 @@ def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path |
         staging.rename(out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(out)
     return MergedModel(out, version_name, scale, len(merged), reused=False)

@@ -1,4 +1,5 @@
-"""Merged replicas on a VM host: one systemd unit per `mergedReplicas` entry, the served version in an env file.
+"""Merged replicas on a VM (or the local systemd test host): one systemd unit per `mergedReplicas` entry, the
+served version in an env file.
 
 The unit's argv comes from `vllm_config.merged_launch` with the version left to systemd: `${MERGED_VERSION}`
 is both the served model name and the directory under `/data/models/merged/`, and it is read from
@@ -57,7 +58,8 @@ def merged_unit(spec: DeploymentSpec, merged: MergedReplicaSpec, layout: HostLay
                            layout=layout)
     env_file = merged_env_file(layout, merged.alias)
     return unit_text(launch, layout, merged_cache_layout(layout, merged.alias).cache,
-                     f"vLLM merged replica of {merged.alias} (GPU {merged.gpu}, stack {spec.stack})",
+                     f"vLLM merged replica of {merged.alias} ({'CPU' if spec.target == 'local' else f'GPU {merged.gpu}'}, "
+                     f"stack {spec.stack})",
                      unit_extra=f"\nConditionPathExists={env_file}", env_files=(str(env_file),))
 
 

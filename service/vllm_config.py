@@ -92,21 +92,26 @@ def vllm_launch(
 
 
 def merged_launch(spec: DeploymentSpec, merged: MergedReplicaSpec, *, version_name: str, model_path: str,
-                  layout: HostLayout = DEFAULT_LAYOUT) -> VllmLaunch:
+                  layout: HostLayout = DEFAULT_LAYOUT, kv_cache_gib: int = 1) -> VllmLaunch:
     """argv and environment of the merged replica of `merged.alias` serving `version_name` from `model_path`.
 
     Same flags as the LoRA replica (server_args included) minus LoRA, with the version name as the served
     model name: that is how the gateway recognises which version it serves. Its own compile caches, so
-    its restarts never invalidate the LoRA replica's. Merged replicas exist only on GPU VMs (the spec
-    refuses them elsewhere), so there is no CPU branch here.
+    its restarts never invalidate the LoRA replica's. On the local target (the CPU build of vLLM on the
+    systemd test host) it takes a KV-cache size instead of a GPU share.
     """
+    on_cpu = spec.target == "local"
     host = "127.0.0.1"
     args = _common_args(spec, model_path, version_name, merged.max_num_seqs, host, merged.port)
-    args += ["--gpu-memory-utilization", str(merged.gpu_memory_utilization)]
+    if not on_cpu:
+        args += ["--gpu-memory-utilization", str(merged.gpu_memory_utilization)]
     for name, value in sorted(spec.server_args.items()):
         args += _flag(name, value)
     env = _environment(spec, merged_cache_layout(layout, merged.alias))
-    env["CUDA_VISIBLE_DEVICES"] = str(merged.gpu)
+    if on_cpu:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = str(merged.gpu)
     return VllmLaunch(args=tuple(args), env=env, host=host, port=merged.port)
 
 

@@ -280,3 +280,54 @@ def test_fab_deploy_through_cli(bootstrapped: Bootstrapped, host_spec: Deploymen
     with pytest.raises(DeployError, match="no previous version"):
         deploy_adapter(c, host_spec, registry, "medical", rollback=True, report=lambda _: None)
     assert json.loads(out(c, f"cat {ROOT}/.deploy/medical.json"))["history"] == [1]
+
+
+# ------------------------------------------------------------------ merged replica
+
+
+def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
+    """`ensure_merged`, the host side of a merged replica's deploy, on the real host: the merge CLI runs in the
+    gateway's code with vLLM's Python, the unit starts from its env file, re-runs change nothing, and only the
+    current and previous folded versions are kept."""
+    from exaone_lora.spec import MergedReplicaSpec
+    from provisioning.remote import put_bytes, sh
+    from provisioning.service import ensure_gateway_app
+    from service.merged_replicas import merged_env_file, merged_root, merged_unit_name, merged_units
+    from tests.support.completions import max_difference, prompt_logprobs
+    from tests.support.processes import free_port
+
+    c = bootstrapped.host.connection
+    deployed = out(c, f"ls {ROOT}").split()
+    assert {"medical-v1", "medical-v2", "medical-v4"} <= set(deployed), f"the deploy tests run first: {deployed}"
+    merged = MergedReplicaSpec(alias="medical", port=free_port(), max_num_seqs=4)
+    pin = {"alias": "medical", "version": 1, "blob_path": "medical/v1", "sha256": "0" * 64, "rank": 8}
+    spec = DeploymentSpec.model_validate(host_spec.model_dump() | {
+        "gateway": {"enabled": True, "engine_port": free_port(), "admin_port": free_port()},
+        "adapters": [pin], "merged_replicas": [merged.model_dump()]})
+    unit = merged_unit_name("medical")
+    ensure_gateway_app(c)
+    put_bytes(c, merged_units(spec)[unit].encode(), f"/etc/systemd/system/{unit}")
+    sh(c, f"systemctl daemon-reload && systemctl enable {unit}")
+    try:
+        assert out(c, f"readlink {ROOT}/medical") == "medical-v1"  # since the deploy tests
+        merged_url = f"http://127.0.0.1:{merged.port}"
+        first = adapters.ensure_merged(c, spec, merged, "medical-v1", report=lambda _: None, health_timeout=600)
+        assert first.changed and first.detail == "nothing -> medical-v1"
+        models = httpx.get(f"{merged_url}/v1/models", timeout=30).json()["data"]
+        assert [m["id"] for m in models] == ["medical-v1"]
+        # The folded weights score a prompt as the adapter applied at run time does, and unlike the base.
+        folded = prompt_logprobs(merged_url, "medical-v1")
+        assert max_difference(folded, prompt_logprobs(_api(host_spec), "medical")) < 0.02
+        assert max_difference(folded, prompt_logprobs(_api(host_spec), host_spec.model.served_name)) > 0.1
+        assert out(c, f"cat {merged_env_file(DEFAULT_LAYOUT, 'medical')}") == "MERGED_VERSION=medical-v1"
+        again = adapters.ensure_merged(c, spec, merged, "medical-v1", report=lambda _: None)
+        assert not again.changed and "no changes" in again.detail
+
+        adapters.ensure_merged(c, spec, merged, "medical-v2", report=lambda _: None, health_timeout=600)
+        last = adapters.ensure_merged(c, spec, merged, "medical-v4", report=lambda _: None, health_timeout=600)
+        assert last.detail == "medical-v2 -> medical-v4"
+        assert out(c, f"ls {merged_root(DEFAULT_LAYOUT)}").split() == ["medical-v2", "medical-v4"]
+        models = httpx.get(f"{merged_url}/v1/models", timeout=30).json()["data"]
+        assert [m["id"] for m in models] == ["medical-v4"] and prompt_logprobs(merged_url, "medical-v4")
+    finally:
+        sh(c, f"systemctl disable --now {unit}; rm -f /etc/systemd/system/{unit}; systemctl daemon-reload", check=False)

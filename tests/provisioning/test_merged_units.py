@@ -53,8 +53,14 @@ def test_bad_merged_replicas_are_refused_with_the_key(merged: dict[str, Any], me
     assert "mergedReplicas" in str(info.value)
 
 
-def test_merged_replicas_need_a_vm_with_the_gateway() -> None:
+def test_merged_replicas_need_a_vm_or_local_host_with_the_gateway() -> None:
     dev = read_config(stack_file("dev", REPO)) | {"adapters": [PIN | {"rank": 8}], "mergedReplicas": [{"alias": "medical"}]}
-    with pytest.raises(SpecError, match="need target 'vm' with the gateway enabled"):
-        build_spec("dev", dev, "Pulumi.dev.yaml")
+    with pytest.raises(SpecError, match="need target 'vm' \\(or 'local'\\) with the gateway enabled"):
+        build_spec("dev", dev | {"gateway": {"enabled": False}}, "Pulumi.dev.yaml")
+    with pytest.raises(SpecError, match="need target 'vm'"):
+        _poc(target="aks", mergedReplicas=[{"alias": "medical"}])  # AKS has no gateway to route to them
     assert load_spec("poc", REPO).merged_replicas == ()
+    # The local target (CPU vLLM on the systemd test host): a KV-cache size instead of a GPU share.
+    unit = rendered_units(build_spec("dev", dev, "Pulumi.dev.yaml"))[merged_unit_name("medical")]
+    assert "--gpu-memory-utilization" not in unit and "CUDA_VISIBLE_DEVICES" not in unit
+    assert "Environment=VLLM_CPU_KVCACHE_SPACE=1" in unit and "merged replica of medical (CPU" in unit

@@ -76,3 +76,23 @@ def test_a_malformed_adapter_is_refused_and_the_served_directory_kept(tiny_check
     assert (out / MERGED_RECORD).read_text() == before
     with pytest.raises(MergeError, match="not a model directory"):
         merge_adapter(tmp_path, tiny_adapters["legal"], tmp_path / "x", version_name="legal-v2")
+
+
+def test_merged_model_is_readable_by_the_service_user_whatever_the_umask(tiny_checkpoint: Checkpoint,
+                                                                        tiny_adapters: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """The host runs the merge as root and vLLM as its own user: a strict umask must not lock vLLM out."""
+    import os
+    import stat
+
+    out = tmp_path / "models" / "merged" / "medical-v1"
+    previous = os.umask(0o077)
+    try:
+        merge_adapter(tiny_checkpoint.path, tiny_adapters["medical"], out, version_name="medical-v1", max_rank=8)
+    finally:
+        os.umask(previous)
+    for path in (out.parent, out, *out.iterdir()):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o004, f"{path} is {oct(mode)}: not readable by others"
+        if path.is_dir():
+            assert mode & 0o001, f"{path} is {oct(mode)}: not searchable by others"

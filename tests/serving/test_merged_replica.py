@@ -14,19 +14,10 @@ from exaone_lora.checkpoints import Checkpoint
 from service.gateway import VERSION_HEADER
 from service.merge import merge_adapter
 from tests.serving.conftest import GatewayFactory, unload_all
+from tests.support.completions import max_difference, prompt_logprobs
 from tests.support.processes import RunningProcess, stop_process_group, vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-
-def _prompt_logprobs(url: str, model: str, headers: dict[str, str] | None = None) -> list[float]:
-    """Log-probabilities of a fixed prompt's own tokens: no sampling choice, so two servers can be compared."""
-    body = {"model": model, "prompt": "What should I know about asthma? Please explain.", "max_tokens": 1,
-            "temperature": 0, "echo": True, "logprobs": 1}
-    response = httpx.post(f"{url}/v1/completions", json=body, headers=headers or {}, timeout=60)
-    assert response.status_code == 200, response.text
-    values = response.json()["choices"][0]["logprobs"]["token_logprobs"]
-    return [v for v in values[:-1] if v is not None]
 
 
 def _routes(url: str) -> dict[str, float]:
@@ -67,12 +58,11 @@ def test_gateway_prefers_the_merged_replica_and_falls_back_to_lora(
             assert switched.status_code == 200, switched.text  # the merged replica does not block a switch
 
             # Same version, two ways: folded weights and LoRA at run time give the same numbers; the base does not.
-            via_gateway = _prompt_logprobs(gw.public_url, "medical")
-            lora = _prompt_logprobs(vllm.url, "medical-v1")
-            base = _prompt_logprobs(vllm.url, "exaone")
-            assert len(via_gateway) == len(lora) > 3
-            assert max(abs(a - b) for a, b in zip(via_gateway, lora, strict=True)) < 0.02
-            assert max(abs(a - b) for a, b in zip(via_gateway, base, strict=True)) > 0.1
+            via_gateway = prompt_logprobs(gw.public_url, "medical")
+            lora = prompt_logprobs(vllm.url, "medical-v1")
+            base = prompt_logprobs(vllm.url, "exaone")
+            assert max_difference(via_gateway, lora) < 0.02
+            assert max_difference(via_gateway, base) > 0.1
             for _ in range(4):
                 r = httpx.post(f"{gw.public_url}/v1/completions", timeout=60,
                                json={"model": "medical", "prompt": "Hi", "max_tokens": 2})
