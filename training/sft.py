@@ -138,11 +138,12 @@ def load_base_model(path: Path | str, *, dtype: Any, device: str) -> tuple[Any, 
     """EXAONE model + tokenizer with trust_remote_code and the transformers-5 embeddings fix."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from exaone_lora.hf_compat import fix_input_embeddings
+    from exaone_lora.hf_compat import check_rotary_buffers, fix_input_embeddings
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
     model: Any = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=True, dtype=dtype)
     fix_input_embeddings(model)
+    check_rotary_buffers(model)
     return model.to(device), tokenizer
 
 

@@ -111,6 +111,19 @@ def test_every_load_computes_the_same_rotary_embedding(tiny_checkpoint: Checkpoi
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_uninitialised_rotary_buffers_are_refused() -> None:
+    from exaone_lora.hf_compat import RotaryNotInitialised, check_rotary_buffers
+
+    rotary = torch.nn.Module()
+    good = 1.0 / (10_000 ** (torch.arange(0, 16, 2).float() / 16))
+    rotary.register_buffer("inv_freq", good, persistent=False)
+    check_rotary_buffers(rotary)
+    for garbage in (torch.zeros(8), torch.full((8,), float("nan")), good * 3.0e-18):
+        rotary.inv_freq = garbage
+        with pytest.raises(RotaryNotInitialised, match="inv_freq"):
+            check_rotary_buffers(rotary)
+
+
 def test_factory_refreshes_the_modeling_code_of_a_reused_checkpoint(tmp_path: Path) -> None:
     first = make_checkpoint(tmp_path / "m", "tiny", seed=5)
     stale = first.path / "modeling_exaone.py"
