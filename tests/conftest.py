@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exaone_lora.checkpoints import Checkpoint, make_adapter, make_checkpoint
-from tests.support.processes import REPO, Azurite, RunningProcess, azurite, vllm_server
+from tests.support.processes import REPO, Azurite, RunningProcess, azurite, cpu_slot, vllm_server
 
 # Built once per machine and reused: the factory is deterministic and checks its own recipe.
 CACHE = REPO / ".cache" / "test-checkpoints"
@@ -39,9 +39,11 @@ def vllm(tiny_checkpoint: Checkpoint, logs_dir: Path) -> Iterator[RunningProcess
     """One real vLLM OpenAI server for the whole session: no static adapters, runtime loading on.
 
     Tests that load adapters must unload what they loaded (or use names of their own) so that
-    they do not depend on order.
+    they do not depend on order. Its worker computes on CPU slot 0; servers a test starts beside it take
+    slot 1 (`cpu_slot`).
     """
-    with vllm_server(tiny_checkpoint.path, logs_dir / "vllm.log", max_loras=2, max_cpu_loras=4) as server:
+    with vllm_server(tiny_checkpoint.path, logs_dir / "vllm.log", max_loras=2, max_cpu_loras=4,
+                     cpu=cpu_slot(0)) as server:
         yield server
 
 

@@ -15,7 +15,7 @@ from service.gateway import VERSION_HEADER
 from service.merge import merge_adapter
 from tests.serving.conftest import GatewayFactory, unload_all
 from tests.support.completions import max_difference, prompt_logprobs
-from tests.support.processes import RunningProcess, stop_process_group, vllm_server
+from tests.support.processes import RunningProcess, cpu_slot, stop_process_group, vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -49,7 +49,8 @@ def test_gateway_prefers_the_merged_replica_and_falls_back_to_lora(
         assert r.status_code == 200 or "already been loaded" in r.text
     auth = {"Authorization": f"Bearer {admin_key}"}
     try:
-        with vllm_server(merged.path, logs_dir / "vllm-merged.log", served_name="medical-v1", lora=False) as fast, \
+        with vllm_server(merged.path, logs_dir / "vllm-merged.log", served_name="medical-v1", lora=False,
+                         cpu=cpu_slot(1)) as fast, \
                 gateway_factory([vllm.url, fast.url]) as gw:
             _wait(lambda: any(r["kind"] == "merged" and r["healthy"]
                               for r in httpx.get(f"{gw.admin_url}/admin/state", headers=auth).json()["replicas"]))

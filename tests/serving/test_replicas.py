@@ -13,7 +13,7 @@ from service.reconciler import desired_from_mapping
 from service.replicas import TARGET, kubernetes_replicas, replica_endpoints, replica_units
 from service.vllm_config import kubernetes_container
 from tests.serving.conftest import GatewayFactory, TrafficLoop, reconcile, unload_all
-from tests.support.processes import REPO, RunningProcess, vllm_server
+from tests.support.processes import REPO, RunningProcess, cpu_slot, vllm_server
 
 
 def test_prod_small_renders_one_unit_per_gpu() -> None:
@@ -57,8 +57,10 @@ def test_two_replicas_reconciled_identically_and_switched_without_failures(
         vllm: RunningProcess, tiny_checkpoint: object, logs_dir: Path, gateway_factory: GatewayFactory, admin_key: str,
         medical_versions: dict[str, Path]) -> None:
     second_log = logs_dir / "vllm-replica-2.log"
-    with vllm_server(tiny_checkpoint.path, second_log, max_loras=2, max_cpu_loras=4) as second:  # type: ignore[attr-defined]
+    with vllm_server(tiny_checkpoint.path, second_log, max_loras=2, max_cpu_loras=4,  # type: ignore[attr-defined]
+                     cpu=cpu_slot(1)) as second:
         upstreams = [vllm.url, second.url]
+        assert f"core ids=[{cpu_slot(1)}]" in second_log.read_text()  # its own core, not the first server's
         try:
             # Drift before the run: replica 2 already has v2 (a crash half-way through an earlier run).
             httpx.post(f"{second.url}/v1/load_lora_adapter", timeout=60,

@@ -9,6 +9,7 @@ from exaone_lora.local.processes import (
     RunningProcess,
     azurite,
     azurite_bin,
+    cpu_slot,
     free_port,
     run_process,
     stop_process_group,
@@ -19,5 +20,5 @@ from exaone_lora.local.processes import (
 
 __all__ = [
     "AZURITE_ACCOUNT", "AZURITE_KEY", "INSTALL_HINT", "REPO", "Azurite", "RunningProcess", "azurite", "azurite_bin",
-    "free_port", "run_process", "stop_process_group", "vllm_python", "vllm_server", "wait_http",
+    "cpu_slot", "free_port", "run_process", "stop_process_group", "vllm_python", "vllm_server", "wait_http",
 ]
