@@ -74,8 +74,10 @@ def vllm_launch(
         "--max-loras", str(spec.max_loras),
         "--max-cpu-loras", str(spec.max_cpu_loras),
     ]
-    if not on_cpu:
-        args += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+    placement_args, placement_env = _placement(spec, gpu_share=spec.gpu_memory_utilization,
+                                               gpu=replica if spec.gpus_per_node > 1 else None,
+                                               kv_cache_gib=kv_cache_gib)
+    args += placement_args
     adapters = served_adapters(spec, layout)
     if adapters:
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
@@ -84,10 +86,7 @@ def vllm_launch(
     env = _environment(spec, layout)
     if spec.lora_mode == "dynamic":
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-    if on_cpu:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-    elif spec.gpus_per_node > 1:
-        env["CUDA_VISIBLE_DEVICES"] = str(replica)
+    env.update(placement_env)
     return VllmLaunch(args=tuple(args), env=env, host=host, port=port)
 
 
@@ -100,19 +99,23 @@ def merged_launch(spec: DeploymentSpec, merged: MergedReplicaSpec, *, version_na
     its restarts never invalidate the LoRA replica's. On the local target (the CPU build of vLLM on the
     systemd test host) it takes a KV-cache size instead of a GPU share.
     """
-    on_cpu = spec.target == "local"
     host = "127.0.0.1"
-    args = _common_args(spec, model_path, version_name, merged.max_num_seqs, host, merged.port)
-    if not on_cpu:
-        args += ["--gpu-memory-utilization", str(merged.gpu_memory_utilization)]
+    placement_args, placement_env = _placement(spec, gpu_share=merged.gpu_memory_utilization, gpu=merged.gpu,
+                                               kv_cache_gib=kv_cache_gib)
+    args = _common_args(spec, model_path, version_name, merged.max_num_seqs, host, merged.port) + placement_args
     for name, value in sorted(spec.server_args.items()):
         args += _flag(name, value)
-    env = _environment(spec, merged_cache_layout(layout, merged.alias))
-    if on_cpu:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = str(merged.gpu)
+    env = _environment(spec, merged_cache_layout(layout, merged.alias)) | placement_env
     return VllmLaunch(args=tuple(args), env=env, host=host, port=merged.port)
+
+
+def _placement(spec: DeploymentSpec, *, gpu_share: float, gpu: int | None,
+               kv_cache_gib: int) -> tuple[list[str], dict[str, str]]:
+    """Where one server computes, as (argv, environment): on the local target (the CPU build of vLLM) a
+    KV-cache size; on GPUs a share of the GPU's memory and, when `gpu` is given, which GPU."""
+    if spec.target == "local":
+        return [], {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    return ["--gpu-memory-utilization", str(gpu_share)], {} if gpu is None else {"CUDA_VISIBLE_DEVICES": str(gpu)}
 
 
 def merged_cache_layout(layout: HostLayout, alias: str) -> HostLayout:
