@@ -88,6 +88,7 @@ class TrafficLoop:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sent: int = 0
+    _live: int = 0
 
     def _take(self) -> bool:
         with self._lock:
@@ -97,6 +98,13 @@ class TrafficLoop:
             return True
 
     def _worker(self, index: int) -> None:
+        try:
+            self._send_until_done(index)
+        finally:
+            with self._lock:
+                self._live -= 1
+
+    def _send_until_done(self, index: int) -> None:
         deadline = time.monotonic() + self.max_seconds
         with httpx.Client(timeout=60) as client:
             i = 0
@@ -126,6 +134,7 @@ class TrafficLoop:
     @contextmanager
     def running(self) -> Iterator[TrafficLoop]:
         threads = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(self.workers)]
+        self._live = len(threads)
         for t in threads:
             t.start()
         try:
@@ -140,8 +149,21 @@ class TrafficLoop:
         return sum(self.statuses.values()) + len([f for f in self.failures if not f[:3].isdigit()])
 
     def wait_for(self, count: int, timeout: float = 20.0) -> None:
-        """Let at least `count` more requests complete (bounded in time)."""
-        target = sum(self.statuses.values()) + count
+        """Let at least `count` more requests complete (bounded in time).
+
+        Fails when they do not: a loop that ran out of its request or time budget early would otherwise let a
+        test's later phase go by without traffic, and its version checks fail far from the cause.
+        """
+        with self._lock:
+            target = sum(self.statuses.values()) + count
         deadline = time.monotonic() + timeout
-        while sum(self.statuses.values()) < target and time.monotonic() < deadline and not self._stop.is_set():
+        while time.monotonic() < deadline:
+            with self._lock:
+                done, sent, live = sum(self.statuses.values()), self._sent, self._live
+            if done >= target:
+                return
+            if live == 0:
+                raise AssertionError(f"traffic loop ended after {sent} requests (budget {self.max_requests} requests, "
+                                     f"{self.max_seconds:.0f} s) before {count} more completed")
             time.sleep(0.05)
+        raise AssertionError(f"only {done - (target - count)} of {count} requests completed in {timeout:.0f} s")

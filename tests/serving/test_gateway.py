@@ -31,7 +31,8 @@ def test_deploy_and_rollback_lose_no_request(vllm: RunningProcess, gateway_facto
         with gateway_factory(upstreams) as gw:
             first = reconcile(gw, admin_key, upstreams, medical_versions, desired_from_mapping({"medical": 1}))
             assert first["ok"], first
-            traffic = TrafficLoop(gw.public_url, "medical", workers=4, max_requests=200, max_seconds=25)
+            # A budget far beyond what the phases need, so that traffic spans all of them on a fast machine too.
+            traffic = TrafficLoop(gw.public_url, "medical", workers=4, max_requests=2000, max_seconds=120)
             with traffic.running():
                 traffic.wait_for(15)
                 deploy = reconcile(gw, admin_key, upstreams, medical_versions, desired_from_mapping({"medical": 2}),
