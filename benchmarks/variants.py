@@ -52,6 +52,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
             "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
         },
     }, "tuned capture sizes + online FP8 weight quantization (H100): half the weight bytes per decode step"),
+    "seed-dual-stream": ("poc", {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"},
+    }, "seed + vLLM's dual-stream LoRA: shrink/expand on a second CUDA stream, overlapping the base GEMMs"),
     # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
     # share goes to a merged replica of the hot adapter (service.merge) on the same GPU.
     "hot-lora": ("poc", {

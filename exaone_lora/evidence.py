@@ -26,7 +26,7 @@ def pins(spec: DeploymentSpec) -> dict[str, Any]:
 
     Tier, SKU, region and network are deliberately absent: they belong to the target stack, not to the pins.
     """
-    return {
+    values: dict[str, Any] = {
         "vllm_version": spec.vllm_version,
         "model": {"name": spec.model.name, "revision": spec.model.revision},
         "adapters": [
@@ -43,6 +43,9 @@ def pins(spec: DeploymentSpec) -> dict[str, Any]:
             "server_args": dict(sorted(spec.server_args.items())),
         },
     }
+    if spec.server_env:  # only when set, so evidence recorded before the field existed keeps its fingerprint
+        values["server"]["server_env"] = dict(sorted(spec.server_env.items()))
+    return values
 
 
 def fingerprint(pin_values: dict[str, Any]) -> str:

@@ -26,6 +26,12 @@ REVISION_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 # vLLM releases are pinned exactly: `0.26.0`, never a range.
 VERSION_PIN_PATTERN = re.compile(r"^\d+\.\d+\.\d+(\.post\d+)?$")
 BROADEST_SSH_PREFIX = {4: 16, 6: 48}
+VLLM_ENV_PATTERN = re.compile(r"^VLLM_[A-Z0-9_]+$")
+# vLLM environment variables the deployment sets itself (caches, offline mode, runtime LoRA loading, where a
+# server computes, the API key): `serverEnv` may not override them.
+MANAGED_VLLM_ENV = frozenset({"VLLM_CACHE_ROOT", "VLLM_NO_USAGE_STATS", "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+                              "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_API_KEY"})
+SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
 class SpecError(ValueError):
@@ -177,6 +183,10 @@ class DeploymentSpec(_Model):
     server_args: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="extra vLLM flags (tuning), flag name without dashes -> value"
     )
+    server_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="vLLM options that exist only as environment variables (tuning), e.g. VLLM_LORA_ENABLE_DUAL_STREAM",
+    )
     adapters: tuple[AdapterPin, ...] = ()
     merged_replicas: tuple[MergedReplicaSpec, ...] = ()
     operator_cidr: str | None = None
@@ -208,6 +218,19 @@ class DeploymentSpec(_Model):
     def _vllm_pin(cls, value: str) -> str:
         if not VERSION_PIN_PATTERN.match(value):
             raise ValueError("must be an exact release such as 0.26.0")
+        return value
+
+    @field_validator("server_env")
+    @classmethod
+    def _server_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not VLLM_ENV_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a vLLM environment option (VLLM_ followed by capitals, digits, _)")
+            if name in MANAGED_VLLM_ENV:
+                raise ValueError(f"{name} is set by the deployment itself and cannot be overridden")
+            if any(hint in name for hint in SECRET_HINTS):
+                raise ValueError(f"{name} looks like a secret; secrets never go in stack files (use Key Vault or "
+                                 "`pulumi config set --secret`)")
         return value
 
     @field_validator("operator_cidr")

@@ -24,7 +24,7 @@ from exaone_lora.spec import DeploymentSpec, SpecError, build_spec, load_spec, r
 
 # Spec keys (camelCase, as in the stack file) that make up the pins; everything else stays the target's.
 PIN_KEYS: tuple[str, ...] = ("vllmVersion", "model", "adapters", "maxLoraRank", "maxLoras", "maxCpuLoras",
-                             "maxModelLen", "maxNumSeqs", "gpuMemoryUtilization", "serverArgs")
+                             "maxModelLen", "maxNumSeqs", "gpuMemoryUtilization", "serverArgs", "serverEnv")
 # What promotion must never change in the target.
 KEPT: tuple[str, ...] = ("tier", "target", "region", "vm_sku", "gpus_per_node", "node_count", "operator_cidr", "api",
                          "storage", "gateway", "port", "admin_username", "ssh_public_key", "tags", "os_disk_gb")
@@ -105,6 +105,7 @@ def pin_values(spec: DeploymentSpec) -> dict[str, Any]:
         "maxNumSeqs": spec.max_num_seqs,
         "gpuMemoryUtilization": spec.gpu_memory_utilization,
         "serverArgs": dict(sorted(spec.server_args.items())),
+        "serverEnv": dict(sorted(spec.server_env.items())),
     }
 
 
@@ -120,12 +121,12 @@ def _apply_pins(config: CommentedMap, values: dict[str, Any]) -> None:
             config[full]["name"] = value["name"]
             config[full]["revision"] = value["revision"]
             continue
-        if key in ("adapters", "serverArgs") and not value:
+        if key in ("adapters", "serverArgs", "serverEnv") and not value:
             config.pop(full, None)
             continue
         if key == "adapters":
             value = CommentedSeq([CommentedMap(a) for a in value])
-        elif key == "serverArgs":
+        elif key in ("serverArgs", "serverEnv"):
             value = CommentedMap(value)
         if full in config:
             config[full] = value

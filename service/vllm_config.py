@@ -156,7 +156,7 @@ def _environment(spec: DeploymentSpec, layout: HostLayout) -> dict[str, str]:
         "HF_HOME": str(layout.cache / "hf"),
         # FlashInfer's JIT kernels land under XDG_CACHE_HOME: ~100 s of a first start on an H100 (docs/benchmarks.md).
         "XDG_CACHE_HOME": str(layout.cache / "xdg"),
-    }
+    } | dict(sorted(spec.server_env.items()))  # validated disjoint from the variables set here
 
 
 def systemd_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, replica: int = 0,

@@ -80,6 +80,10 @@ def test_secrets_do_not_belong_in_the_spec(tmp_path: Path) -> None:
         ({"api": {"exposure": "public", "allowedCidrs": ["0.0.0.0/0"]}}, "exaone-lora:api.allowedCidrs: 0.0.0.0/0 opens the API"),
         ({"gpuMemoryUtilizaton": 0.5}, "exaone-lora:gpuMemoryUtilizaton: unknown key (typo?)"),
         ({"model": {"revision": "main"}}, "exaone-lora:model.revision: must be a full 40-hex-digit commit id"),
+        ({"serverEnv": {"CUDA_LAUNCH_BLOCKING": "1"}}, "exaone-lora:serverEnv: 'CUDA_LAUNCH_BLOCKING' is not a vLLM"),
+        ({"serverEnv": {"VLLM_CACHE_ROOT": "/tmp"}}, "serverEnv: VLLM_CACHE_ROOT is set by the deployment itself"),
+        ({"serverEnv": {"VLLM_API_KEY": "x"}}, "serverEnv: VLLM_API_KEY is set by the deployment itself"),
+        ({"serverEnv": {"VLLM_HF_TOKEN": "x"}}, "serverEnv: VLLM_HF_TOKEN looks like a secret"),
     ],
 )
 def test_bad_values_are_refused_with_file_and_key(change: dict[str, Any], expected: str) -> None:

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from exaone_lora.spec import build_spec, load_spec, read_config, stack_file
+from exaone_lora.spec import MANAGED_VLLM_ENV, build_spec, load_spec, read_config, stack_file
 from service.vllm_config import kubernetes_container, systemd_unit, vllm_launch
 from tests.support.processes import REPO
 
@@ -48,6 +48,23 @@ def test_server_args_render_as_flags() -> None:
     args = vllm_launch(spec).args
     assert "--enable-prefix-caching" in args and "--no-enable-chunked-prefill" in args
     assert flag(args, "--max-num-batched-tokens") == "8192"
+
+
+def test_server_env_reaches_the_unit_the_container_and_merged_replicas() -> None:
+    spec = load_spec("poc", REPO)
+    plain = vllm_launch(spec).env
+    tuned = spec.model_copy(update={"server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"}})
+    assert vllm_launch(tuned).env == plain | {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"}
+    assert "Environment=VLLM_LORA_ENABLE_DUAL_STREAM=1" in systemd_unit(tuned).splitlines()
+    assert {"name": "VLLM_LORA_ENABLE_DUAL_STREAM", "value": "1"} in kubernetes_container(tuned)["env"]
+    assert "VLLM_LORA_ENABLE_DUAL_STREAM" not in plain
+
+
+@pytest.mark.parametrize("stack", ["dev", "poc", "pilot", "prod"])
+def test_every_vllm_variable_the_deployment_sets_is_protected_from_server_env(stack: str) -> None:
+    launch = vllm_launch(load_spec(stack, REPO))
+    assert {k for k in launch.env if k.startswith("VLLM_")} <= MANAGED_VLLM_ENV
+    assert "VLLM_API_KEY" in MANAGED_VLLM_ENV  # the AKS container reads it from a Kubernetes secret
 
 
 @pytest.mark.parametrize("stack", ["poc", "pilot", "prod"])

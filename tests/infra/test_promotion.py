@@ -21,6 +21,8 @@ ADAPTERS_YAML = """  exaone-lora:adapters:
       sha256: {sha}
   exaone-lora:serverArgs:
     enable-prefix-caching: true
+  exaone-lora:serverEnv:
+    VLLM_LORA_ENABLE_DUAL_STREAM: "1"
 """
 
 
@@ -49,6 +51,9 @@ def test_evidence_records_carry_the_pins_fingerprint(root: Path) -> None:
     assert record["fingerprint"] == pins_fingerprint(spec) and record["passed"] is False
     assert record["pins"]["adapters"] == [{"alias": "medical", "version": 3, "sha256": "c" * 64}]
     assert record["pins"]["server"]["server_args"] == {"enable-prefix-caching": True}
+    assert record["pins"]["server"]["server_env"] == {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"}
+    # A stack without serverEnv keeps the fingerprint it had before the field existed.
+    assert "server_env" not in pins(load_spec("prod", root))["server"]
     assert passing_evidence(root, spec) == {}, "a failed run is no evidence"
     tested(root)
     assert set(passing_evidence(root, spec)) == {"lifecycle", "benchmark"}
