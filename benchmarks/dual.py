@@ -29,7 +29,7 @@ import httpx
 
 from benchmarks.client import Job, run_jobs, summarize
 from benchmarks.hot import wait_gateway
-from benchmarks.suites import DOMAIN_PROMPTS, SuiteSizes, metadata
+from benchmarks.suites import SuiteSizes, metadata, prompt_for
 from benchmarks.variants import REPO_ROOT, device_layout
 from exaone_lora.spec import load_spec
 from service.vllm_config import vllm_launch
@@ -41,8 +41,7 @@ CLIENT_PROCESSES = 8
 
 def _client_share(url: str, models: list[str], concurrency: int, requests: int, max_tokens: int,
                   offset: int) -> dict[str, Any]:
-    jobs = [Job(models[(offset + i) % len(models)], DOMAIN_PROMPTS.get(models[(offset + i) % len(models)].split("-v")[0],
-                                                                       "Describe the water cycle."), max_tokens)
+    jobs = [Job(models[(offset + i) % len(models)], prompt_for(models[(offset + i) % len(models)]), max_tokens)
             for i in range(requests)]
     start = time.time()
     results, wall = asyncio.run(run_jobs(url, jobs, concurrency))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -106,15 +107,17 @@ async def unload_all(target: Target) -> None:
         target.loaded.remove(name)
 
 
-def _prompt_for(model: str) -> str:
+def prompt_for(model: str) -> str:
+    """The domain prompt for an adapter served as `<prefix><domain>` or as an immutable `<domain>-vN`."""
+    name = re.sub(r"-v\d+$", "", model)
     for domain, prompt in DOMAIN_PROMPTS.items():
-        if model.endswith(domain):
+        if name.endswith(domain):
             return prompt
     return GENERIC_PROMPT
 
 
 async def warmup(target: Target, sizes: SuiteSizes) -> None:
-    jobs = [Job(m, _prompt_for(m), sizes.max_tokens) for m in target.models for _ in range(sizes.warmup_requests)]
+    jobs = [Job(m, prompt_for(m), sizes.max_tokens) for m in target.models for _ in range(sizes.warmup_requests)]
     await run_jobs(target.url, jobs, concurrency=1)
 
 
@@ -122,7 +125,7 @@ async def suite_test1(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
     """Sequential requests per model; the ratio of each adapter's decode speed to the base's."""
     per_model: dict[str, Any] = {}
     for model in target.models:
-        jobs = [Job(model, _prompt_for(model), sizes.max_tokens) for _ in range(sizes.test1_requests)]
+        jobs = [Job(model, prompt_for(model), sizes.max_tokens) for _ in range(sizes.test1_requests)]
         results, wall = await run_jobs(target.url, jobs, concurrency=1)
         per_model[model] = summarize(results, wall)
     base = per_model[target.base_model]["mean_decode_tok_s"] or 0.0
@@ -141,7 +144,7 @@ async def suite_test2(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
     """Every model at once (one stream each), `rounds` times; per-stream decode speed."""
     rounds: list[dict[str, Any]] = []
     for _ in range(sizes.test2_rounds):
-        jobs = [Job(m, _prompt_for(m), sizes.max_tokens) for m in target.models]
+        jobs = [Job(m, prompt_for(m), sizes.max_tokens) for m in target.models]
         results, wall = await run_jobs(target.url, jobs, concurrency=len(jobs))
         rounds.append({
             "wall_s": wall,
@@ -181,7 +184,7 @@ async def suite_saturation(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
         levels = []
         for conc in sizes.concurrency_levels:
             n = max(sizes.saturation_min_requests, sizes.saturation_rounds * conc)
-            jobs = [Job(models[i % len(models)], _prompt_for(models[i % len(models)]), sizes.max_tokens)
+            jobs = [Job(models[i % len(models)], prompt_for(models[i % len(models)]), sizes.max_tokens)
                     for i in range(n)]
             results, wall = await run_jobs(target.url, jobs, concurrency=conc)
             levels.append({"concurrency": conc, **summarize(results, wall)})

@@ -13,7 +13,7 @@ import httpx
 
 from benchmarks.client import Job, percentile, run_jobs, summarize
 from benchmarks.report import generate, key_numbers, load_runs
-from benchmarks.suites import SuiteSizes, Target, run_all
+from benchmarks.suites import DOMAIN_PROMPTS, GENERIC_PROMPT, SuiteSizes, Target, prompt_for, run_all
 from benchmarks.variants import VARIANTS, variant_launch
 from tests.support.processes import RunningProcess
 
@@ -53,6 +53,16 @@ def test_variants_render_through_the_shipped_launcher() -> None:
     # Each variant's caches are its own, so its first start on a machine is a cold start.
     assert tuned.env["VLLM_CACHE_ROOT"] != seed.env["VLLM_CACHE_ROOT"]
     assert set(VARIANTS) >= {"poc-shipped", "seed", "tuned"}
+    dual = variant_launch("seed-dual-stream", "/m", "/root/bench")
+    assert dual.env["VLLM_LORA_ENABLE_DUAL_STREAM"] == "1" and dual.args == seed.args  # the seed config plus one option
+    assert "VLLM_LORA_ENABLE_DUAL_STREAM" not in seed.env
+
+
+def test_every_run_sends_an_adapter_its_own_domain_prompt() -> None:
+    for name in ("medical", "bench-medical", "medical-v12"):
+        assert prompt_for(name) == DOMAIN_PROMPTS["medical"], name
+    assert prompt_for("customer_support-v3") == DOMAIN_PROMPTS["customer_support"]
+    assert prompt_for("exaone") == GENERIC_PROMPT
 
 
 def test_suites_and_report_end_to_end(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path: Path) -> None:
