@@ -143,7 +143,8 @@ def _common_args(spec: DeploymentSpec, model_path: str, served_name: str, max_nu
 
 
 def _environment(spec: DeploymentSpec, layout: HostLayout) -> dict[str, str]:
-    return {
+    # The stack's own options first, so the deployment's variables win even over a name the spec check misses.
+    return dict(sorted(spec.server_env.items())) | {
         # Offline: weights come from the local path, never from a hub at run time.
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -156,7 +157,7 @@ def _environment(spec: DeploymentSpec, layout: HostLayout) -> dict[str, str]:
         "HF_HOME": str(layout.cache / "hf"),
         # FlashInfer's JIT kernels land under XDG_CACHE_HOME: ~100 s of a first start on an H100 (docs/benchmarks.md).
         "XDG_CACHE_HOME": str(layout.cache / "xdg"),
-    } | dict(sorted(spec.server_env.items()))  # validated disjoint from the variables set here
+    }
 
 
 def systemd_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, replica: int = 0,
