@@ -3,52 +3,32 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from service.gateway import VERSION_HEADER
 from tests.serving.conftest import TrafficLoop
+from tests.support.asgi import serve_in_thread
 
 
-class _Completions(BaseHTTPRequestHandler):
+async def _completion(request: Request) -> Response:
     """Answers every completion as model `medical`, version `medical-v1` (stands in for the gateway's contract)."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        if body.get("stream"):
-            payload = f'data: {json.dumps({"model": "medical"})}\n\ndata: [DONE]\n\n'.encode()
-            content_type = "text/event-stream"
-        else:
-            payload, content_type = json.dumps({"model": "medical"}).encode(), "application/json"
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(payload)))
-        self.send_header(VERSION_HEADER, "medical-v1")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+    headers = {VERSION_HEADER: "medical-v1"}
+    if (await request.json()).get("stream"):
+        events = f'data: {json.dumps({"model": "medical"})}\n\ndata: [DONE]\n\n'
+        return Response(events, media_type="text/event-stream", headers=headers)
+    return JSONResponse({"model": "medical"}, headers=headers)
 
 
-@contextmanager
-def _server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Completions)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+APP = Starlette(routes=[Route("/v1/completions", _completion, methods=["POST"])])
 
 
 def test_wait_for_returns_once_requests_completed() -> None:
-    with _server() as url:
+    with serve_in_thread(APP) as url:
         traffic = TrafficLoop(url, "medical", workers=2, max_requests=500, max_seconds=20)
         with traffic.running():
             traffic.wait_for(10)
@@ -59,7 +39,7 @@ def test_wait_for_returns_once_requests_completed() -> None:
 
 
 def test_wait_for_fails_when_the_request_budget_ran_out() -> None:
-    with _server() as url:
+    with serve_in_thread(APP) as url:
         traffic = TrafficLoop(url, "medical", workers=2, max_requests=12, max_seconds=20)
         with traffic.running():
             traffic.wait_for(5)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.support.processes import RunningProcess, free_port
+from tests.support.asgi import serve_in_thread
+from tests.support.processes import RunningProcess
 from training.data import content_hash, load_corpus
 from training.generator import Endpoint, GenerationSettings, Generator, generate
 
@@ -49,19 +47,8 @@ class FlakyOpenAI:
 def flaky() -> Iterator[tuple[FlakyOpenAI, str]]:
     fake = FlakyOpenAI()
     app = Starlette(routes=[Route("/v1/chat/completions", fake.chat, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "flaky test server did not start"
-        time.sleep(0.05)
-    try:
-        yield fake, f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield fake, f"{url}/v1"
 
 
 def fast_settings(samples: int, concurrency: int = 1) -> GenerationSettings:
