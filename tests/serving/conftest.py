@@ -88,7 +88,7 @@ class TrafficLoop:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sent: int = 0
-    _live: int = 0
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def _take(self) -> bool:
         with self._lock:
@@ -98,13 +98,6 @@ class TrafficLoop:
             return True
 
     def _worker(self, index: int) -> None:
-        try:
-            self._send_until_done(index)
-        finally:
-            with self._lock:
-                self._live -= 1
-
-    def _send_until_done(self, index: int) -> None:
         deadline = time.monotonic() + self.max_seconds
         with httpx.Client(timeout=60) as client:
             i = 0
@@ -133,15 +126,14 @@ class TrafficLoop:
 
     @contextmanager
     def running(self) -> Iterator[TrafficLoop]:
-        threads = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(self.workers)]
-        self._live = len(threads)
-        for t in threads:
+        self._threads = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(self.workers)]
+        for t in self._threads:
             t.start()
         try:
             yield self
         finally:
             self._stop.set()
-            for t in threads:
+            for t in self._threads:
                 t.join(timeout=90)
 
     @property
@@ -158,11 +150,12 @@ class TrafficLoop:
             target = sum(self.statuses.values()) + count
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            ended = not any(t.is_alive() for t in self._threads)  # before the count, which then is final
             with self._lock:
-                done, sent, live = sum(self.statuses.values()), self._sent, self._live
+                done, sent = sum(self.statuses.values()), self._sent
             if done >= target:
                 return
-            if live == 0:
+            if ended:
                 raise AssertionError(f"traffic loop ended after {sent} requests (budget {self.max_requests} requests, "
                                      f"{self.max_seconds:.0f} s) before {count} more completed")
             time.sleep(0.05)
