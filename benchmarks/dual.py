@@ -41,8 +41,8 @@ CLIENT_PROCESSES = 8
 
 def _client_share(url: str, models: list[str], concurrency: int, requests: int, max_tokens: int,
                   offset: int) -> dict[str, Any]:
-    jobs = [Job(models[(offset + i) % len(models)], prompt_for(models[(offset + i) % len(models)]), max_tokens)
-            for i in range(requests)]
+    chosen = [models[(offset + i) % len(models)] for i in range(requests)]
+    jobs = [Job(model, prompt_for(model), max_tokens) for model in chosen]
     start = time.time()
     results, wall = asyncio.run(run_jobs(url, jobs, concurrency))
     summary = summarize(results, wall)
