@@ -57,6 +57,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
         "max_num_seqs": 256,
         "server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"},
     }, "seed + vLLM's dual-stream LoRA: shrink/expand on a second CUDA stream, overlapping the base GEMMs"),
+    # What the GPU tiers would ship if dual-stream wins: the poc stack's capture sizes plus dual-stream LoRA.
+    "capture-dual-stream": ("poc", {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "server_args": {"compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES})},
+        "server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"},
+    }, "the poc stack's capture sizes + dual-stream LoRA, at the seed's utilization and sequence count"),
     # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
     # share goes to a merged replica of the hot adapter (service.merge) on the same GPU.
     "hot-lora": ("poc", {
