@@ -24,8 +24,11 @@ CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 # name -> (stack, spec field updates, description)
 VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "poc-shipped": ("poc", {}, "Pulumi.poc.yaml exactly as shipped (tier poc defaults)"),
-    "seed": ("poc", {"gpu_memory_utilization": 0.9, "max_num_seqs": 256},
+    # server_args is pinned empty: the poc stack ships capture sizes, and the seed must stay the reference design.
+    "seed": ("poc", {"gpu_memory_utilization": 0.9, "max_num_seqs": 256, "server_args": {}},
              "the reference design's settings: utilization 0.9, 4 GPU LoRA slots, vLLM defaults otherwise"),
+    "capture": ("poc", {"gpu_memory_utilization": 0.9, "max_num_seqs": 256},
+                "the poc stack's capture sizes at the seed's utilization and sequence count"),
     "tuned": ("poc", {
         "gpu_memory_utilization": 0.9,
         "max_num_seqs": 256,
@@ -55,13 +58,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "seed-dual-stream": ("poc", {
         "gpu_memory_utilization": 0.9,
         "max_num_seqs": 256,
+        "server_args": {},
         "server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"},
     }, "seed + vLLM's dual-stream LoRA: shrink/expand on a second CUDA stream, overlapping the base GEMMs"),
     # What the GPU tiers would ship if dual-stream wins: the poc stack's capture sizes plus dual-stream LoRA.
     "capture-dual-stream": ("poc", {
         "gpu_memory_utilization": 0.9,
         "max_num_seqs": 256,
-        "server_args": {"compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES})},
         "server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"},
     }, "the poc stack's capture sizes + dual-stream LoRA, at the seed's utilization and sequence count"),
     # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
