@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--restart", action="store_true")
     c.add_argument("--ready-timeout", type=float, default=480)
     c.add_argument("--saturation-rounds", type=int, default=None, help="requests per level = rounds x concurrency")
+    c.add_argument("--client-processes", type=int, default=1,
+                   help="send saturation levels from this many client processes (one falls behind at 128+ streams)")
     h = sub.add_parser("hot", help="LoRA replica + merged replica of the hot adapter + gateway (benchmarks/hot.py)")
     h.add_argument("--root", type=Path, required=True)
     h.add_argument("--out", type=Path, required=True)
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes = SuiteSizes.full() if args.sizes == "full" else SuiteSizes.tiny()
         if args.saturation_rounds:
             sizes = replace(sizes, saturation_rounds=args.saturation_rounds)
+        sizes = replace(sizes, client_processes=args.client_processes)
         cycle(args.variant, args.root, args.out, sizes, tuple(args.suites.split(",")), args.restart, args.ready_timeout)
     elif args.cmd == "hot":
         from benchmarks.hot import run_hot

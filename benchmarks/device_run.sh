@@ -41,7 +41,8 @@ case "$step" in
     cp $RES/*.json $RES/*.txt "$OUT/" 2>/dev/null || true
     for f in $RES/*.log; do [ -e "$f" ] && tail -c 400000 "$f" > "$OUT/$(basename "$f")"; done; ls -la "$OUT" ;;
   cycle)
-    # BENCH_SUITES (comma list), BENCH_NO_RESTART=1 and BENCH_SATURATION_ROUNDS trim or lengthen a run.
+    # BENCH_SUITES (comma list), BENCH_NO_RESTART=1 and BENCH_SATURATION_ROUNDS trim or lengthen a run;
+    # BENCH_CLIENT_PROCESSES=8 sends saturation from 8 client processes.
     for v in "$@"; do
       if [ "$v" = hot ] || [ "$v" = dual ]; then
         python3 -m benchmarks.device "$v" --root $ROOT --out $RES \
@@ -50,7 +51,8 @@ case "$step" in
       fi
       python3 -m benchmarks.device cycle "$v" --root $ROOT --out $RES $([ -n "${BENCH_NO_RESTART:-}" ] || echo --restart) \
         ${BENCH_SUITES:+--suites $BENCH_SUITES} ${BENCH_SATURATION_ROUNDS:+--saturation-rounds $BENCH_SATURATION_ROUNDS} \
-        ${BENCH_READY_TIMEOUT:+--ready-timeout $BENCH_READY_TIMEOUT} || echo "VARIANT $v FAILED"
+        ${BENCH_READY_TIMEOUT:+--ready-timeout $BENCH_READY_TIMEOUT} ${BENCH_CLIENT_PROCESSES:+--client-processes $BENCH_CLIENT_PROCESSES} \
+        || echo "VARIANT $v FAILED"
     done ;;
   train)
     # The training-speed configurations (benchmarks/train_speed_gpu.sh) after the serving runner, same machine.

@@ -8,26 +8,25 @@ as `<domain>-v1` on both. Saturation with mixed adapters at each concurrency:
 - `one_replica`: straight to replica 0;
 - `two_direct`: the same load split evenly over both replicas by the client (what ideal balancing gives);
 - `two_gateway`: through the project's gateway (its own process) over both replicas.
-The client runs in several processes (one Python process cannot parse more than ~13k stream chunks/s,
-docs/benchmarks.md), and aggregate tok/s is all tokens over the span from the first start to the last end.
+The client runs in several processes (`benchmarks.client_pool`).
 Finally `medical` is switched v1 -> v2 on both replicas through the gateway's admin API while a bounded
 load runs, and every failed request is counted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.client import Job, run_jobs, summarize
+from benchmarks.client import Job
+from benchmarks.client_pool import START_DELAY_S, run_jobs_in_processes
 from benchmarks.hot import wait_gateway
 from benchmarks.suites import SuiteSizes, metadata, prompt_for
 from benchmarks.variants import REPO_ROOT, device_layout
@@ -39,52 +38,34 @@ LEVELS = (32, 64, 128, 256)
 CLIENT_PROCESSES = 8
 
 
-def _client_share(url: str, models: list[str], concurrency: int, requests: int, max_tokens: int,
-                  offset: int) -> dict[str, Any]:
-    chosen = [models[(offset + i) % len(models)] for i in range(requests)]
-    jobs = [Job(model, prompt_for(model), max_tokens) for model in chosen]
-    start = time.time()
-    results, wall = asyncio.run(run_jobs(url, jobs, concurrency))
-    summary = summarize(results, wall)
-    return {"start": start, "end": start + wall, "tokens": summary["output_tokens"], "ok": summary["ok"],
-            "requests": summary["requests"], "errors": summary["errors"], "itl_p50": summary["itl_s"]["p50"],
-            "ttft_p50": summary["ttft_s"]["p50"]}
-
-
 def parallel_saturation(targets: list[tuple[str, list[str]]], concurrency: int, requests: int, max_tokens: int,
                         processes: int = CLIENT_PROCESSES) -> dict[str, Any]:
     """`requests` at `concurrency` in flight, spread over `processes` client processes and the given targets."""
     processes = max(1, min(processes, concurrency))
-    with ProcessPoolExecutor(processes) as pool:
-        futures = [pool.submit(_client_share, *targets[p % len(targets)], concurrency // processes,
-                               requests // processes, max_tokens, p) for p in range(processes)]
-        shares = [f.result() for f in futures]
-    span = max(s["end"] for s in shares) - min(s["start"] for s in shares)
-    tokens = sum(s["tokens"] for s in shares)
-    return {"concurrency": concurrency, "requests": sum(s["requests"] for s in shares),
-            "ok": sum(s["ok"] for s in shares), "errors": sorted({e for s in shares for e in s["errors"]})[:5],
-            "output_tokens": tokens, "wall_s": span, "aggregate_tok_s": tokens / span if span > 0 else None,
-            "itl_p50_s_by_process": [s["itl_p50"] for s in shares],
-            "ttft_p50_s_by_process": [s["ttft_p50"] for s in shares], "client_processes": processes}
+    shares = []
+    for p in range(processes):
+        url, models = targets[p % len(targets)]
+        chosen = [models[(p + i) % len(models)] for i in range(requests // processes)]
+        shares.append((url, [Job(model, prompt_for(model), max_tokens) for model in chosen]))
+    return {"concurrency": concurrency, **run_jobs_in_processes(shares, concurrency // processes)}
 
 
 def _switch_under_load(gw_url: str, admin_url: str, key: str, domains: tuple[str, ...], max_tokens: int) -> dict[str, Any]:
     """Bounded mixed load through the gateway while `medical` goes v1 -> v2 on both replicas."""
     aliases = list(domains)
-    with ProcessPoolExecutor(4) as pool:
-        futures = [pool.submit(_client_share, gw_url, aliases, 16, 200, max_tokens, p) for p in range(4)]
-        time.sleep(3)
+    with ThreadPoolExecutor(1) as runner:
+        load = runner.submit(parallel_saturation, [(gw_url, aliases)], 64, 800, max_tokens, 4)
+        time.sleep(START_DELAY_S + 3)  # the switch lands while all four client processes are sending
         headers = {"Authorization": f"Bearer {key}"}
         t0 = time.perf_counter()
         switched = httpx.put(f"{admin_url}/admin/aliases/medical", json={"name": "medical-v2"}, headers=headers,
                              timeout=120)
         switch_s = time.perf_counter() - t0
-        shares = [f.result() for f in futures]
+        summary = load.result()
     state = httpx.get(f"{admin_url}/admin/state", headers=headers, timeout=30).json()
     return {"switch_status": switched.status_code, "switch_s": switch_s, "switch_body": switched.json(),
-            "requests": sum(s["requests"] for s in shares), "ok": sum(s["ok"] for s in shares),
-            "failed": sum(s["requests"] - s["ok"] for s in shares),
-            "errors": sorted({e for s in shares for e in s["errors"]})[:5],
+            "requests": summary["requests"], "ok": summary["ok"], "failed": summary["requests"] - summary["ok"],
+            "errors": summary["errors"],
             "alias_after": state["aliases"].get("medical")}
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from benchmarks.client import Job, RequestResult, post_json, run_jobs, stream_completion, summarize
+from benchmarks.client_pool import run_jobs_in_processes
 
 # The seed's prompts (one per adapter domain); the text only sets the prompt length here.
 DOMAIN_PROMPTS: dict[str, str] = {
@@ -48,6 +49,9 @@ class SuiteSizes:
     saturation_min_requests: int = 16
     swap_cycles: int = 10
     warmup_requests: int = 2
+    # Saturation levels of at least this many streams are sent from this many processes (client_pool); one
+    # process falls behind parsing the stream at 128+ streams on an H100.
+    client_processes: int = 1
 
     @staticmethod
     def full() -> SuiteSizes:
@@ -186,8 +190,14 @@ async def suite_saturation(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
             n = max(sizes.saturation_min_requests, sizes.saturation_rounds * conc)
             jobs = [Job(models[i % len(models)], prompt_for(models[i % len(models)]), sizes.max_tokens)
                     for i in range(n)]
-            results, wall = await run_jobs(target.url, jobs, concurrency=conc)
-            levels.append({"concurrency": conc, **summarize(results, wall)})
+            processes = min(sizes.client_processes, conc)
+            if processes > 1:
+                shares = [(target.url, jobs[p::processes]) for p in range(processes)]
+                level = await asyncio.to_thread(run_jobs_in_processes, shares, conc // processes)
+            else:
+                results, wall = await run_jobs(target.url, jobs, concurrency=conc)
+                level = summarize(results, wall)
+            levels.append({"concurrency": conc, **level})
         out["modes"][mode] = levels
     if "mixed_adapters" in out["modes"]:
         out["mixed_over_base"] = {

@@ -21,71 +21,45 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # instead of vLLM's default ~70 sizes: most of the cold start is graph capture.
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
+CAPTURE_ARGS: dict[str, str | int | float | bool] = {
+    "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES})}
+DUAL_STREAM_ENV = {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"}
+
+
+def _reference(**fields: Any) -> dict[str, Any]:
+    """The reference design's settings plus `fields`. The stack's own serverArgs/serverEnv are cleared, so a
+    variant measures only what it names, whatever the poc stack ships at the time."""
+    return {"gpu_memory_utilization": 0.9, "max_num_seqs": 256, "server_args": {}, "server_env": {}, **fields}
+
+
 # name -> (stack, spec field updates, description)
 VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "poc-shipped": ("poc", {}, "Pulumi.poc.yaml exactly as shipped (tier poc defaults)"),
-    # server_args is pinned empty: the poc stack ships capture sizes, and the seed must stay the reference design.
-    "seed": ("poc", {"gpu_memory_utilization": 0.9, "max_num_seqs": 256, "server_args": {}},
+    "seed": ("poc", _reference(),
              "the reference design's settings: utilization 0.9, 4 GPU LoRA slots, vLLM defaults otherwise"),
-    "capture": ("poc", {"gpu_memory_utilization": 0.9, "max_num_seqs": 256},
-                "the poc stack's capture sizes at the seed's utilization and sequence count"),
-    "tuned": ("poc", {
-        "gpu_memory_utilization": 0.9,
-        "max_num_seqs": 256,
-        "server_args": {
-            "max-num-batched-tokens": 8192,
-            "enable-prefix-caching": True,
-            "async-scheduling": True,
-            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
-        },
-    }, "seed + capture sizes limited to powers of two, async scheduling, prefix caching, 8k batched tokens"),
-    "tuned-interactive": ("poc", {
-        "gpu_memory_utilization": 0.9,
-        "max_num_seqs": 256,
-        "server_args": {
-            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
-            "performance-mode": "interactivity",
-        },
-    }, "tuned capture sizes + vLLM 0.26's --performance-mode interactivity (latency-oriented kernels/graphs)"),
-    "fp8": ("poc", {
-        "gpu_memory_utilization": 0.9,
-        "max_num_seqs": 256,
-        "server_args": {
-            "quantization": "fp8",
-            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
-        },
-    }, "tuned capture sizes + online FP8 weight quantization (H100): half the weight bytes per decode step"),
-    "seed-dual-stream": ("poc", {
-        "gpu_memory_utilization": 0.9,
-        "max_num_seqs": 256,
-        "server_args": {},
-        "server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"},
-    }, "seed + vLLM's dual-stream LoRA: shrink/expand on a second CUDA stream, overlapping the base GEMMs"),
-    # What the GPU tiers would ship if dual-stream wins: the poc stack's capture sizes plus dual-stream LoRA.
-    "capture-dual-stream": ("poc", {
-        "gpu_memory_utilization": 0.9,
-        "max_num_seqs": 256,
-        "server_env": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"},
-    }, "the poc stack's capture sizes + dual-stream LoRA, at the seed's utilization and sequence count"),
+    "capture": ("poc", _reference(server_args=CAPTURE_ARGS),
+                "seed + CUDA graphs captured only for powers of two up to 256 (the GPU stacks' serverArgs)"),
+    "tuned": ("poc", _reference(server_args={
+        "max-num-batched-tokens": 8192, "enable-prefix-caching": True, "async-scheduling": True, **CAPTURE_ARGS,
+    }), "seed + capture sizes limited to powers of two, async scheduling, prefix caching, 8k batched tokens"),
+    "tuned-interactive": ("poc", _reference(server_args={**CAPTURE_ARGS, "performance-mode": "interactivity"}),
+                          "tuned capture sizes + vLLM 0.26's --performance-mode interactivity (latency-oriented "
+                          "kernels/graphs)"),
+    "fp8": ("poc", _reference(server_args={"quantization": "fp8", **CAPTURE_ARGS}),
+            "tuned capture sizes + online FP8 weight quantization (H100): half the weight bytes per decode step"),
+    "seed-dual-stream": ("poc", _reference(server_env=DUAL_STREAM_ENV),
+                         "seed + vLLM's dual-stream LoRA: shrink/expand on a second CUDA stream, overlapping the "
+                         "base GEMMs"),
+    "capture-dual-stream": ("poc", _reference(server_args=CAPTURE_ARGS, server_env=DUAL_STREAM_ENV),
+                            "capture + dual-stream LoRA (what Pulumi.poc.yaml ships, at the seed's utilization and "
+                            "sequence count)"),
     # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
     # share goes to a merged replica of the hot adapter (service.merge) on the same GPU.
-    "hot-lora": ("poc", {
-        "gpu_memory_utilization": 0.5,
-        "max_num_seqs": 256,
-        "server_args": {"compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES})},
-    }, "LoRA replica at utilization 0.5, sharing its GPU with a merged replica of the hot adapter"),
-    "tuned-1slot": ("poc", {
-        "gpu_memory_utilization": 0.9,
-        "max_num_seqs": 256,
-        "max_loras": 1,
-        "max_cpu_loras": 8,
-        "server_args": {
-            "max-num-batched-tokens": 8192,
-            "enable-prefix-caching": True,
-            "async-scheduling": True,
-            "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES}),
-        },
-    }, "tuned with a single GPU LoRA slot (single-stream LoRA cost vs slot count)"),
+    "hot-lora": ("poc", _reference(gpu_memory_utilization=0.5, server_args=CAPTURE_ARGS),
+                 "LoRA replica at utilization 0.5, sharing its GPU with a merged replica of the hot adapter"),
+    "tuned-1slot": ("poc", _reference(max_loras=1, max_cpu_loras=8, server_args={
+        "max-num-batched-tokens": 8192, "enable-prefix-caching": True, "async-scheduling": True, **CAPTURE_ARGS,
+    }), "tuned with a single GPU LoRA slot (single-stream LoRA cost vs slot count)"),
 }
 
 

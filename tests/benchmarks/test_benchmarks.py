@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -70,7 +71,8 @@ def test_suites_and_report_end_to_end(vllm: RunningProcess, tiny_adapters: dict[
     adapters = {d: str(p) for d, p in list(tiny_adapters.items())[:2]}
     target = Target(url=vllm.url, base_model="exaone", adapter_dirs=adapters, name_prefix="bench-")
     argv = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "tiny"]
-    result = run_all(target, SuiteSizes.tiny(), argv, "ci-tiny", max_loras=2)
+    # Level 2 goes through two client processes (client_pool), level 1 through the in-process client.
+    result = run_all(target, replace(SuiteSizes.tiny(), client_processes=2), argv, "ci-tiny", max_loras=2)
     meta = result["meta"]
     assert meta["server_argv"] == argv and meta["vllm_version"] and meta["git_commit"]
     s = result["suites"]
@@ -78,7 +80,12 @@ def test_suites_and_report_end_to_end(vllm: RunningProcess, tiny_adapters: dict[
     assert s["test1"]["lora_over_base"] > 0
     assert s["quality"]["all_ok"] and {c["output_tokens"] for c in s["quality"]["cells"]} == {8}
     assert set(s["saturation"]["modes"]) == {"base_only", "mixed_adapters"}
-    assert all(lv["ok"] == lv["requests"] for lv in s["saturation"]["modes"]["mixed_adapters"])
+    for mode in ("base_only", "mixed_adapters"):
+        one, two = s["saturation"]["modes"][mode]
+        assert one["ok"] == one["requests"] == 2 and "client_processes" not in one
+        assert two["ok"] == two["requests"] == 2 and two["client_processes"] == 2, two
+        assert two["output_tokens"] == 16 and two["aggregate_tok_s"] > 0 and two["itl_s"]["p50"] > 0
+        assert len(two["itl_p50_s_by_process"]) == 2
     assert s["swap"]["disk"]["n"] == 1 and s["swap"]["disk"]["p50"] > 0
     # Everything loaded was unloaded again: the shared server is left as found.
     names = {m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=30).json()["data"]}
@@ -95,3 +102,14 @@ def test_suites_and_report_end_to_end(vllm: RunningProcess, tiny_adapters: dict[
     for png in ("throughput_vs_concurrency.png", "latency_vs_concurrency.png", "lora_base_ratios.png"):
         assert (tmp_path / "docs" / "img" / png).stat().st_size > 1000
     assert key_numbers(load_runs(results_dir)[0])["warm_ready_s"] == 20.0
+
+
+def test_parallel_saturation_splits_the_load_over_client_processes(vllm: RunningProcess) -> None:
+    from benchmarks.dual import parallel_saturation
+
+    # Two targets (the same server twice), one client process each: the shape of the two-replica run.
+    level = parallel_saturation([(vllm.url, ["exaone"]), (vllm.url, ["exaone"])], concurrency=2, requests=4,
+                                max_tokens=4, processes=2)
+    assert level["concurrency"] == 2 and level["client_processes"] == 2
+    assert level["ok"] == level["requests"] == 4 and level["output_tokens"] == 16, level
+    assert level["wall_s"] > 0 and level["late_start_s"] < 3.0

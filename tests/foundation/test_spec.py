@@ -84,6 +84,8 @@ def test_secrets_do_not_belong_in_the_spec(tmp_path: Path) -> None:
         ({"serverEnv": {"VLLM_CACHE_ROOT": "/tmp"}}, "serverEnv: VLLM_CACHE_ROOT is set by the deployment itself"),
         ({"serverEnv": {"VLLM_API_KEY": "x"}}, "serverEnv: VLLM_API_KEY is set by the deployment itself"),
         ({"serverEnv": {"VLLM_HF_TOKEN": "x"}}, "serverEnv: VLLM_HF_TOKEN looks like a secret"),
+        ({"target": "local", "serverEnv": {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"}},
+         "serverEnv: VLLM_LORA_ENABLE_DUAL_STREAM needs a CUDA GPU; target 'local' runs the CPU build"),
     ],
 )
 def test_bad_values_are_refused_with_file_and_key(change: dict[str, Any], expected: str) -> None:

@@ -21,8 +21,6 @@ ADAPTERS_YAML = """  exaone-lora:adapters:
       sha256: {sha}
   exaone-lora:serverArgs:
     enable-prefix-caching: true
-  exaone-lora:serverEnv:
-    VLLM_LORA_ENABLE_DUAL_STREAM: "1"
 """
 
 
@@ -31,7 +29,7 @@ def root(tmp_path: Path) -> Path:
     for stack in ("poc", "prod"):
         shutil.copy(REPO / f"Pulumi.{stack}.yaml", tmp_path)
     poc = tmp_path / "Pulumi.poc.yaml"
-    # The poc stack was tested with one adapter pinned, a newer vLLM and prefix caching.
+    # The poc stack was tested with one adapter pinned, a newer vLLM and prefix caching (and ships dual-stream LoRA).
     text = poc.read_text().replace("vllmVersion: 0.26.0", "vllmVersion: 0.27.1")
     poc.write_text(text + ADAPTERS_YAML.format(sha="c" * 64))
     return tmp_path
