@@ -15,7 +15,8 @@ import httpx
 from benchmarks.client import Job, percentile, run_jobs, summarize
 from benchmarks.report import generate, key_numbers, load_runs
 from benchmarks.suites import DOMAIN_PROMPTS, GENERIC_PROMPT, SuiteSizes, Target, prompt_for, run_all
-from benchmarks.variants import VARIANTS, variant_launch
+from benchmarks.variants import REPO_ROOT, VARIANTS, variant_launch
+from exaone_lora.spec import load_spec
 from tests.support.processes import RunningProcess
 
 
@@ -57,6 +58,11 @@ def test_variants_render_through_the_shipped_launcher() -> None:
     dual = variant_launch("seed-dual-stream", "/m", "/root/bench")
     assert dual.env["VLLM_LORA_ENABLE_DUAL_STREAM"] == "1" and dual.args == seed.args  # the seed config plus one option
     assert "VLLM_LORA_ENABLE_DUAL_STREAM" not in seed.env
+    # The poc stack's own serverArgs/serverEnv never leak into a variant: the seed stays vLLM's defaults.
+    assert "--compilation-config" not in seed.args and load_spec("poc", REPO_ROOT).server_env
+    capture, capture_dual = variant_launch("capture", "/m", "/r"), variant_launch("capture-dual-stream", "/m", "/r")
+    assert "--compilation-config" in capture.args and capture_dual.args == capture.args
+    assert "VLLM_LORA_ENABLE_DUAL_STREAM" not in capture.env and capture_dual.env["VLLM_LORA_ENABLE_DUAL_STREAM"] == "1"
 
 
 def test_every_run_sends_an_adapter_its_own_domain_prompt() -> None:
