@@ -32,7 +32,7 @@ VLLM_ENV_PATTERN = re.compile(r"^VLLM_[A-Z0-9_]+$")
 MANAGED_VLLM_ENV = frozenset({"VLLM_CACHE_ROOT", "VLLM_NO_USAGE_STATS", "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
                               "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_API_KEY"})
 SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
-# Options whose code path asserts a CUDA device: the local target's CPU build of vLLM would die at start.
+# Options whose code path asserts a CUDA device when enabled: the local target's CPU build of vLLM would die at start.
 CUDA_ONLY_VLLM_ENV = frozenset({"VLLM_LORA_ENABLE_DUAL_STREAM"})
 
 
@@ -256,7 +256,8 @@ class DeploymentSpec(_Model):
             raise ValueError(f"vmSku: {self.vm_sku} is not allowed for tier {self.tier} ({', '.join(defaults.allowed_skus)})")
         if self.target == "vm" and self.operator_cidr is None:
             raise ValueError("operatorCidr: required for target 'vm' (SSH is only opened to the operator)")
-        if self.target == "local" and (cuda_only := sorted(CUDA_ONLY_VLLM_ENV & set(self.server_env))):
+        enabled = {name for name, value in self.server_env.items() if value.strip() not in ("", "0")}
+        if self.target == "local" and (cuda_only := sorted(CUDA_ONLY_VLLM_ENV & enabled)):
             raise ValueError(f"serverEnv: {', '.join(cuda_only)} needs a CUDA GPU; target 'local' runs the CPU build "
                              "of vLLM, which would fail at start")
         if self.max_cpu_loras < self.max_loras:

@@ -118,4 +118,4 @@ def test_parallel_saturation_splits_the_load_over_client_processes(vllm: Running
                                 max_tokens=4, processes=2)
     assert level["concurrency"] == 2 and level["client_processes"] == 2
     assert level["ok"] == level["requests"] == 4 and level["output_tokens"] == 16, level
-    assert level["wall_s"] > 0 and level["late_start_s"] < 3.0
+    assert level["wall_s"] > 0 and len(level["ttft_p50_s_by_process"]) == 2

@@ -92,6 +92,11 @@ def test_bad_values_are_refused_with_file_and_key(change: dict[str, Any], expect
     assert expected in refused(poc_values() | change)
 
 
+def test_a_cuda_only_option_switched_off_is_allowed_on_the_local_target() -> None:
+    values = poc_values() | {"target": "local", "serverEnv": {"VLLM_LORA_ENABLE_DUAL_STREAM": "0"}}
+    assert build_spec("poc", values, "Pulumi.poc.yaml").server_env == {"VLLM_LORA_ENABLE_DUAL_STREAM": "0"}
+
+
 def test_ssh_needs_an_operator_cidr_on_vm_targets() -> None:
     values = {k: v for k, v in poc_values().items() if k != "operatorCidr"}
     assert "exaone-lora:operatorCidr: required for target 'vm'" in refused(values)
