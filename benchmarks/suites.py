@@ -49,8 +49,8 @@ class SuiteSizes:
     saturation_min_requests: int = 16
     swap_cycles: int = 10
     warmup_requests: int = 2
-    # Saturation levels of at least this many streams are sent from this many processes (client_pool); one
-    # process falls behind parsing the stream at 128+ streams on an H100.
+    # Each saturation level is sent from min(this, concurrency) client processes (client_pool) when that is more
+    # than one; one process falls behind parsing the stream at 128+ streams on an H100.
     client_processes: int = 1
 
     @staticmethod
