@@ -2,6 +2,7 @@
 # Runs on the device machine (repo root as cwd). Steps, each one `run` call (see benchmarks/README.md):
 #   stage N          copy wheel part N (carried in .gpu/cN) to /root/stage
 #   install          join the parts, pip install --target /root/site, list vLLM's flags, make model + adapters
+#   tune             tune vLLM's LoRA kernel tiles on this GPU (benchmarks.lora_tune) into $ROOT/lora-configs
 #   bg V [V...]      start a detached runner doing `cycle` for each variant (outlives the call's 10-minute limit)
 #   poll [SECONDS]   wait for the runner (at most SECONDS), print its log tail, copy results to $OUT
 #   cycle V [V...]   for each variant: cold start, suites, stop, warm restart (what the runner does)
@@ -24,6 +25,10 @@ case "$step" in
     grep -E -- "--(async-scheduling|compilation-config|cudagraph|max-cudagraph|enable-prefix|max-num-batched|specialize|max-cpu-loras|disable-uvicorn|stream-interval|fully-sharded)" "$OUT/vllm-help.txt" | head -30 || true
     mkdir -p $ROOT $RES && python3 -m benchmarks.device prepare --root $ROOT
     nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv ;;
+  tune)
+    cd /root/repo && python3 -m benchmarks.lora_tune --out $ROOT/lora-configs --report $RES/lora-tune.json \
+      --budget-s "${BENCH_TUNE_BUDGET:-300}" 2>&1 | tail -80
+    cp $RES/lora-tune.json "$OUT/" 2>/dev/null || true ;;
   bg)
     # Fresh code for this run (the call's tree may have changed since install).
     rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service training Pulumi.*.yaml /root/repo/
