@@ -23,7 +23,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from exaone_lora.spec import DeploymentSpec, load_spec
-from provisioning import adapters, monitoring, patches, service
+from provisioning import adapters, lora_kernels, monitoring, patches, service
 from provisioning import bootstrap as boot
 from provisioning.report import Action, run_on_hosts
 from provisioning.results import Change
@@ -103,6 +103,15 @@ def install_service(c, stack="dev", root=None, outputs=None, key=None):
     """Render the systemd units from the spec, install, enable, restart only if changed, wait for /health."""
     spec = _spec(stack, root)
     _run(c, spec, "install-service", lambda conn, report: service.install_service(conn, spec), outputs, key)
+
+
+@task(name="tune-lora-kernels",
+      help={**STACK_HELP, "budget": "seconds of tuning; shapes not reached keep vLLM's default tiles (default 300)"})
+def tune_lora_kernels(c, stack="dev", budget=300, root=None, outputs=None, key=None):
+    """Tune vLLM's LoRA kernel tiles on each host's GPU (one-off, ~5 min, best while idle); apply with `fab restart`."""
+    spec = _spec(stack, root)
+    _run(c, spec, "tune-lora-kernels",
+         lambda conn, report: lora_kernels.tune_lora_kernels(conn, spec, budget_s=float(budget)), outputs, key)
 
 
 @task(name="install-monitoring", help=STACK_HELP)

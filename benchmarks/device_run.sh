@@ -2,7 +2,7 @@
 # Runs on the device machine (repo root as cwd). Steps, each one `run` call (see benchmarks/README.md):
 #   stage N          copy wheel part N (carried in .gpu/cN) to /root/stage
 #   install          join the parts, pip install --target /root/site, list vLLM's flags, make model + adapters
-#   tune             tune vLLM's LoRA kernel tiles on this GPU (benchmarks.lora_tune) into $ROOT/lora-configs
+#   tune             tune vLLM's LoRA kernel tiles on this GPU (service.lora_kernels) for capture-dual-stream-lora-tuned
 #   bg V [V...]      start a detached runner doing `cycle` for each variant (outlives the call's 10-minute limit)
 #   poll [SECONDS]   wait for the runner (at most SECONDS), print its log tail, copy results to $OUT
 #   cycle V [V...]   for each variant: cold start, suites, stop, warm restart (what the runner does)
@@ -26,8 +26,9 @@ case "$step" in
     mkdir -p $ROOT $RES && python3 -m benchmarks.device prepare --root $ROOT
     nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv ;;
   tune)
-    cd /root/repo && python3 -m benchmarks.lora_tune --out $ROOT/lora-configs --report $RES/lora-tune.json \
-      --budget-s "${BENCH_TUNE_BUDGET:-300}" 2>&1 | tail -80
+    # Into that variant's cache, where its rendered VLLM_TUNED_CONFIG_FOLDER points (the host layout's cache/lora-kernels).
+    cd /root/repo && python3 -m service.cli tune-lora-kernels --model-dir $ROOT/model --report $RES/lora-tune.json \
+      --out $ROOT/cache/capture-dual-stream-lora-tuned/lora-kernels --budget-s "${BENCH_TUNE_BUDGET:-300}" 2>&1 | tail -80
     cp $RES/lora-tune.json "$OUT/" 2>/dev/null || true ;;
   bg)
     # Fresh code for this run (the call's tree may have changed since install).

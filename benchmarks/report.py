@@ -120,6 +120,15 @@ def render_hot(run: Run) -> list[str]:
     return lines
 
 
+def _target_digits(key: str) -> int:
+    return 3 if key.endswith("_s") and not key.endswith("tok_s") else 1 if key.endswith("tok_s") else 2
+
+
+def _gpu_short(run: Run) -> str:
+    """`NVIDIA H100 80GB HBM3, 81559 MiB, 580...` -> `H100 80GB HBM3`."""
+    return str(run.data.get("meta", {}).get("gpu", "?")).split(",")[0].removeprefix("NVIDIA ").strip()
+
+
 def _target_cell(run: Run, key: str, value: float | None, digits: int, op: str, threshold: float) -> str:
     if run.name == "hot" and key == "lora_over_base":
         # The hot run's single-stream target is the hot alias through its merged replica; LoRA-served shown beside.
@@ -271,13 +280,15 @@ def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "",
     if preface:
         lines += [preface.strip(), ""]
 
-    lines += ["## Targets (issue 9)", "", "| target | " + " | ".join(r.name for r in runs) + " |",
-              "|---|" + "---|" * len(runs)]
-    nums = {r.name: key_numbers(r) for r in runs}
-    for key, label, op, threshold in TARGETS:
-        digits = 3 if key.endswith("_s") and not key.endswith("tok_s") else 1 if key.endswith("tok_s") else 2
-        cells = [_target_cell(r, key, nums[r.name][key], digits, op, threshold) for r in runs]
-        lines.append(f"| {label} {op} {threshold:g} | " + " | ".join(cells) + " |")
+    # One row per run: the runs outnumber the targets, and a row reads as one configuration's verdict.
+    lines += ["## Targets (issue 9)", "",
+              "| run | GPU | " + " | ".join(f"{label} {op} {threshold:g}" for _, label, op, threshold in TARGETS) + " |",
+              "|---|---|" + "---|" * len(TARGETS)]
+    for run in runs:
+        nums = key_numbers(run)
+        cells = [_target_cell(run, key, nums[key], _target_digits(key), op, threshold)
+                 for key, _, op, threshold in TARGETS]
+        lines.append(f"| {run.name} | {_gpu_short(run)} | " + " | ".join(cells) + " |")
     lines.append("")
 
     lines += ["## Seed Test 1: sequential, one stream per model", "",

@@ -24,8 +24,6 @@ CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 CAPTURE_ARGS: dict[str, str | int | float | bool] = {
     "compilation-config": json.dumps({"cudagraph_capture_sizes": CAPTURE_SIZES})}
 DUAL_STREAM_ENV = {"VLLM_LORA_ENABLE_DUAL_STREAM": "1"}
-# Where `device_run.sh tune` writes the LoRA kernel configs of `benchmarks.lora_tune` on the device machine.
-DEVICE_LORA_CONFIGS = "/root/bench/lora-configs"
 
 
 def _reference(**fields: Any) -> dict[str, Any]:
@@ -55,11 +53,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "capture-dual-stream": ("poc", _reference(server_args=CAPTURE_ARGS, server_env=DUAL_STREAM_ENV),
                             "capture + dual-stream LoRA (what Pulumi.poc.yaml ships, at the seed's utilization and "
                             "sequence count)"),
+    # The same spec as capture-dual-stream: only its cache's lora-kernels folder differs, which
+    # `device_run.sh tune` fills (as `fab tune-lora-kernels` does on a serving host).
     "capture-dual-stream-lora-tuned": (
-        "poc", _reference(server_args=CAPTURE_ARGS,
-                          server_env={**DUAL_STREAM_ENV, "VLLM_TUNED_CONFIG_FOLDER": DEVICE_LORA_CONFIGS}),
-        "capture-dual-stream + LoRA shrink/expand tiles tuned for this GPU and EXAONE's shapes "
-        "(benchmarks.lora_tune, read through VLLM_TUNED_CONFIG_FOLDER)"),
+        "poc", _reference(server_args=CAPTURE_ARGS, server_env=DUAL_STREAM_ENV),
+        "capture-dual-stream + LoRA shrink/expand tiles tuned on this GPU for EXAONE's shapes "
+        "(service.lora_kernels in the layout's cache/lora-kernels, read through VLLM_TUNED_CONFIG_FOLDER)"),
     # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
     # share goes to a merged replica of the hot adapter (service.merge) on the same GPU.
     "hot-lora": ("poc", _reference(gpu_memory_utilization=0.5, server_args=CAPTURE_ARGS),

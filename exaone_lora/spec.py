@@ -28,9 +28,10 @@ VERSION_PIN_PATTERN = re.compile(r"^\d+\.\d+\.\d+(\.post\d+)?$")
 BROADEST_SSH_PREFIX = {4: 16, 6: 48}
 VLLM_ENV_PATTERN = re.compile(r"^VLLM_[A-Z0-9_]+$")
 # vLLM environment variables the deployment sets itself (caches, offline mode, runtime LoRA loading, where a
-# server computes, the API key): `serverEnv` may not override them.
+# server computes, the API key, the tuned LoRA kernel folder): `serverEnv` may not override them.
 MANAGED_VLLM_ENV = frozenset({"VLLM_CACHE_ROOT", "VLLM_NO_USAGE_STATS", "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
-                              "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_API_KEY"})
+                              "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_API_KEY",
+                              "VLLM_TUNED_CONFIG_FOLDER"})
 SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 # Options whose code path asserts a CUDA device when enabled: the local target's CPU build of vLLM would die at start.
 CUDA_ONLY_VLLM_ENV = frozenset({"VLLM_LORA_ENABLE_DUAL_STREAM"})

@@ -133,6 +133,41 @@ def merge(
             "seconds": round(time.perf_counter() - started, 2)})
 
 
+@app.command("tune-lora-kernels")
+def tune_lora_kernels(
+    out: Annotated[Path, typer.Option(help="folder vLLM reads through VLLM_TUNED_CONFIG_FOLDER (the host layout's "
+                                           "cache/lora-kernels)")],
+    model_dir: Annotated[Path | None, typer.Option(help="the served checkpoint: its config.json gives the layer "
+                                                        "shapes (default: EXAONE 3.5 2.4B)")] = None,
+    rank: Annotated[int, typer.Option(help="the stack's maxLoraRank")] = 32,
+    max_loras: Annotated[int, typer.Option(help="the stack's GPU LoRA slots (maxLoras)")] = 4,
+    dual_stream: Annotated[bool, typer.Option(help="tune for VLLM_LORA_ENABLE_DUAL_STREAM=1 (what the GPU stacks "
+                                                   "ship)")] = True,
+    budget_s: Annotated[float, typer.Option(help="stop starting new shapes after this many seconds; the rest keep "
+                                                 "vLLM's default tiles")] = 300.0,
+    report: Annotated[Path | None, typer.Option(help="also write the JSON report (default vs tuned per shape)")] = None,
+) -> None:
+    """Tune vLLM's LoRA shrink/expand kernel tiles on this GPU (one-off, ~5 min; takes effect at vLLM's next start).
+
+    Exit status 3: no CUDA GPU here (nothing was written)."""
+    from exaone_lora.model_shape import EXAONE_3_5_2_4B
+    from service.lora_kernels import NoCudaGpu, model_shape_from_config, tune
+
+    try:
+        shape = model_shape_from_config(model_dir) if model_dir is not None else EXAONE_3_5_2_4B
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        summary = tune(out, shape, budget_s, rank, max_loras, dual_stream=dual_stream, report=report,
+                       log=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+    except NoCudaGpu as exc:
+        err.print(f"[red]not tuned:[/red] {exc}")
+        raise typer.Exit(3) from None
+    _print({"gpu": summary["gpu"], "files": summary["files"], "wall_s": round(summary["wall_s"], 1),
+            "tuned_shapes": len(summary["shapes"]), "untuned_shapes": len(summary["untuned"]),
+            "lora_kernel_us_per_step": summary["per_step"]})
+
+
 @app.command()
 def lifecycle(
     url: Annotated[str, typer.Option(help="the vLLM server (not the gateway), e.g. http://127.0.0.1:8081")],

@@ -35,6 +35,11 @@ class HostLayout:
         """Secrets (VLLM_API_KEY, the gateway admin key) as systemd EnvironmentFile, mode 0600."""
         return self.config / "secrets.env"
 
+    @property
+    def lora_kernels(self) -> PurePosixPath:
+        """Tuned LoRA kernel tiles per GPU (`fab tune-lora-kernels`), read by vLLM at start."""
+        return self.cache / "lora-kernels"
+
     def adapter_dir(self, name: str) -> PurePosixPath:
         return self.adapters / name
 

@@ -157,6 +157,9 @@ def _environment(spec: DeploymentSpec, layout: HostLayout) -> dict[str, str]:
         "HF_HOME": str(layout.cache / "hf"),
         # FlashInfer's JIT kernels land under XDG_CACHE_HOME: ~100 s of a first start on an H100 (docs/benchmarks.md).
         "XDG_CACHE_HOME": str(layout.cache / "xdg"),
+        # Tiles from `fab tune-lora-kernels`; files are named after the GPU, so a folder without this GPU's
+        # files (or none at all) leaves vLLM on its default tiles.
+        "VLLM_TUNED_CONFIG_FOLDER": str(layout.lora_kernels),
     }
 
 

@@ -18,10 +18,10 @@ import pytest
 
 from exaone_lora.local.testhost import TestHost
 from exaone_lora.spec import DeploymentSpec
-from provisioning import adapters, patches, service
+from provisioning import adapters, lora_kernels, patches, service
 from provisioning.adapters import DeployError, deploy_adapter, host_state
 from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
-from provisioning.remote import out
+from provisioning.remote import RemoteError, out
 from service.layout import DEFAULT_LAYOUT
 from service.registry import AdapterRegistry
 from tests.provisioning.conftest import Bootstrapped
@@ -155,6 +155,21 @@ def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_sp
     # Unchanged spec: nothing rewritten, nothing restarted.
     assert [ch for ch in service.install_service(c, host_spec) if ch.changed] == []
     assert unit in service.logs(c, host_spec, 200) or "Started" in service.logs(c, host_spec, 200)
+
+
+def test_tune_lora_kernels_without_a_gpu_keeps_the_previous_tiles(bootstrapped: Bootstrapped,
+                                                                   host_spec: DeploymentSpec) -> None:
+    c = bootstrapped.host.connection
+    folder = str(DEFAULT_LAYOUT.lora_kernels)
+    c.run(f"mkdir -p {folder} && echo previous > {folder}/NVIDIA_H100_NVL_SHRINK.json", hide=True)
+    # The tuner really runs on the host (its vLLM venv, the deployed code) and finds no CUDA GPU there.
+    with pytest.raises(RemoteError, match="has no CUDA GPU: nothing was tuned"):
+        lora_kernels.tune_lora_kernels(c, host_spec, budget_s=5)
+    assert out(c, f"cat {folder}/NVIDIA_H100_NVL_SHRINK.json") == "previous"
+    assert out(c, f"ls -d {folder}.new 2>/dev/null || echo absent") == "absent"
+    # The served vLLM looks for tiles exactly there.
+    assert f"VLLM_TUNED_CONFIG_FOLDER={folder}" in out(c, f"systemctl cat {service.vllm_unit_name(0)}")
+    c.run(f"rm -rf {folder}", hide=True)
 
 
 # ------------------------------------------------------------------ deploy-adapters

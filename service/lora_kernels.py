@@ -1,21 +1,21 @@
-"""Tune vLLM's multi-LoRA Triton kernels (shrink and expand) for EXAONE's layer shapes on the local GPU.
+"""Tune vLLM's multi-LoRA Triton kernels (shrink and expand) for the served model's layer shapes on this GPU.
 
 vLLM runs every LoRA-wrapped layer as two Triton kernels and picks their tile sizes from a fixed default
 unless `VLLM_TUNED_CONFIG_FOLDER` holds per-GPU JSON files (vllm/lora/ops/triton_ops/README_TUNING.md). At
 batch 1 those defaults leave most SMs idle, and a decode step of an adapter request runs 240 of these
-kernels. This module searches the tiles for each layer shape and batch size and writes the files vLLM reads:
+kernels. This module searches the tiles for each layer shape and batch size and writes the files vLLM reads
+(`fab tune-lora-kernels` runs it on a serving host; `python -m service.cli tune-lora-kernels` anywhere):
 
-    python -m benchmarks.lora_tune --out /root/bench/lora-configs --budget-s 300
+    python -m service.cli tune-lora-kernels --model-dir /data/models/m --out /var/cache/exaone-lora/lora-kernels
 
 The search is coordinate descent from vLLM's own default, timed inside a CUDA graph (as the served model
-runs them), over 30 distinct weight sets (one per decoder layer). A candidate whose output differs from
+runs them), over one distinct weight set per decoder layer. A candidate whose output differs from
 the default's is rejected. Batch sizes left untuned when the budget runs out get vLLM's default written
 explicitly, so the files never change a shape that was not measured.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exaone_lora.model_shape import EXAONE_3_5_2_4B, ModelShape
+from exaone_lora.model_shape import ModelShape
 
 KernelConfig = dict[str, int | None]
 
@@ -69,6 +69,32 @@ class LoraOpShape:
     @property
     def key(self) -> tuple[str, int, int, int]:
         return self.op, self.num_slices, self.k, self.n
+
+
+class NoCudaGpu(RuntimeError):
+    """Tuning times Triton kernels on the GPU vLLM will use; without one there is nothing to tune."""
+
+
+def model_shape_from_config(model_dir: Path) -> ModelShape:
+    """The decoder shape of the checkpoint vLLM serves, from its config.json (EXAONE's key names, with the
+    Llama-style alternatives)."""
+    path = model_dir / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the model's config.json at {path}: {exc}") from None
+    try:
+        return ModelShape(
+            name=str(config.get("_name_or_path") or model_dir.name),
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=int(config["hidden_size"]),
+            num_layers=int(config.get("num_layers", config.get("num_hidden_layers"))),
+            num_attention_heads=int(config["num_attention_heads"]),
+            num_key_value_heads=int(config.get("num_key_value_heads", config["num_attention_heads"])),
+            intermediate_size=int(config["intermediate_size"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path} lacks a decoder shape key: {exc}") from None
 
 
 def packed_layers(shape: ModelShape) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -136,7 +162,8 @@ class TunedShape:
 
 def config_file_names(gpu_name: str) -> dict[str, tuple[str, ...]]:
     """File names vLLM looks for (utils.load_lora_op_config); expand has one per `add_inputs` value (the
-    dual-stream path writes to a separate buffer: add_inputs False)."""
+    dual-stream path writes to a separate buffer: add_inputs False). Both files get the tiles timed with the
+    stack's own `add_inputs`; the other value runs only if the stack changes its dual-stream switch."""
     gpu = gpu_name.replace(" ", "_").replace("-", "_")
     return {"shrink": (f"{gpu}_SHRINK.json",), "expand": (f"{gpu}_EXPAND_TRUE.json", f"{gpu}_EXPAND_FALSE.json")}
 
@@ -177,7 +204,7 @@ def step_estimate_us(results: list[TunedShape], batch: int, num_layers: int) -> 
     return {"default_us": default, "tuned_us": tuned}
 
 
-# ---- GPU part: needs CUDA, vLLM and Triton (runs on the device machine only) ----
+# ---- GPU part: needs CUDA, vLLM and Triton (a serving host's vLLM venv, or the benchmark machine) ----
 
 @dataclass
 class KernelBench:
@@ -300,16 +327,24 @@ def tune_shape(bench: KernelBench, passes: int) -> TunedShape:
     return TunedShape(bench.shape, bench.batch, default, default_us, tuned, tuned_us, **counts)
 
 
-def tune(out: Path, budget_s: float, rank: int, max_loras: int, num_layers: int, passes: int,
-         batches: tuple[int, ...], report: Path | None) -> dict[str, Any]:
+def tune(out: Path, model: ModelShape, budget_s: float, rank: int, max_loras: int, dual_stream: bool = True,
+         passes: int = 2, batches: tuple[int, ...] = TUNED_BATCHES, report: Path | None = None,
+         log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Tune every shape at every batch (most important first) until `budget_s`, then write the files."""
     import torch
 
-    # PDL launches follow the dual-stream switch (vLLM reads it at call time); tune what the GPU stacks run.
-    os.environ.setdefault("VLLM_LORA_ENABLE_DUAL_STREAM", "1")
+    if not torch.cuda.is_available():
+        raise NoCudaGpu("no CUDA GPU here: LoRA kernel tuning times the kernels on the GPU vLLM serves from; "
+                        "vLLM keeps its default tiles")
+    num_layers = model.num_layers
+
+    # The kernels launch with programmatic dependent launch only under dual-stream LoRA (vLLM reads the switch
+    # at call time): tune them the way the stack runs them.
+    os.environ["VLLM_LORA_ENABLE_DUAL_STREAM"] = "1" if dual_stream else "0"
     # The defaults the search starts from must be vLLM's built-in ones, not an earlier run's files.
     os.environ.pop("VLLM_TUNED_CONFIG_FOLDER", None)
     gpu = torch.cuda.get_device_name()
-    shapes = op_shapes(EXAONE_3_5_2_4B, rank)
+    shapes = op_shapes(model, rank)
     started = time.monotonic()
     results: list[TunedShape] = []
     entries: list[tuple[LoraOpShape, int, KernelConfig]] = []
@@ -320,22 +355,24 @@ def tune(out: Path, budget_s: float, rank: int, max_loras: int, num_layers: int,
             untuned.append({"op": shape.op, "layers": list(shape.layers), "batch": batch})
             entries.append((shape, batch, vllm_default(shape, batch, max_loras)))
             continue
-        bench = KernelBench(shape, batch, max_loras, num_layers, add_inputs=False)
+        bench = KernelBench(shape, batch, max_loras, num_layers, add_inputs=not dual_stream)
         bench.build()
         result = tune_shape(bench, passes)
         results.append(result)
         entries.append((shape, batch, result.tuned))
-        print(f"[{index}/{total} {time.monotonic() - started:5.0f}s] {shape.op:6} {'+'.join(shape.layers):22} "
+        log(f"[{index}/{total} {time.monotonic() - started:5.0f}s] {shape.op:6} {'+'.join(shape.layers):22} "
               f"m={batch:<4} {result.default_us:6.2f} -> {result.tuned_us:6.2f} us ({result.evaluated} tried, "
-              f"{result.rejected} rejected) {result.tuned}", flush=True)
+              f"{result.rejected} rejected) {result.tuned}")
     for batch in PREFILL_BATCHES:
         entries.extend((shape, batch, vllm_default(shape, batch, max_loras)) for shape in shapes)
     written = write_config_files(out, gpu, config_tables(entries, max_loras))
     summary = {
-        "gpu": gpu, "rank": rank, "max_loras": max_loras, "layers_timed_per_graph": num_layers,
+        "gpu": gpu, "model": model.name, "rank": rank, "max_loras": max_loras, "dual_stream": dual_stream,
+        "layers_timed_per_graph": num_layers,
         "wall_s": time.monotonic() - started, "budget_s": budget_s, "files": [str(p) for p in written],
-        "per_step": {str(b): step_estimate_us(results, b, EXAONE_3_5_2_4B.num_layers) for b in batches
-                     if any(r.batch == b for r in results)},
+        # Only batches with every shape tuned: a partial sum would look like a gain.
+        "per_step": {str(b): step_estimate_us(results, b, model.num_layers) for b in batches
+                     if sum(r.batch == b for r in results) == len(shapes)},
         "shapes": [r.row() for r in results], "untuned": untuned,
         "search": {"choices": CHOICES, "passes": passes, "timing": "triton.testing.do_bench_cudagraph"},
     }
@@ -343,28 +380,3 @@ def tune(out: Path, budget_s: float, rank: int, max_loras: int, num_layers: int,
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.lora_tune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="folder for the config files (VLLM_TUNED_CONFIG_FOLDER)")
-    p.add_argument("--report", type=Path, help="JSON report: default vs tuned time per shape and batch")
-    p.add_argument("--budget-s", type=float, default=300.0,
-                   help="stop tuning new shapes after this many seconds (the rest keep vLLM's default)")
-    p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--max-loras", type=int, default=4, help="the stack's GPU LoRA slots (max_loras)")
-    p.add_argument("--layers", type=int, default=EXAONE_3_5_2_4B.num_layers,
-                   help="distinct weight sets timed per graph replay")
-    p.add_argument("--passes", type=int, default=2)
-    p.add_argument("--batches", default=",".join(map(str, TUNED_BATCHES)),
-                   help="batch sizes in tuning order (comma list)")
-    args = p.parse_args(argv)
-    summary = tune(args.out, args.budget_s, args.rank, args.max_loras, args.layers, args.passes,
-                   tuple(int(b) for b in args.batches.split(",")), args.report)
-    print(json.dumps({"wall_s": round(summary["wall_s"], 1), "per_step": summary["per_step"],
-                      "untuned": len(summary["untuned"]), "files": summary["files"]}, indent=1))
-
-
-if __name__ == "__main__":
-    main()

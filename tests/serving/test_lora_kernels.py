@@ -1,17 +1,25 @@
 """The LoRA kernel tuner's shapes, search and files; the files are read back by vLLM's own lookup.
 
-The timing itself needs an NVIDIA GPU and runs on the device machine (`benchmarks/device_run.sh tune`).
+The timing itself needs an NVIDIA GPU: it runs on the device machine (`benchmarks/device_run.sh tune`) and on
+serving hosts (`fab tune-lora-kernels`); here the CLI's refusal without a GPU is tested.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
+from typer.testing import CliRunner
 
-from benchmarks.lora_tune import (
+from exaone_lora.checkpoints import Checkpoint
+from exaone_lora.local.processes import vllm_python
+from exaone_lora.model_shape import EXAONE_3_5_2_4B
+from exaone_lora.spec import DeploymentSpec, load_spec
+from service.cli import app
+from service.layout import HostLayout
+from service.lora_kernels import (
     CHOICES,
     PREFILL_BATCHES,
     LoraOpShape,
@@ -19,12 +27,12 @@ from benchmarks.lora_tune import (
     config_file_names,
     config_tables,
     coordinate_descent,
+    model_shape_from_config,
     op_shapes,
     step_estimate_us,
     write_config_files,
 )
-from exaone_lora.local.processes import vllm_python
-from exaone_lora.model_shape import EXAONE_3_5_2_4B
+from service.vllm_config import vllm_launch
 
 GPU = "NVIDIA H100 80GB HBM3"
 
@@ -115,3 +123,35 @@ print(json.dumps(got))
     assert got["shrink_m2"] == tuned_shrink  # nearest tuned batch
     assert got["shrink_m6000"] == prefill  # a prefill batch never gets a decode tile
     assert got["expand_false"] == tuned_expand == got["expand_true"]
+
+
+def test_shapes_come_from_the_served_checkpoint(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
+    shape = model_shape_from_config(tiny_checkpoint.path)
+    config = json.loads((tiny_checkpoint.path / "config.json").read_text())
+    assert (shape.hidden_size, shape.intermediate_size, shape.num_layers) == (
+        config["hidden_size"], config["intermediate_size"], config["num_layers"])
+    qkv = next(s for s in op_shapes(shape, rank=8) if s.op == "expand" and s.num_slices == 3)
+    assert qkv.out_slices == (shape.hidden_size, shape.kv_dim, shape.kv_dim)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    with pytest.raises(ValueError, match="lacks a decoder shape key"):
+        model_shape_from_config(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot read the model's config\.json"):
+        model_shape_from_config(tmp_path / "missing")
+
+
+def test_cli_without_a_gpu_refuses_and_writes_nothing(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
+    out = tmp_path / "lora-kernels"
+    result = CliRunner().invoke(app, ["tune-lora-kernels", "--out", str(out), "--model-dir",
+                                      str(tiny_checkpoint.path), "--budget-s", "5"])
+    assert result.exit_code == 3, result.output
+    assert "no CUDA GPU" in result.output
+    assert not out.exists()
+
+
+def test_vllm_reads_tiles_from_the_layout_cache_and_a_stack_cannot_move_it() -> None:
+    spec = load_spec("poc")
+    layout = HostLayout(cache=PurePosixPath("/var/cache/x"))
+    env = vllm_launch(spec, layout).env
+    assert env["VLLM_TUNED_CONFIG_FOLDER"] == "/var/cache/x/lora-kernels"
+    with pytest.raises(ValueError, match="set by the deployment itself"):
+        DeploymentSpec.model_validate(spec.model_dump() | {"server_env": {"VLLM_TUNED_CONFIG_FOLDER": "/tmp/x"}})
