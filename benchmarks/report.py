@@ -61,12 +61,15 @@ def key_numbers(run: Run) -> dict[str, float | None]:
     test1 = s.get("test1", {})
     sat = s.get("saturation", {})
     swap = s.get("swap", {})
+    paired = s.get("paired", {})
     startup = run.data.get("startup", {})
     return {
         "base_tok_s": test1.get("base_decode_tok_s"),
         "lora_tok_s": test1.get("lora_decode_tok_s_mean"),
         "lora_over_base": test1.get("lora_over_base"),
-        "mixed_over_base_128": (sat.get("mixed_over_base") or {}).get("128"),
+        # The paired suite's median when a run has it: its two sides ran back to back, several times.
+        "mixed_over_base_128": (paired["aggregate_ratio"]["median"] if paired.get("concurrency") == 128
+                                else (sat.get("mixed_over_base") or {}).get("128")),
         "cold_ready_s": startup.get("cold_ready_s"),
         "warm_ready_s": startup.get("warm_ready_s"),
         "swap_p50_s": (swap.get("disk") or {}).get("p50"),
@@ -290,6 +293,21 @@ def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "",
                  for key, _, op, threshold in TARGETS]
         lines.append(f"| {run.name} | {_gpu_short(run)} | " + " | ".join(cells) + " |")
     lines.append("")
+
+    paired_runs = [r for r in runs if r.suites.get("paired")]
+    if paired_runs:
+        lines += ["## Paired: mixed adapters vs base only, back to back", "",
+                  "Each pair runs both modes at one concurrency seconds apart, alternating which goes first; the "
+                  "target column above uses the median aggregate ratio of such runs.", "",
+                  "| run | streams | pairs | aggregate mixed/base median (min–max) | "
+                  "ITL p50 base/mixed median (min–max) |", "|---|---|---|---|---|"]
+        for run in paired_runs:
+            p = run.suites["paired"]
+            agg, itl = p["aggregate_ratio"], p["itl_p50_ratio"]
+            lines.append(f"| {run.name} | {p['concurrency']} | {len(p['pairs'])} | {_fmt(agg['median'], 2)} "
+                         f"({_fmt(agg['min'], 2)}–{_fmt(agg['max'], 2)}) | {_fmt(itl['median'], 2)} "
+                         f"({_fmt(itl['min'], 2)}–{_fmt(itl['max'], 2)}) |")
+        lines.append("")
 
     lines += ["## Seed Test 1: sequential, one stream per model", "",
               "| variant | model | requests | decode tok/s | e2e tok/s | TTFT p50 (ms) | ITL p50 (ms) |",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ class SuiteSizes:
     # Each saturation level is sent from min(this, concurrency) client processes (client_pool) when that is more
     # than one; one process falls behind parsing the stream at 128+ streams on an H100.
     client_processes: int = 1
+    # The paired suite: base-only and mixed back to back at one concurrency, this many times, alternating
+    # which goes first (a saturation level lasts seconds, and its aggregate drifts more between passes than
+    # the two modes differ).
+    paired_concurrency: int = 128
+    paired_repeats: int = 5
 
     @staticmethod
     def full() -> SuiteSizes:
@@ -61,7 +67,7 @@ class SuiteSizes:
     def tiny() -> SuiteSizes:
         return SuiteSizes(max_tokens=8, test1_requests=1, test2_rounds=1, quality_max_tokens=8,
                           concurrency_levels=(1, 2), saturation_rounds=1, saturation_min_requests=2,
-                          swap_cycles=1, warmup_requests=1)
+                          swap_cycles=1, warmup_requests=1, paired_concurrency=2, paired_repeats=2)
 
 
 @dataclass
@@ -185,26 +191,54 @@ async def suite_saturation(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
         modes["mixed_adapters"] = list(target.loaded)
     out: dict[str, Any] = {"max_tokens": sizes.max_tokens, "levels": list(sizes.concurrency_levels), "modes": {}}
     for mode, models in modes.items():
-        levels = []
-        for conc in sizes.concurrency_levels:
-            n = max(sizes.saturation_min_requests, sizes.saturation_rounds * conc)
-            jobs = [Job(models[i % len(models)], prompt_for(models[i % len(models)]), sizes.max_tokens)
-                    for i in range(n)]
-            processes = min(sizes.client_processes, conc)
-            if processes > 1:
-                shares = [(target.url, jobs[p::processes]) for p in range(processes)]
-                level = await asyncio.to_thread(run_jobs_in_processes, shares, conc // processes)
-            else:
-                results, wall = await run_jobs(target.url, jobs, concurrency=conc)
-                level = summarize(results, wall)
-            levels.append({"concurrency": conc, **level})
-        out["modes"][mode] = levels
+        out["modes"][mode] = [await _saturation_level(target, models, conc, sizes)
+                              for conc in sizes.concurrency_levels]
     if "mixed_adapters" in out["modes"]:
         out["mixed_over_base"] = {
             str(b["concurrency"]): (m["aggregate_tok_s"] / b["aggregate_tok_s"]) if b["aggregate_tok_s"] else None
             for b, m in zip(out["modes"]["base_only"], out["modes"]["mixed_adapters"], strict=True)
         }
     return out
+
+
+async def _saturation_level(target: Target, models: list[str], conc: int, sizes: SuiteSizes) -> dict[str, Any]:
+    """One level: max(min_requests, rounds x conc) requests cycling over `models`, `conc` in flight."""
+    n = max(sizes.saturation_min_requests, sizes.saturation_rounds * conc)
+    jobs = [Job(models[i % len(models)], prompt_for(models[i % len(models)]), sizes.max_tokens) for i in range(n)]
+    processes = min(sizes.client_processes, conc)
+    if processes > 1:
+        shares = [(target.url, jobs[p::processes]) for p in range(processes)]
+        level = await asyncio.to_thread(run_jobs_in_processes, shares, conc // processes)
+    else:
+        results, wall = await run_jobs(target.url, jobs, concurrency=conc)
+        level = summarize(results, wall)
+    return {"concurrency": conc, **level}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+async def suite_paired(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
+    """Mixed adapters vs base only at one concurrency, as `paired_repeats` back-to-back pairs alternating which
+    mode goes first: each ratio compares two levels run seconds apart, and the spread shows the noise."""
+    if not target.loaded:
+        raise ValueError("the paired suite needs loaded adapters")
+    conc = sizes.paired_concurrency
+    modes = {"base_only": [target.base_model], "mixed_adapters": list(target.loaded)}
+    pairs = []
+    for repeat in range(sizes.paired_repeats):
+        order = ["base_only", "mixed_adapters"] if repeat % 2 == 0 else ["mixed_adapters", "base_only"]
+        pair = {mode: await _saturation_level(target, modes[mode], conc, sizes) for mode in order}
+        base, mixed = pair["base_only"], pair["mixed_adapters"]
+        pairs.append({"first": order[0], **pair,
+                      "aggregate_ratio": mixed["aggregate_tok_s"] / base["aggregate_tok_s"],
+                      # A step's cost: base-only ITL over mixed ITL (above 1 would mean mixed steps are faster).
+                      "itl_p50_ratio": base["itl_s"]["p50"] / mixed["itl_s"]["p50"]})
+    return {"concurrency": conc, "requests_per_level": max(sizes.saturation_min_requests,
+                                                             sizes.saturation_rounds * conc),
+            "pairs": pairs, "aggregate_ratio": _spread([p["aggregate_ratio"] for p in pairs]),
+            "itl_p50_ratio": _spread([p["itl_p50_ratio"] for p in pairs])}
 
 
 async def suite_swap(target: Target, sizes: SuiteSizes, max_loras: int) -> dict[str, Any]:
@@ -261,7 +295,7 @@ def summarize_values(values: list[float]) -> dict[str, float | int | None]:
             "p99": percentile(values, 99), "max": max(values) if values else None}
 
 
-SUITES = ("test1", "test2", "quality", "saturation", "swap")
+SUITES = ("test1", "test2", "quality", "saturation", "paired", "swap")
 
 
 async def run_suites(target: Target, sizes: SuiteSizes, suites: tuple[str, ...] = SUITES,
@@ -284,6 +318,8 @@ async def run_suites(target: Target, sizes: SuiteSizes, suites: tuple[str, ...] 
                 out[name] = await suite_quality(target, sizes)
             elif name == "saturation":
                 out[name] = await suite_saturation(target, sizes)
+            elif name == "paired":
+                out[name] = await suite_paired(target, sizes)
             else:
                 out[name] = await suite_swap(target, sizes, max_loras)
             out[name]["suite_wall_s"] = time.perf_counter() - start

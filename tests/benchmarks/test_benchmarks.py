@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import pytest
 
 from benchmarks.client import Job, percentile, run_jobs, summarize
 from benchmarks.report import generate, key_numbers, load_runs
@@ -92,6 +93,14 @@ def test_suites_and_report_end_to_end(vllm: RunningProcess, tiny_adapters: dict[
         assert two["ok"] == two["requests"] == 2 and two["client_processes"] == 2, two
         assert two["output_tokens"] == 16 and two["aggregate_tok_s"] > 0 and two["itl_s"]["p50"] > 0
         assert len(two["itl_p50_s_by_process"]) == 2
+    paired = s["paired"]
+    assert paired["concurrency"] == 2 and [p["first"] for p in paired["pairs"]] == ["base_only", "mixed_adapters"]
+    for pair in paired["pairs"]:
+        assert pair["base_only"]["ok"] == pair["mixed_adapters"]["ok"] == 2
+        assert pair["aggregate_ratio"] == pytest.approx(
+            pair["mixed_adapters"]["aggregate_tok_s"] / pair["base_only"]["aggregate_tok_s"])
+    ratios = sorted(p["aggregate_ratio"] for p in paired["pairs"])
+    assert paired["aggregate_ratio"] == {"median": pytest.approx(sum(ratios) / 2), "min": ratios[0], "max": ratios[1]}
     assert s["swap"]["disk"]["n"] == 1 and s["swap"]["disk"]["p50"] > 0
     # Everything loaded was unloaded again: the shared server is left as found.
     names = {m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=30).json()["data"]}
@@ -105,6 +114,7 @@ def test_suites_and_report_end_to_end(vllm: RunningProcess, tiny_adapters: dict[
     text = doc.read_text()
     assert "## Targets (issue 9)" in text and "ci-tiny" in text and " ".join(argv) in text
     assert "ready after a restart" in text and "20.000 (**met**)" in text
+    assert "## Paired: mixed adapters vs base only, back to back" in text
     for png in ("throughput_vs_concurrency.png", "latency_vs_concurrency.png", "lora_base_ratios.png"):
         assert (tmp_path / "docs" / "img" / png).stat().st_size > 1000
     assert key_numbers(load_runs(results_dir)[0])["warm_ready_s"] == 20.0
