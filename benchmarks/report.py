@@ -68,7 +68,7 @@ def key_numbers(run: Run) -> dict[str, float | None]:
         "lora_tok_s": test1.get("lora_decode_tok_s_mean"),
         "lora_over_base": test1.get("lora_over_base"),
         # The paired suite's median when a run has it: its two sides ran back to back, several times.
-        "mixed_over_base_128": (paired["aggregate_ratio"]["median"] if paired.get("concurrency") == 128
+        "mixed_over_base_128": ((paired.get("aggregate_ratio") or {}).get("median") if paired.get("concurrency") == 128
                                 else (sat.get("mixed_over_base") or {}).get("128")),
         "cold_ready_s": startup.get("cold_ready_s"),
         "warm_ready_s": startup.get("warm_ready_s"),
@@ -303,7 +303,8 @@ def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "",
                   "ITL p50 base/mixed median (min–max) |", "|---|---|---|---|---|"]
         for run in paired_runs:
             p = run.suites["paired"]
-            agg, itl = p["aggregate_ratio"], p["itl_p50_ratio"]
+            agg = p["aggregate_ratio"] or {"median": None, "min": None, "max": None}
+            itl = p["itl_p50_ratio"] or {"median": None, "min": None, "max": None}
             lines.append(f"| {run.name} | {p['concurrency']} | {len(p['pairs'])} | {_fmt(agg['median'], 2)} "
                          f"({_fmt(agg['min'], 2)}–{_fmt(agg['max'], 2)}) | {_fmt(itl['median'], 2)} "
                          f"({_fmt(itl['min'], 2)}–{_fmt(itl['max'], 2)}) |")

@@ -215,8 +215,16 @@ async def _saturation_level(target: Target, models: list[str], conc: int, sizes:
     return {"concurrency": conc, **level}
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def _spread(values: list[float | None]) -> dict[str, float] | None:
+    """Median and range of the pairs that produced a ratio (a level whose requests all failed has none)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return {"median": statistics.median(present), "min": min(present), "max": max(present)}
 
 
 async def suite_paired(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
@@ -226,19 +234,20 @@ async def suite_paired(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
         raise ValueError("the paired suite needs loaded adapters")
     conc = sizes.paired_concurrency
     modes = {"base_only": [target.base_model], "mixed_adapters": list(target.loaded)}
-    pairs = []
+    pairs: list[dict[str, Any]] = []
+    aggregate: list[float | None] = []
+    itl: list[float | None] = []
     for repeat in range(sizes.paired_repeats):
         order = ["base_only", "mixed_adapters"] if repeat % 2 == 0 else ["mixed_adapters", "base_only"]
         pair = {mode: await _saturation_level(target, modes[mode], conc, sizes) for mode in order}
         base, mixed = pair["base_only"], pair["mixed_adapters"]
-        pairs.append({"first": order[0], **pair,
-                      "aggregate_ratio": mixed["aggregate_tok_s"] / base["aggregate_tok_s"],
-                      # A step's cost: base-only ITL over mixed ITL (above 1 would mean mixed steps are faster).
-                      "itl_p50_ratio": base["itl_s"]["p50"] / mixed["itl_s"]["p50"]})
+        aggregate.append(_ratio(mixed["aggregate_tok_s"], base["aggregate_tok_s"]))
+        # A step's cost: base-only ITL over mixed ITL (above 1 would mean mixed steps are faster).
+        itl.append(_ratio((base.get("itl_s") or {}).get("p50"), (mixed.get("itl_s") or {}).get("p50")))
+        pairs.append({"first": order[0], **pair, "aggregate_ratio": aggregate[-1], "itl_p50_ratio": itl[-1]})
     return {"concurrency": conc, "requests_per_level": max(sizes.saturation_min_requests,
                                                              sizes.saturation_rounds * conc),
-            "pairs": pairs, "aggregate_ratio": _spread([p["aggregate_ratio"] for p in pairs]),
-            "itl_p50_ratio": _spread([p["itl_p50_ratio"] for p in pairs])}
+            "pairs": pairs, "aggregate_ratio": _spread(aggregate), "itl_p50_ratio": _spread(itl)}
 
 
 async def suite_swap(target: Target, sizes: SuiteSizes, max_loras: int) -> dict[str, Any]:
