@@ -201,9 +201,13 @@ async def suite_saturation(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
     return out
 
 
+def _level_requests(sizes: SuiteSizes, conc: int) -> int:
+    return max(sizes.saturation_min_requests, sizes.saturation_rounds * conc)
+
+
 async def _saturation_level(target: Target, models: list[str], conc: int, sizes: SuiteSizes) -> dict[str, Any]:
     """One level: max(min_requests, rounds x conc) requests cycling over `models`, `conc` in flight."""
-    n = max(sizes.saturation_min_requests, sizes.saturation_rounds * conc)
+    n = _level_requests(sizes, conc)
     jobs = [Job(models[i % len(models)], prompt_for(models[i % len(models)]), sizes.max_tokens) for i in range(n)]
     processes = min(sizes.client_processes, conc)
     if processes > 1:
@@ -245,8 +249,7 @@ async def suite_paired(target: Target, sizes: SuiteSizes) -> dict[str, Any]:
         # A step's cost: base-only ITL over mixed ITL (above 1 would mean mixed steps are faster).
         itl.append(_ratio((base.get("itl_s") or {}).get("p50"), (mixed.get("itl_s") or {}).get("p50")))
         pairs.append({"first": order[0], **pair, "aggregate_ratio": aggregate[-1], "itl_p50_ratio": itl[-1]})
-    return {"concurrency": conc, "requests_per_level": max(sizes.saturation_min_requests,
-                                                             sizes.saturation_rounds * conc),
+    return {"concurrency": conc, "requests_per_level": _level_requests(sizes, conc),
             "pairs": pairs, "aggregate_ratio": _spread(aggregate), "itl_p50_ratio": _spread(itl)}
 
 

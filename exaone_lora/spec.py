@@ -250,6 +250,10 @@ class DeploymentSpec(_Model):
             )
         return value
 
+    def server_env_on(self, name: str) -> bool:
+        """Whether `serverEnv` switches option `name` on (set, and neither empty nor "0")."""
+        return self.server_env.get(name, "").strip() not in ("", "0")
+
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentSpec:
         defaults = TIER_DEFAULTS[self.tier]
@@ -257,7 +261,7 @@ class DeploymentSpec(_Model):
             raise ValueError(f"vmSku: {self.vm_sku} is not allowed for tier {self.tier} ({', '.join(defaults.allowed_skus)})")
         if self.target == "vm" and self.operator_cidr is None:
             raise ValueError("operatorCidr: required for target 'vm' (SSH is only opened to the operator)")
-        enabled = {name for name, value in self.server_env.items() if value.strip() not in ("", "0")}
+        enabled = {name for name in self.server_env if self.server_env_on(name)}
         if self.target == "local" and (cuda_only := sorted(CUDA_ONLY_VLLM_ENV & enabled)):
             raise ValueError(f"serverEnv: {', '.join(cuda_only)} needs a CUDA GPU; target 'local' runs the CPU build "
                              "of vLLM, which would fail at start")

@@ -18,7 +18,7 @@ from pathlib import Path
 from fabric import Connection
 
 from exaone_lora.spec import DeploymentSpec
-from provisioning.remote import RemoteError, ok, out, put_bytes, sh, wait_for
+from provisioning.remote import RemoteError, ok, out, put_bytes, replace_dir, sh, wait_for
 from provisioning.results import Change
 from service.layout import DEFAULT_LAYOUT, HostLayout
 
@@ -251,8 +251,7 @@ def ensure_model(c: Connection, spec: DeploymentSpec, *, local_path: Path | None
             if not _verify_remote(c, staging, sums):
                 raise BootstrapError(f"checksum mismatch after upload of {local_path} to {c.host}")
             put_bytes(c, model_marker(spec, sums), f"{staging}/{MODEL_MARKER}", owner=layout.service_user)
-            sh(c, f"chown -R {layout.service_user}: {staging} && rm -rf {target}.old && "
-                  f"if [ -e {target} ]; then mv {target} {target}.old; fi && mv {staging} {target} && rm -rf {target}.old")
+            sh(c, f"chown -R {layout.service_user}: {staging} && {replace_dir(staging, target)}")
         finally:
             sh(c, f"rm -rf {staging}", check=False)
         return Change("model", True, f"{spec.model.name}@{spec.model.revision[:12]} installed from {local_path}")

@@ -13,7 +13,7 @@ import shlex
 from fabric import Connection
 
 from exaone_lora.spec import DeploymentSpec
-from provisioning.remote import RemoteError, sh
+from provisioning.remote import RemoteError, replace_dir, sh
 from provisioning.results import Change
 from provisioning.service import ensure_gateway_app, gateway_src
 from service.layout import DEFAULT_LAYOUT, HostLayout
@@ -22,15 +22,11 @@ from service.layout import DEFAULT_LAYOUT, HostLayout
 EXIT_NO_GPU = 3
 
 
-def dual_stream(spec: DeploymentSpec) -> bool:
-    return spec.server_env.get("VLLM_LORA_ENABLE_DUAL_STREAM", "").strip() not in ("", "0")
-
-
 def tune_command(spec: DeploymentSpec, layout: HostLayout, out: str, budget_s: float) -> str:
     src = gateway_src(layout)
     args = ["--out", out, "--model-dir", spec.model.path, "--rank", str(spec.max_lora_rank),
             "--max-loras", str(spec.max_loras), "--budget-s", str(budget_s),
-            "--dual-stream" if dual_stream(spec) else "--no-dual-stream"]
+            "--dual-stream" if spec.server_env_on("VLLM_LORA_ENABLE_DUAL_STREAM") else "--no-dual-stream"]
     return (f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli tune-lora-kernels "
             + " ".join(map(shlex.quote, args)))
 
@@ -42,16 +38,14 @@ def tune_lora_kernels(c: Connection, spec: DeploymentSpec, *, layout: HostLayout
     fresh = f"{final}.new"
     result = sh(c, f"rm -rf {fresh} && {tune_command(spec, layout, fresh, budget_s)}", check=False,
                 timeout=budget_s + 900)
-    if result.exited == EXIT_NO_GPU:
-        sh(c, f"rm -rf {fresh}")
-        raise RemoteError(f"{c.host} has no CUDA GPU: nothing was tuned and vLLM keeps its default LoRA tiles")
     if result.exited != 0:
         sh(c, f"rm -rf {fresh}")
+        if result.exited == EXIT_NO_GPU:
+            raise RemoteError(f"{c.host} has no CUDA GPU: nothing was tuned and vLLM keeps its default LoRA tiles")
         raise RemoteError(f"LoRA kernel tuning failed on {c.host} (exit {result.exited}); the previous tiles are "
                           f"unchanged:\n{(result.stdout + result.stderr).strip()[-3000:]}")
     summary = json.loads(result.stdout)
-    sh(c, f"rm -rf {final}.old && if [ -e {final} ]; then mv {final} {final}.old; fi && mv {fresh} {final} && "
-          f"rm -rf {final}.old && chown -R {layout.service_user}: {final}")
+    sh(c, f"{replace_dir(fresh, final)} && chown -R {layout.service_user}: {final}")
     steps = summary["lora_kernel_us_per_step"]
     single = steps.get("1", {})
     gain = (f"; LoRA kernel time per decode step at batch 1: {single['default_us']:.0f} -> {single['tuned_us']:.0f} us"

@@ -45,6 +45,12 @@ def ok(c: Connection, script: str) -> bool:
     return sh(c, script, check=False).exited == 0
 
 
+def replace_dir(new: str, final: str) -> str:
+    """Shell that puts directory `new` in place of `final` (if there is one) by renames: readers see the old
+    directory or the new one, whole, never a mix."""
+    return f"rm -rf {final}.old && if [ -e {final} ]; then mv {final} {final}.old; fi && mv {new} {final} && rm -rf {final}.old"
+
+
 def sha256_text(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

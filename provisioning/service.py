@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from fabric import Connection
 
 from exaone_lora.spec import DeploymentSpec
-from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, sh, wait_for
+from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, replace_dir, sh, wait_for
 from provisioning.results import Change
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.merged_replicas import merged_endpoints, merged_units
@@ -109,8 +109,7 @@ def ensure_gateway_app(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> Ch
     tmp = f"/tmp/exaone-gateway-{digest[:12]}.tar.gz"
     c.put(io.BytesIO(data), tmp)
     sh(c, f"rm -rf {src}.new && install -d -m 755 {src}.new && tar -xzf {tmp} -C {src}.new && "
-          f"echo {digest} > {src}.new/.bundle-sha256 && rm -rf {src}.old && "
-          f"if [ -e {src} ]; then mv {src} {src}.old; fi && mv {src}.new {src} && rm -rf {src}.old {tmp}")
+          f"echo {digest} > {src}.new/.bundle-sha256 && {replace_dir(f'{src}.new', str(src))} && rm -rf {tmp}")
     sh(c, f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -c 'import service.cli'")
     return Change("gateway code", True, f"bundle {digest[:12]} installed in {src}")
 

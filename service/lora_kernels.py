@@ -371,7 +371,7 @@ def tune(out: Path, model: ModelShape, budget_s: float, rank: int, max_loras: in
         "layers_timed_per_graph": num_layers,
         "wall_s": time.monotonic() - started, "budget_s": budget_s, "files": [str(p) for p in written],
         # Only batches with every shape tuned: a partial sum would look like a gain.
-        "per_step": {str(b): step_estimate_us(results, b, model.num_layers) for b in batches
+        "per_step": {str(b): step_estimate_us(results, b, num_layers) for b in batches
                      if sum(r.batch == b for r in results) == len(shapes)},
         "shapes": [r.row() for r in results], "untuned": untuned,
         "search": {"choices": CHOICES, "passes": passes, "timing": "triton.testing.do_bench_cudagraph"},
