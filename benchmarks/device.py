@@ -3,8 +3,9 @@
     python -m benchmarks.device prepare --root /root/bench
     python -m benchmarks.device cycle seed --root /root/bench --out "$OUT" [--sizes full|tiny] [--restart]
 
-`cycle` starts the variant's server with a fresh compile cache (cold), waits for /health, runs the suites,
-stops it, and with `--restart` starts it again on the kept cache (warm) and times that too. The server runs
+`cycle` starts the variant's server (cold on a fresh machine; a later pass of the same variant finds its compile
+cache kept, and that start is recorded as warm), waits for /health, runs the suites, stops it, and with
+`--restart` starts it again on the kept cache (warm) and times that too. The server runs
 in its own process session so it survives a call that times out; `stop` ends it by its recorded pid.
 """
 
@@ -142,19 +143,28 @@ def startup_lines(log: Path, limit: int = 60) -> list[str]:
     return lines[:limit]
 
 
+def compile_cache_kept(env: dict[str, str]) -> bool:
+    """Whether an earlier start of this variant left vLLM's torch.compile cache: a start on it is a warm one,
+    whatever its place in the runner's order (a second pass of a variant on the same machine is)."""
+    cache_root = env.get("VLLM_CACHE_ROOT")
+    return cache_root is not None and any(p.is_file() for p in (Path(cache_root) / "torch_compile_cache").rglob("*"))
+
+
 def cycle(variant: str, root: Path, out: Path, sizes: SuiteSizes, suites: tuple[str, ...], restart: bool,
           ready_timeout_s: float) -> Path:
-    """Cold start, suites, stop, and (with `restart`) a warm restart on the kept caches; failures are recorded."""
+    """First start (cold unless the variant's cache was kept), suites, stop, and (with `restart`) a warm restart
+    on the kept caches; failures are recorded."""
     from benchmarks.report import Run, key_numbers
 
     stop_server(root)
     adapters = json.loads((root / "adapters.json").read_text())
     spec = variant_spec(variant)
-    result: dict[str, Any] = {"startup": {}}
+    kept = compile_cache_kept(variant_launch(variant, str(root / "model"), str(root), port=PORT).env)
+    result: dict[str, Any] = {"startup": {"first_start_on_kept_cache": kept}}
     path = out / f"{variant}.json"
     state = start_server(variant, root, out / f"{variant}-server.log")
     try:
-        result["startup"]["cold_ready_s"] = wait_ready(state, ready_timeout_s)
+        result["startup"]["warm_ready_s" if kept else "cold_ready_s"] = wait_ready(state, ready_timeout_s)
         result["startup"]["cold_log"] = startup_lines(Path(state["log"]))
         target = Target(url=state["url"], base_model=spec.model.served_name, adapter_dirs=adapters)
         bench = run_all(target, sizes, state["argv"], variant, suites, max_loras=spec.max_loras,

@@ -129,3 +129,17 @@ def test_parallel_saturation_splits_the_load_over_client_processes(vllm: Running
     assert level["concurrency"] == 2 and level["client_processes"] == 2
     assert level["ok"] == level["requests"] == 4 and level["output_tokens"] == 16, level
     assert level["wall_s"] > 0 and len(level["ttft_p50_s_by_process"]) == 2
+
+
+def test_a_start_on_a_kept_compile_cache_is_recorded_as_warm(tmp_path: Path) -> None:
+    from benchmarks.device import compile_cache_kept
+
+    env = variant_launch("seed", str(tmp_path / "model"), str(tmp_path)).env
+    assert compile_cache_kept(env) is False  # no cache folder at all: a fresh machine
+    cache = Path(env["VLLM_CACHE_ROOT"]) / "torch_compile_cache" / "abc123" / "rank_0_0"
+    cache.mkdir(parents=True)
+    assert compile_cache_kept(env) is False  # folders without artefacts (a start that died early) are not a cache
+    (cache / "vllm_compile_cache.py").write_text("# artefacts")
+    assert compile_cache_kept(env) is True
+    other = variant_launch("capture", str(tmp_path / "model"), str(tmp_path)).env
+    assert compile_cache_kept(other) is False  # each variant has its own cache
