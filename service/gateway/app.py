@@ -77,7 +77,7 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
             yield
         finally:
             task.cancel()
-            await core.client.aclose()
+            await core.aclose()
 
     public = FastAPI(title="EXAONE LoRA gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 

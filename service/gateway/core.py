@@ -11,6 +11,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 
 from service.gateway.engine import EngineClient, EngineError
@@ -29,6 +30,10 @@ class RoutingError(Exception):
         self.message = message
 
 
+# Connections the gateway keeps to its replicas at most: one per stream in flight (HTTP/1.1), past vLLM's max_num_seqs.
+MAX_UPSTREAM_CONNECTIONS = 512
+
+
 @dataclass
 class GatewayCore:
     served_name: str
@@ -43,17 +48,36 @@ class GatewayCore:
     # A merged replica takes its version's requests until this many are outstanding on it; beyond that the
     # overflow goes to the LoRA replicas (a merged replica is one GPU share, not the whole fleet).
     merged_spill_at: int = 64
+    # Inference requests (every streamed token) go through aiohttp; `client` (httpx) makes the few admin calls.
+    _inference: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def for_upstreams(cls, served_name: str, upstreams: list[str], *, engine_api_key: str | None = None,
                       client: httpx.AsyncClient | None = None) -> GatewayCore:
         if not upstreams:
             raise ValueError("the gateway needs at least one vLLM upstream URL")
-        # Generous pool and no read timeout: streams of long generations must not be cut by the gateway.
-        http = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None),
-                                           limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+        http = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
         replicas = [Replica(EngineClient(url, http, api_key=engine_api_key)) for url in upstreams]
         return cls(served_name=served_name, replicas=replicas, client=http)
+
+    def inference_session(self) -> aiohttp.ClientSession:
+        """The pooled session inference requests are forwarded on, made on first use (it binds to the running
+        event loop). aiohttp rather than httpx on this path: every token passes through it, and httpcore 1.0.9
+        scans its whole pool at each request start and end (quadratic in open connections) and, with a
+        keep-alive limit below the connection limit, closes each connection a finished request leaves idle
+        once more than that many are open (encode/httpcore#1000), so from ~64 streams each request paid a new
+        TCP connection too (benchmarks/gateway_cpu.py, docs/gateway-benchmarks.md). No read timeout: streams of
+        long generations must not be cut by the gateway."""
+        if self._inference is None or self._inference.closed:
+            connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, limit_per_host=0)
+            self._inference = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        return self._inference
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self._inference is not None:
+            await self._inference.close()
 
     # -- routing -------------------------------------------------------------------------------
     def resolve(self, model: object) -> Route:

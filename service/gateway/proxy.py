@@ -13,13 +13,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+from aiohttp.http_exceptions import LineTooLong
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.gateway.core import GatewayCore, RoutingError
 from service.gateway.state import Replica, Route
 
 VERSION_HEADER = "x-exaone-adapter-version"
+# Largest SSE line the gateway forwards. aiohttp's default (twice its 64 KiB read buffer) is below what vLLM can
+# send in one event: a completion with `echo` and `logprobs` carries the whole prompt's logprobs in its first chunk.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 
 def openai_error(status: int, code: str, message: str) -> JSONResponse:
@@ -98,14 +102,13 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
         acct.attach(replica)
         tried.add(replica.url)
         core.metrics.routed.labels(route.alias, core.path_of(replica, route)).inc()
-        request = core.client.build_request("POST", f"{replica.url}{path}", json=upstream_body, headers=headers)
         try:
-            upstream = await core.client.send(request, stream=True)
-        except httpx.TransportError:
+            upstream = await core.inference_session().post(f"{replica.url}{path}", json=upstream_body, headers=headers)
+        except aiohttp.ClientConnectionError:
             replica.healthy = False  # the periodic refresh brings it back when it answers again
             continue
-        if upstream.status_code == 404 and route.label != "base" and len(tried) < len(core.replicas):
-            await upstream.aclose()
+        if upstream.status == 404 and route.label != "base" and len(tried) < len(core.replicas):
+            upstream.release()
             replica.loaded.discard(route.upstream_model)
             if replica.merged_for(route.upstream_model):
                 replica.base = ()  # it was restarted with another version; the next refresh says which
@@ -113,31 +116,31 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
         break
 
     extra = {VERSION_HEADER: route.label}
-    if upstream.status_code != 200:
+    if upstream.status != 200:
         try:
-            raw = await upstream.aread()
+            raw = await upstream.read()
         finally:
-            await upstream.aclose()
-        reason = "upstream_error" if upstream.status_code >= 500 else "upstream_rejected"
-        acct.close(upstream.status_code, reason)
+            upstream.release()
+        reason = "upstream_error" if upstream.status >= 500 else "upstream_rejected"
+        acct.close(upstream.status, reason)
         try:
             payload = json.loads(raw)
         except ValueError:
-            return openai_error(upstream.status_code, reason, raw.decode(errors="replace")[:500])
+            return openai_error(upstream.status, reason, raw.decode(errors="replace")[:500])
         if isinstance(payload, dict):
             # vLLM's message names the internal version; clients only know the alias.
             text = json.dumps(payload).replace(route.upstream_model, route.alias)
-            return JSONResponse(json.loads(text), status_code=upstream.status_code, headers=extra)
-        return JSONResponse(payload, status_code=upstream.status_code, headers=extra)
+            return JSONResponse(json.loads(text), status_code=upstream.status, headers=extra)
+        return JSONResponse(payload, status_code=upstream.status, headers=extra)
 
     if not stream:
         try:
-            raw = await upstream.aread()
-        except httpx.HTTPError:
+            raw = await upstream.read()
+        except aiohttp.ClientError:
             acct.close(502, "upstream_unreachable")
             return openai_error(502, "upstream_unreachable", "the replica closed the connection")
         finally:
-            await upstream.aclose()
+            upstream.release()
         payload = _rewrite(json.loads(raw), route.alias)
         acct.tokens(int((payload.get("usage") or {}).get("completion_tokens") or 0))
         acct.close(200)
@@ -178,12 +181,14 @@ def rewrite_chunk(data: str, upstream_model: str, alias: str, client_wants_usage
     return SseChunk(json.dumps(_rewrite(chunk, alias), separators=(",", ":")), tokens, has_choices)
 
 
-async def _sse(upstream: httpx.Response, acct: _Accounting, alias: str, client_wants_usage: bool) -> AsyncIterator[bytes]:
+async def _sse(upstream: aiohttp.ClientResponse, acct: _Accounting, alias: str, client_wants_usage: bool
+               ) -> AsyncIterator[bytes]:
     status, error = 200, None
     seen_first = False
     upstream_model = acct.route.upstream_model
     try:
-        async for line in upstream.aiter_lines():
+        while raw := await upstream.content.readline(max_line_length=MAX_EVENT_BYTES):  # b"" at the end
+            line = raw.decode().rstrip("\r\n")
             if not line:
                 continue
             if not line.startswith("data:"):
@@ -200,13 +205,20 @@ async def _sse(upstream: httpx.Response, acct: _Accounting, alias: str, client_w
                 acct.first_token()
             if chunk.out is not None:
                 yield f"data: {chunk.out}\n\n".encode()
-    except httpx.HTTPError:
+    except aiohttp.ClientError:
         status, error = 502, "upstream_unreachable"
+        raise
+    except LineTooLong:
+        status, error = 502, "upstream_event_too_large"
         raise
     except BaseException:
         # The client went away (Starlette cancels the generator): counted, not hidden.
         status, error = 499, "client_disconnected"
         raise
     finally:
-        await upstream.aclose()
+        # A stream read to its end goes back to the pool; one cut short must not (its connection is mid-response).
+        if upstream.content.at_eof():
+            upstream.release()
+        else:
+            upstream.close()
         acct.close(status, error)

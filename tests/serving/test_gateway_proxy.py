@@ -1,0 +1,142 @@
+"""The gateway's forwarding path against a stand-in replica whose behaviour a test can set: the cases the CPU vLLM
+cannot be made to produce on demand (a very large event, a replica dying mid-stream) and the upstream connection
+pool under many streams at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from exaone_lora.local.processes import free_port
+from service.gateway import create_gateway
+from service.gateway.server import RunningGateway, gateway_in_thread
+from tests.support.asgi import serve_in_thread
+
+BIG_TEXT = "x" * (1024 * 1024)  # one event of ~1 MiB: past aiohttp's default line limit (128 KiB)
+
+
+def _event(model: str, text: str) -> bytes:
+    chunk = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
+             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None, "stop_reason": None}]}
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass
+class StandIn:
+    """A replica serving `medical-v1`; the prompt picks the behaviour. Records each request's client port."""
+
+    ports: list[int] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def models(_: Request) -> Response:
+            return JSONResponse({"object": "list", "data": [{"id": "exaone", "parent": None},
+                                                            {"id": "medical-v1", "root": "/a/medical-v1",
+                                                             "parent": "exaone"}]})
+
+        async def completions(request: Request) -> Response:
+            body = await request.json()
+            assert request.client is not None
+            self.ports.append(request.client.port)
+            model, prompt = body["model"], body["prompt"]
+
+            async def stream() -> AsyncIterator[bytes]:
+                if prompt == "big":
+                    yield _event(model, BIG_TEXT)
+                else:
+                    if prompt == "hold":
+                        await asyncio.sleep(0.5)  # so that a whole wave of requests is in flight at once
+                    for i in range(4):
+                        yield _event(model, f" t{i}")
+                        await asyncio.sleep(0.02)
+                    if prompt == "cut":
+                        raise RuntimeError("the replica died mid-stream")  # uvicorn drops the connection
+                usage = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model, "choices": [],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}}
+                yield b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])])
+
+
+@contextmanager
+def gateway_over(stand_in: StandIn) -> Iterator[RunningGateway]:
+    with serve_in_thread(stand_in.app()) as upstream:
+        apps = create_gateway([upstream], admin_key=secrets.token_urlsafe(24), initial_aliases={"medical": "medical-v1"})
+        with gateway_in_thread(apps, ("127.0.0.1", free_port()), ("127.0.0.1", free_port())) as gateway:
+            yield gateway
+
+
+def _stream(client: httpx.Client, gateway: RunningGateway, prompt: str) -> list[dict[str, object]]:
+    with client.stream("POST", f"{gateway.public_url}/v1/completions",
+                       json={"model": "medical", "prompt": prompt, "stream": True}) as response:
+        assert response.status_code == 200
+        return [json.loads(line[6:]) for line in response.iter_lines()
+                if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_a_very_large_event_is_forwarded_whole() -> None:
+    with gateway_over(StandIn()) as gateway, httpx.Client(timeout=30) as client:
+        events = _stream(client, gateway, "big")
+    assert len(events) == 1 and events[0]["model"] == "medical"
+    assert events[0]["choices"][0]["text"] == BIG_TEXT  # type: ignore[index]
+
+
+def test_a_replica_dying_mid_stream_is_counted_as_unreachable() -> None:
+    with gateway_over(StandIn()) as gateway, httpx.Client(timeout=30) as client:
+        try:
+            received = len(_stream(client, gateway, "cut"))
+        except httpx.HTTPError:
+            received = -1  # the client sees the cut as a broken chunked body
+        assert received == -1
+        deadline = time.monotonic() + 10
+        while True:  # the gateway closes its books when the stream's generator ends, just after the client sees it
+            families = list(text_string_to_metric_families(client.get(f"{gateway.public_url}/metrics").text))
+            errors = {s.labels["reason"]: s.value for f in families for s in f.samples
+                      if s.name == "exaone_gateway_request_errors_total"}
+            in_flight = [s.value for f in families for s in f.samples
+                         if s.name == "exaone_gateway_in_flight_requests" and s.labels == {"alias": "medical"}]
+            if errors or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert errors == {"upstream_unreachable": 1.0}, errors
+    assert in_flight == [0.0]
+
+
+def test_many_streams_reuse_their_upstream_connections() -> None:
+    """128 clients, each streaming 3 requests one after another: the gateway keeps its upstream connections
+    (138 for the 384 requests here). httpcore 1.0.9's pool, with the old keep-alive limit of 64, closed a connection
+    a finished request left idle whenever more than 64 were open, and the next request opened a new one: 272."""
+    stand_in = StandIn()
+
+    async def client_loop(client: httpx.AsyncClient, url: str) -> list[int]:
+        counts = []
+        for _ in range(3):
+            async with client.stream("POST", f"{url}/v1/completions",
+                                     json={"model": "medical", "prompt": "hold", "stream": True}) as response:
+                counts.append(len([line async for line in response.aiter_lines() if line.startswith("data: {")]))
+        return counts
+
+    async def run(url: str) -> list[int]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            per_client = await asyncio.gather(*(client_loop(client, url) for _ in range(128)))
+        return [n for counts in per_client for n in counts]
+
+    with gateway_over(stand_in) as gateway:
+        counts = asyncio.run(run(gateway.public_url))
+    assert counts == [4] * 384  # every stream whole (the usage chunk is dropped: the client did not ask for it)
+    assert len(stand_in.ports) == 384
+    assert len(set(stand_in.ports)) <= 170, f"{len(set(stand_in.ports))} upstream connections for 128 x 3 streams"
