@@ -188,7 +188,7 @@ async def _sse(upstream: aiohttp.ClientResponse, acct: _Accounting, alias: str, 
     upstream_model = acct.route.upstream_model
     try:
         while raw := await upstream.content.readline(max_line_length=MAX_EVENT_BYTES):  # b"" at the end
-            line = raw.decode().rstrip("\r\n")
+            line = raw.decode(errors="replace").rstrip("\r\n")  # as httpx decoded it: a bad byte never ends a stream
             if not line:
                 continue
             if not line.startswith("data:"):

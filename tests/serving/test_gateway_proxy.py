@@ -54,6 +54,9 @@ class StandIn:
             async def stream() -> AsyncIterator[bytes]:
                 if prompt == "big":
                     yield _event(model, BIG_TEXT)
+                elif prompt == "badbyte":
+                    yield _event(model, "a#b").replace(b"#", b"\xff")  # not UTF-8: must not end the stream
+                    yield _event(model, " c")
                 else:
                     if prompt == "hold":
                         await asyncio.sleep(0.5)  # so that a whole wave of requests is in flight at once
@@ -92,6 +95,13 @@ def test_a_very_large_event_is_forwarded_whole() -> None:
         events = _stream(client, gateway, "big")
     assert len(events) == 1 and events[0]["model"] == "medical"
     assert events[0]["choices"][0]["text"] == BIG_TEXT  # type: ignore[index]
+
+
+def test_a_byte_that_is_not_utf8_is_replaced_not_fatal() -> None:
+    with gateway_over(StandIn()) as gateway, httpx.Client(timeout=30) as client:
+        events = _stream(client, gateway, "badbyte")
+    assert [e["choices"][0]["text"] for e in events] == ["a\ufffdb", " c"]  # type: ignore[index]
+    assert {e["model"] for e in events} == {"medical"}
 
 
 def test_a_replica_dying_mid_stream_is_counted_as_unreachable() -> None:
