@@ -31,6 +31,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from benchmarks.client import percentile
 from exaone_lora.local.processes import free_port
 
 ADMIN_KEY = "benchmark-admin-key-0123456789"  # a throwaway key for a gateway that only ever listens on loopback
@@ -109,19 +110,20 @@ async def run_load(port: int, model: str, streams: int, requests: int, tokens: i
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(streams)))
     wall = time.monotonic() - start
-    gaps = sorted(g for r in results for g in r.gaps_s)
-    firsts = sorted(r.first_s for r in results if r.first_s is not None)
+    gaps = [g for r in results for g in r.gaps_s]
+    firsts = [r.first_s for r in results if r.first_s is not None]
     events = sum(r.events for r in results)
+
+    def ms(values: list[float], q: float) -> float | None:
+        value = percentile(values, q)
+        return None if value is None else value * 1e3
+
     return {"requests_ok": sum(r.ok and r.events == tokens for r in results),
             "requests_failed": sum(not r.ok or r.events != tokens for r in results),
             "errors": sorted({r.error for r in results if r.error}), "events": events, "wall_s": wall,
             "events_per_s": events / wall if wall else 0.0,
-            "itl_ms": {"p50": _quantile(gaps, 0.5) * 1e3, "p99": _quantile(gaps, 0.99) * 1e3} if gaps else None,
-            "first_event_ms_p50": _quantile(firsts, 0.5) * 1e3 if firsts else None}
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+            "itl_ms": {"p50": ms(gaps, 50), "p99": ms(gaps, 99)} if gaps else None,
+            "first_event_ms_p50": ms(firsts, 50)}
 
 
 def cpu_seconds(pid: int) -> float:
