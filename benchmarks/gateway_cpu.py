@@ -20,9 +20,8 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +31,7 @@ import httpx
 import typer
 
 from benchmarks.client import percentile
-from exaone_lora.local.processes import free_port
+from exaone_lora.local.processes import free_port, run_process
 
 ADMIN_KEY = "benchmark-admin-key-0123456789"  # a throwaway key for a gateway that only ever listens on loopback
 ALIAS, VERSION = "medical", "medical-v1"
@@ -132,46 +131,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} while starting")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} was not ready at {url} within {timeout_s:.0f} s")
-
-
-@contextmanager
-def _process(argv: list[str], url: str, what: str, cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_ready(url, proc, what)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def measure(gateway_src: Path, streams_levels: list[int], interval_ms: float, tokens: int, requests_per_stream: int,
-            deadline_s: float, gateway_args: list[str], rounds: int = 1, python: str = sys.executable) -> dict[str, Any]:
-    """Each level `rounds` times (levels interleaved, so a slow spell of the machine hits every level alike)."""
+            deadline_s: float, gateway_args: list[str], rounds: int = 1, python: str = sys.executable,
+            logs: Path | None = None) -> dict[str, Any]:
+    """Each level `rounds` times (levels interleaved, so a slow spell of the machine hits every level alike).
+    The two servers' output goes to `logs` (default: a temporary folder)."""
     up_port, gw_port, admin_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EXAONE_GATEWAY_ADMIN_KEY": ADMIN_KEY}
-    gw_env = {**env, "PYTHONPATH": str(gateway_src)}
+    env = {"PYTHONPATH": str(REPO), "EXAONE_GATEWAY_ADMIN_KEY": ADMIN_KEY}
     levels = []
-    with _process([python, "-m", "benchmarks.sse_upstream", "--port", str(up_port), "--interval-ms", str(interval_ms),
-                   "--adapter", VERSION], f"http://127.0.0.1:{up_port}/health", "the stand-in replica", REPO, env) as up, \
-         _process([python, "-m", "service.cli", "gateway", "--upstream", f"http://127.0.0.1:{up_port}", "--port",
-                   str(gw_port), "--admin-port", str(admin_port), "--alias", f"{ALIAS}={VERSION}", *gateway_args],
-                  f"http://127.0.0.1:{gw_port}/health", "the gateway", gateway_src, gw_env) as gw:
+    with tempfile.TemporaryDirectory(prefix="gateway-cpu-") as scratch, \
+         run_process([python, "-m", "benchmarks.sse_upstream", "--port", str(up_port), "--interval-ms", str(interval_ms),
+                      "--adapter", VERSION], (logs or Path(scratch)) / "stand-in.log",
+                     f"http://127.0.0.1:{up_port}/health", 60, env=env, cwd=REPO) as up, \
+         run_process([python, "-m", "service.cli", "gateway", "--upstream", f"http://127.0.0.1:{up_port}", "--port",
+                      str(gw_port), "--admin-port", str(admin_port), "--alias", f"{ALIAS}={VERSION}", *gateway_args],
+                     (logs or Path(scratch)) / "gateway.log", f"http://127.0.0.1:{gw_port}/health", 60,
+                     env={**env, "PYTHONPATH": str(gateway_src)}, cwd=gateway_src) as gw:
         asyncio.run(run_load(gw_port, ALIAS, 2, 4, tokens, deadline_s))  # warm-up: connections, first imports
         for round_index in range(rounds):
             for streams in streams_levels:

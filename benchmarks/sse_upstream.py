@@ -62,7 +62,7 @@ class Upstream:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            while True:  # keep-alive: the gateway's httpx pool reuses connections
+            while True:  # keep-alive: the gateway's pool reuses connections
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)

@@ -16,7 +16,7 @@ import httpx
 
 from benchmarks import gateway_cpu
 from benchmarks.sse_upstream import SERVED_NAME
-from exaone_lora.local.processes import free_port
+from exaone_lora.local.processes import free_port, run_process
 
 
 def test_cpu_seconds_counts_this_process() -> None:
@@ -27,12 +27,11 @@ def test_cpu_seconds_counts_this_process() -> None:
     assert gateway_cpu.cpu_seconds(os.getpid()) - before >= 0.1
 
 
-def test_stand_in_replica_speaks_what_the_gateway_expects() -> None:
+def test_stand_in_replica_speaks_what_the_gateway_expects(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(gateway_cpu.REPO)}
-    with gateway_cpu._process([sys.executable, "-m", "benchmarks.sse_upstream", "--port", str(port), "--interval-ms", "1",
-                               "--adapter", "medical-v1"], f"http://127.0.0.1:{port}/health", "stand-in",
-                              gateway_cpu.REPO, env):
+    with run_process([sys.executable, "-m", "benchmarks.sse_upstream", "--port", str(port), "--interval-ms", "1",
+                      "--adapter", "medical-v1"], tmp_path / "stand-in.log", f"http://127.0.0.1:{port}/health", 60,
+                     cwd=gateway_cpu.REPO):
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
         assert [(m["id"], m["parent"]) for m in models] == [(SERVED_NAME, None), ("medical-v1", SERVED_NAME)]
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions",
