@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import httpx
 import typer
 
 from benchmarks.client import percentile
+from benchmarks.suites import git_commit
 from exaone_lora.local.processes import free_port, run_process
 
 ADMIN_KEY = "benchmark-admin-key-0123456789"  # a throwaway key for a gateway that only ever listens on loopback
@@ -176,13 +176,6 @@ def measure(gateway_src: Path, streams_levels: list[int], interval_ms: float, to
             "levels": levels}
 
 
-def _git_commit(src: Path) -> str | None:
-    """The checkout's commit, `-dirty` when its tracked files differ from it (then the commit is not what ran)."""
-    result = subprocess.run(["git", "-C", str(src), "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"],
-                            capture_output=True, text=True)
-    return result.stdout.strip() or None
-
-
 def _runtime() -> dict[str, str | None]:
     """Versions of what the gateway's per-token path runs on (the gateway runs with this same interpreter)."""
     def version(dist: str) -> str | None:
@@ -229,7 +222,7 @@ def run(
     typer.echo(f"gateway from {gateway_src} ({label})", err=True)
     result = measure(gateway_src.resolve(), levels, interval_ms, tokens, requests_per_stream, deadline_s,
                      gateway_arg or [], rounds)
-    result |= {"label": label, "gateway_args": gateway_arg or [], "gateway_src_commit": _git_commit(gateway_src),
+    result |= {"label": label, "gateway_args": gateway_arg or [], "gateway_src_commit": git_commit(str(gateway_src)),
                "cpu": _cpu_name(), "cores": os.cpu_count(), "python": sys.version.split()[0],
                "runtime": _runtime()}
     out.parent.mkdir(parents=True, exist_ok=True)
