@@ -32,6 +32,9 @@ class RoutingError(Exception):
 
 # Connections the gateway keeps to its replicas at most: one per stream in flight (HTTP/1.1), past vLLM's max_num_seqs.
 MAX_UPSTREAM_CONNECTIONS = 512
+# vLLM (uvicorn) closes a keep-alive connection idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE); the gateway drops its
+# idle ones sooner, so it does not send a request on a connection the replica is closing at that moment.
+UPSTREAM_KEEPALIVE_S = 3.0
 
 
 @dataclass
@@ -69,7 +72,8 @@ class GatewayCore:
         TCP connection too (benchmarks/gateway_cpu.py, docs/gateway-benchmarks.md). No read timeout: streams of
         long generations must not be cut by the gateway."""
         if self._inference is None or self._inference.closed:
-            connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, limit_per_host=0)
+            connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, limit_per_host=0,
+                                             keepalive_timeout=UPSTREAM_KEEPALIVE_S)
             self._inference = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         return self._inference

@@ -93,6 +93,7 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
 
     acct = _Accounting(core, route)
     tried: set[str] = set()
+    retried: set[str] = set()
     while True:
         try:
             replica = core.pick(route, exclude=tried)
@@ -105,7 +106,14 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
         try:
             upstream = await core.inference_session().post(f"{replica.url}{path}", json=upstream_body, headers=headers)
         except aiohttp.ClientConnectionError:
-            replica.healthy = False  # the periodic refresh brings it back when it answers again
+            # One broken connection (a pooled one the replica closed as the request went out, a reset) says little
+            # about the replica, and nothing was generated: once more on a new connection before calling it down
+            # for every request (the periodic refresh brings a replica that is down back when it answers again).
+            if replica.url in retried:
+                replica.healthy = False
+            else:
+                retried.add(replica.url)
+                tried.discard(replica.url)
             continue
         if upstream.status == 404 and route.label != "base" and len(tried) < len(core.replicas):
             upstream.release()

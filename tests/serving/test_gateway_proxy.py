@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exaone_lora.local.processes import free_port
+from service.gateway import core as core_module
 from service.gateway import create_gateway
 from service.gateway.server import RunningGateway, gateway_in_thread
 from tests.support.asgi import serve_in_thread
@@ -125,10 +128,13 @@ def test_a_replica_dying_mid_stream_is_counted_as_unreachable() -> None:
     assert in_flight == [0.0]
 
 
-def test_many_streams_reuse_their_upstream_connections() -> None:
+def test_many_streams_reuse_their_upstream_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     """128 clients, each streaming 3 requests one after another: the gateway keeps its upstream connections
     (138 for the 384 requests here). httpcore 1.0.9's pool, with the old keep-alive limit of 64, closed a connection
     a finished request left idle whenever more than 64 were open, and the next request opened a new one: 272."""
+    # This test is about reuse under load; connections idle past the keep-alive (3 s) are closed on purpose, and a
+    # slow machine would stretch the test past it.
+    monkeypatch.setattr(core_module, "UPSTREAM_KEEPALIVE_S", 60.0)
     stand_in = StandIn()
 
     async def client_loop(client: httpx.AsyncClient, url: str) -> list[int]:
@@ -150,3 +156,67 @@ def test_many_streams_reuse_their_upstream_connections() -> None:
     assert counts == [4] * 384  # every stream whole (the usage chunk is dropped: the client did not ask for it)
     assert len(stand_in.ports) == 384
     assert len(set(stand_in.ports)) <= 170, f"{len(set(stand_in.ports))} upstream connections for 128 x 3 streams"
+
+
+class ClosingReplica:
+    """A raw HTTP/1.1 replica that, like a server whose keep-alive timer ran out as a request arrived, closes a
+    connection on the second completion request sent on it, without answering."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.completions = 0
+        self.loop = asyncio.new_event_loop()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                length = next((int(ln.split(":", 1)[1]) for ln in head.split("\r\n")
+                               if ln.lower().startswith("content-length:")), 0)
+                await reader.readexactly(length)
+                if head.startswith("GET /v1/models"):
+                    body = json.dumps({"data": [{"id": "exaone", "parent": None},
+                                                {"id": "medical-v1", "root": "/a", "parent": "exaone"}]}).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+                elif served:
+                    return  # closes the connection: the request is never answered
+                else:
+                    served += 1
+                    self.completions += 1
+                    events = _event("medical-v1", " t") + b"data: [DONE]\n\n"
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(events), events))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        server = self.loop.run_until_complete(asyncio.start_server(self.handle, "127.0.0.1", self.port))
+        thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{self.port}"
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            thread.join(timeout=10)
+            server.close()
+            self.loop.run_until_complete(server.wait_closed())
+            self.loop.close()
+
+
+def test_a_pooled_connection_the_replica_closed_is_retried_not_a_replica_down() -> None:
+    replica = ClosingReplica()
+    with replica.running() as upstream:
+        apps = create_gateway([upstream], admin_key=secrets.token_urlsafe(24), initial_aliases={"medical": "medical-v1"})
+        with gateway_in_thread(apps, ("127.0.0.1", free_port()), ("127.0.0.1", free_port())) as gateway, \
+             httpx.Client(timeout=30) as client:
+            for _ in range(4):  # each request after the first finds its pooled connection closed under it
+                events = _stream(client, gateway, "x")
+                assert [e["model"] for e in events] == ["medical"]
+            assert apps.core.replicas[0].healthy
+    assert replica.completions == 4
