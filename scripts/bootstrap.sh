@@ -51,6 +51,7 @@ testbed() {
     say "installing Debian packages for: ${missing[*]}"
     as_root apt-get update -q
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q mmdebstrap systemd-container prometheus uidmap
+    as_root apt-get clean  # the downloaded .debs are not needed again; the suite is short of disk on small machines
   else
     say "Debian test-bed packages are installed"
   fi

@@ -3,6 +3,12 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/foundation -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The venvs, the test host's image and its vLLM venv need ~11 GB at the peak: say so before a full disk
+# makes dozens of tests fail with unrelated-looking errors.
+for dir in . "${TMPDIR:-/tmp}"; do
+  free_gb=$(df -Pk "$dir" | awk 'NR==2 {print int($4 / 1048576)}')
+  [ "$free_gb" -ge 12 ] || echo "WARNING: only $free_gb GB free under $dir; the test suite needs about 12 GB (see README)" >&2
+done
 bash scripts/bootstrap.sh tool vllm testbed
 echo "==> ruff"
 .venv/bin/ruff check .
