@@ -67,8 +67,11 @@ def test_measure_and_report_through_the_real_gateway() -> None:
 
 def test_cli_refuses_bad_levels_and_sources(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "benchmarks.gateway_cpu", "run", "--label", "x", "--out", str(tmp_path / "x.json")]
-    bad = subprocess.run([*base, "--streams", "0,8"], capture_output=True, text=True, cwd=gateway_cpu.REPO)
+    # Wide enough that Rich's error box does not wrap a message holding a long temporary path.
+    wide = {**os.environ, "COLUMNS": "500"}
+    bad = subprocess.run([*base, "--streams", "0,8"], capture_output=True, text=True, cwd=gateway_cpu.REPO, env=wide)
     assert bad.returncode == 2 and "1 to 512 streams" in bad.stderr
-    elsewhere = subprocess.run([*base, "--gateway-src", str(tmp_path)], capture_output=True, text=True, cwd=gateway_cpu.REPO)
+    elsewhere = subprocess.run([*base, "--gateway-src", str(tmp_path)], capture_output=True, text=True, cwd=gateway_cpu.REPO,
+                               env=wide)
     assert elsewhere.returncode == 2 and "has no service/gateway" in elsewhere.stderr
     assert not (tmp_path / "x.json").exists()
