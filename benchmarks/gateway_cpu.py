@@ -30,6 +30,7 @@ import httpx
 import typer
 
 from benchmarks.client import percentile
+from benchmarks.sse_upstream import header_fields
 from benchmarks.suites import git_commit
 from exaone_lora.local.processes import free_port, run_process
 
@@ -50,7 +51,7 @@ class StreamStats:
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     status = int(head[0].split(" ", 2)[1])
-    return status, {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in head[1:] if ":" in ln)}
+    return status, header_fields(head[1:])
 
 
 async def one_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, body: bytes) -> StreamStats:

@@ -48,6 +48,27 @@ def models_body(adapters: list[str]) -> bytes:
     return json.dumps({"object": "list", "data": data}).encode()
 
 
+def header_fields(lines: list[str]) -> dict[str, str]:
+    """An HTTP message's header lines (after its first line) by lower-case name."""
+    return {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines if ":" in ln)}
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    """The next HTTP/1.1 request on a keep-alive connection: method, path and body (IncompleteReadError once the
+    client closed it)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    length = int(header_fields(lines[1:]).get("content-length", "0"))
+    return method, path, await reader.readexactly(length)
+
+
+def reply(writer: asyncio.StreamWriter, status: int, body: bytes, content_type: str = "application/json") -> None:
+    """A whole response with a content-length (the connection stays open for the next request)."""
+    writer.write(b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+                 % (status, content_type.encode(), len(body), body))
+
+
 class Upstream:
     def __init__(self, adapters: list[str], interval_s: float) -> None:
         self.adapters = adapters
@@ -63,37 +84,28 @@ class Upstream:
         self.connections += 1
         try:
             while True:  # keep-alive: the gateway's pool reuses connections
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                method, path, body = await read_request(reader)
                 if method == "GET" and path == "/v1/models":
-                    self._reply(writer, 200, self.models)
+                    reply(writer, 200, self.models)
                 elif method == "GET" and path == "/health":
-                    self._reply(writer, 200, b"")
+                    reply(writer, 200, b"")
                 elif method == "GET" and path == "/stats":
                     stats = {"connections": self.connections, "completions": self.completions}
-                    self._reply(writer, 200, json.dumps(stats).encode())
+                    reply(writer, 200, json.dumps(stats).encode())
                 elif method == "POST" and path == "/v1/completions":
                     await self._complete(writer, json.loads(body))
                 else:
-                    self._reply(writer, 404, b'{"error":{"message":"not found"}}')
+                    reply(writer, 404, b'{"error":{"message":"not found"}}')
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    @staticmethod
-    def _reply(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
-        writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                     % (status, len(body), body))
-
     async def _complete(self, writer: asyncio.StreamWriter, payload: dict[str, object]) -> None:
         model = str(payload.get("model"))
         if model not in self.served or not payload.get("stream"):
-            self._reply(writer, 404, json.dumps({"error": {"message": f"The model `{model}` does not exist."}}).encode())
+            reply(writer, 404, json.dumps({"error": {"message": f"The model `{model}` does not exist."}}).encode())
             return
         self.completions += 1
         tokens = int(payload.get("max_tokens") or 16)  # type: ignore[call-overload]

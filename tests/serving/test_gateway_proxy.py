@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from benchmarks.sse_upstream import read_request, reply
 from exaone_lora.local.processes import free_port
 from service.gateway import core as core_module
 from service.gateway import create_gateway
@@ -171,23 +172,16 @@ class ClosingReplica:
         served = 0
         try:
             while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                length = next((int(ln.split(":", 1)[1]) for ln in head.split("\r\n")
-                               if ln.lower().startswith("content-length:")), 0)
-                await reader.readexactly(length)
-                if head.startswith("GET /v1/models"):
-                    body = json.dumps({"data": [{"id": "exaone", "parent": None},
-                                                {"id": "medical-v1", "root": "/a", "parent": "exaone"}]}).encode()
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(body), body))
+                method, path, _ = await read_request(reader)
+                if (method, path) == ("GET", "/v1/models"):
+                    reply(writer, 200, json.dumps({"data": [{"id": "exaone", "parent": None},
+                                                            {"id": "medical-v1", "root": "/a", "parent": "exaone"}]}).encode())
                 elif served:
                     return  # closes the connection: the request is never answered
                 else:
                     served += 1
                     self.completions += 1
-                    events = _event("medical-v1", " t") + b"data: [DONE]\n\n"
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(events), events))
+                    reply(writer, 200, _event("medical-v1", " t") + b"data: [DONE]\n\n", "text/event-stream")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
