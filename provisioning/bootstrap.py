@@ -202,7 +202,7 @@ def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | N
 def ensure_amx_permission(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> bool:
     """The CPU build's venv asks for the AMX tile permission at every interpreter start (service/cpu_amx.py):
     without it vLLM's worker dies with SIGILL at the first forward pass on an AMX CPU. Returns changed."""
-    site = out(c, f"{layout.vllm_python} -c {shlex.quote(cpu_amx.site_packages_probe())}")
+    site = out(c, f"{layout.vllm_python} -c {shlex.quote(cpu_amx.SITE_PACKAGES_PROBE)}")
     return put_bytes(c, cpu_amx.PTH_LINE.encode(), f"{site}/{cpu_amx.PTH_NAME}")
 
 

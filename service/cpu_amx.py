@@ -20,11 +20,8 @@ from pathlib import Path
 PTH_NAME = "exaone_lora_amx_permission.pth"
 # syscall 158 = arch_prctl on x86-64; 0x1023 = ARCH_REQ_XCOMP_PERM; 18 = XFEATURE_XTILEDATA.
 PTH_LINE = 'import ctypes, platform; platform.machine() == "x86_64" and ctypes.CDLL(None).syscall(158, 0x1023, 18)\n'
-
-
-def site_packages_probe() -> str:
-    """Python source that prints an interpreter's site-packages folder (run with the venv's python)."""
-    return "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+# Run with a venv's python: prints where that venv's `.pth` files go.
+SITE_PACKAGES_PROBE = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
 
 
 def install(site_packages: Path) -> bool:

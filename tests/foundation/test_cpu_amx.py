@@ -29,7 +29,7 @@ def test_install_writes_the_line_once(tmp_path: Path) -> None:
 
 def test_the_vllm_venv_asks_for_amx_in_every_interpreter() -> None:
     python = vllm_python()
-    site = subprocess.run([str(python), "-c", cpu_amx.site_packages_probe()], capture_output=True, text=True,
+    site = subprocess.run([str(python), "-c", cpu_amx.SITE_PACKAGES_PROBE], capture_output=True, text=True,
                           check=True).stdout.strip()
     assert (Path(site) / cpu_amx.PTH_NAME).read_text() == cpu_amx.PTH_LINE
     granted = subprocess.run([str(python), "-c", PERMISSION_PROBE], capture_output=True, text=True, check=True).stdout

