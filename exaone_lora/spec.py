@@ -6,6 +6,8 @@ serving code, the tests and the demo read a stack exactly as the Pulumi program 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from pathlib import Path
@@ -33,6 +35,20 @@ MANAGED_VLLM_ENV = frozenset({"VLLM_CACHE_ROOT", "VLLM_NO_USAGE_STATS", "VLLM_AL
                               "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_API_KEY",
                               "VLLM_TUNED_CONFIG_FOLDER"})
 SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+# Values that reach a root shell on the host (paths, names): a closed character set, so no quoting mistake
+# anywhere downstream can turn a stack value into a command. Remote commands quote them as well.
+HOST_PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+SERVED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HUB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+# Linux user names that Azure accepts as adminUsername; `root` and other reserved names are refused by Azure itself.
+USER_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+RESERVED_USER_NAMES = frozenset({"root", "admin", "administrator", "vllm", "daemon", "bin", "sys", "nobody"})
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+# The model's licence (EXAONE AI Model License 1.1 - NC, non-commercial): a stack acknowledges it before
+# `pulumi up` or a bootstrap fetches the weights.
+MODEL_LICENSE = "EXAONE AI Model License 1.1 - NC"
+MODEL_LICENSE_URL = "https://huggingface.co/LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct/blob/main/LICENSE"
+MODEL_LICENSE_ACK = "exaone-3.5-nc"
 # Options whose code path asserts a CUDA device when enabled: the local target's CPU build of vLLM would die at start.
 CUDA_ONLY_VLLM_ENV = frozenset({"VLLM_LORA_ENABLE_DUAL_STREAM"})
 
@@ -61,9 +77,61 @@ class ModelSpec(_Model):
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must be an absolute path on the host")
+        return host_path(value)
+
+    @field_validator("served_name")
+    @classmethod
+    def _served(cls, value: str) -> str:
+        if not SERVED_NAME_PATTERN.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _hub_name(cls, value: str) -> str:
+        if not HUB_NAME_PATTERN.match(value):
+            raise ValueError("must be a model id such as LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct (letters, digits, . _ -)")
+        return value
+
+
+def host_path(value: str) -> str:
+    """An absolute host path of plain components (letters, digits, '.', '_', '-'), never `.` or `..`."""
+    if not HOST_PATH_PATTERN.match(value):
+        raise ValueError("must be an absolute path of letters, digits, '.', '_', '-' and '/' (no spaces, quotes or "
+                         "shell characters)")
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("must not contain '.' or '..' components")
+    return value
+
+
+def ssh_key_problem(value: str) -> str | None:
+    """Why `value` is not one OpenSSH public key line (`type base64 [comment]`), or None when it is."""
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+        return f"must be one OpenSSH public key line starting with one of {', '.join(SSH_KEY_TYPES)}"
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return "the key's second field is not valid base64 (an example key? paste your own ~/.ssh/id_ed25519.pub)"
+    # The blob starts with the key type again, length-prefixed: a key pasted under the wrong type fails here.
+    kind_len = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if blob[4:4 + kind_len].decode("ascii", "replace") != parts[0]:
+        return "the key's data does not match its type (truncated or not a real key)"
+    return None
+
+
+def operator_cidr_problem(value: str) -> str | None:
+    """Why `value` cannot be the operator's real source network on Azure, or None (the syntax is checked on load)."""
+    net = ipaddress.ip_network(value, strict=False)
+    if net.is_global:
+        return None
+    documentation = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+    if any(net.version == doc.version and net.subnet_of(doc) for doc in documentation):  # type: ignore[arg-type]
+        return f"{value} is a documentation range (RFC 5737/3849), an example: set your own public IP"
+    if net.is_loopback or net.is_link_local or net.is_multicast or net.is_reserved or net.is_unspecified:
+        return f"{value} is not a routable operator address (loopback, link-local, multicast or reserved)"
+    # Private ranges: a VPN or peered network that reaches the VNet, the operator's call.
+    return None
 
 
 class AdapterPin(_Model):
@@ -196,6 +264,8 @@ class DeploymentSpec(_Model):
     api: ApiSpec = ApiSpec()
     admin_username: str = "azureuser"
     ssh_public_key: str | None = None
+    accept_model_license: str | None = Field(
+        default=None, description=f"'{MODEL_LICENSE_ACK}' acknowledges the model's licence ({MODEL_LICENSE})")
     storage: StorageSpec = StorageSpec()
     gateway: GatewaySpec = GatewaySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
@@ -236,6 +306,16 @@ class DeploymentSpec(_Model):
                                  "`pulumi config set --secret`)")
         return value
 
+    @field_validator("admin_username")
+    @classmethod
+    def _admin_user(cls, value: str) -> str:
+        if not USER_NAME_PATTERN.match(value):
+            raise ValueError("must be a Linux user name: lower-case letters, digits, '_' or '-', starting with a letter "
+                             "or '_', at most 32")
+        if value in RESERVED_USER_NAMES:
+            raise ValueError(f"{value!r} is reserved (Azure refuses it, or the service runs as it)")
+        return value
+
     @field_validator("operator_cidr")
     @classmethod
     def _operator(cls, value: str | None) -> str | None:
@@ -259,8 +339,9 @@ class DeploymentSpec(_Model):
         defaults = TIER_DEFAULTS[self.tier]
         if self.target != "local" and self.vm_sku not in defaults.allowed_skus:
             raise ValueError(f"vmSku: {self.vm_sku} is not allowed for tier {self.tier} ({', '.join(defaults.allowed_skus)})")
-        if self.target == "vm" and self.operator_cidr is None:
-            raise ValueError("operatorCidr: required for target 'vm' (SSH is only opened to the operator)")
+        if self.target == "vm" and not self.gateway.enabled:
+            raise ValueError("gateway.enabled: Azure VM stacks serve through the gateway (API key, admin surface on "
+                             "loopback); without it vLLM's API and runtime LoRA loading would face the network")
         enabled = {name for name in self.server_env if self.server_env_on(name)}
         if self.target == "local" and (cuda_only := sorted(CUDA_ONLY_VLLM_ENV & enabled)):
             raise ValueError(f"serverEnv: {', '.join(cuda_only)} needs a CUDA GPU; target 'local' runs the CPU build "
@@ -311,6 +392,32 @@ class DeploymentSpec(_Model):
     @property
     def total_gpus(self) -> int:
         return self.gpus_per_node * self.node_count
+
+    def deploy_blockers(self) -> list[str]:
+        """What stops `pulumi up` (and a bootstrap) of an Azure stack: operator settings left unset or as
+        examples, and an unacknowledged model licence. The loader accepts these so that previews and plans
+        work before the operator has set them; the Pulumi program refuses to create anything while any remain."""
+        if self.target == "local":
+            return []
+        problems: list[str] = []
+        fix = f"pulumi config set -s {self.stack}"
+        if self.target == "vm" or self.operator_cidr is not None:
+            if self.operator_cidr is None:
+                problems.append(f"exaone-lora:operatorCidr: not set; SSH is opened only to it: "
+                                f"`{fix} exaone-lora:operatorCidr \"$(curl -s https://ifconfig.me)/32\"`")
+            elif problem := operator_cidr_problem(self.operator_cidr):
+                problems.append(f"exaone-lora:operatorCidr: {problem}: `{fix} exaone-lora:operatorCidr <your-ip>/32`")
+        if self.target == "vm":
+            if self.ssh_public_key is None:
+                problems.append(f"exaone-lora:sshPublicKey: not set: "
+                                f"`{fix} exaone-lora:sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"`")
+            elif problem := ssh_key_problem(self.ssh_public_key):
+                problems.append(f"exaone-lora:sshPublicKey: {problem}")
+        if self.accept_model_license != MODEL_LICENSE_ACK:
+            problems.append(f"exaone-lora:acceptModelLicense: {self.model.name} is licensed under the {MODEL_LICENSE} "
+                            f"(non-commercial); read {MODEL_LICENSE_URL}, confirm your use with LG AI Research, then "
+                            f"`{fix} exaone-lora:acceptModelLicense {MODEL_LICENSE_ACK}`")
+        return problems
 
     def resource_tags(self) -> dict[str, str]:
         """Tags every Azure resource gets: the stack's own plus the ones the policy pack requires."""

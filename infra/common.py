@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
@@ -26,6 +27,31 @@ class InfraOptions:
     operator_principal_id: str | None = None
     api_key: pulumi.Input[str] | None = None
     kubernetes_version: str | None = None
+
+
+class NotDeployableError(ValueError):
+    """`pulumi up` of a stack whose operator settings are missing or examples; nothing was created."""
+
+
+def deploy_problems(spec: DeploymentSpec, options: InfraOptions) -> list[str]:
+    problems = spec.deploy_blockers()
+    if spec.target != "local" and options.api_key is None:
+        problems.append(f"ops:apiKey: not set; every Azure stack serves its API with a key: "
+                        f"`pulumi config set -s {spec.stack} --secret ops:apiKey \"$(openssl rand -hex 32)\"`")
+    return problems
+
+
+def check_deployable(spec: DeploymentSpec, options: InfraOptions, *, preview: bool,
+                     warn: Callable[[str], object] = print) -> None:
+    """Refuse (`pulumi up`) or warn (`pulumi preview`) while the stack cannot be deployed as it stands."""
+    problems = deploy_problems(spec, options)
+    if not problems:
+        return
+    text = f"stack {spec.stack} is not ready to deploy:\n" + "\n".join(f"  - {p}" for p in problems)
+    if preview:
+        warn(text)
+        return
+    raise NotDeployableError(text)
 
 
 def prefix(spec: DeploymentSpec) -> str:

@@ -26,11 +26,12 @@ def dns_label(spec: DeploymentSpec, subscription_id: str, *, index: int) -> str:
     return f"{prefix(spec)}-{index}-{salt}"
 
 
-def require_ssh_key(spec: DeploymentSpec) -> str:
-    if not spec.ssh_public_key:
-        raise ValueError(f"Pulumi.{spec.stack}.yaml: exaone-lora:sshPublicKey is required for target 'vm' "
-                         "(password login is disabled); paste your public key, e.g. ~/.ssh/id_ed25519.pub")
-    return spec.ssh_public_key
+# What a preview shows before the operator's key is set; `pulumi up` refuses such a stack (infra.common.check_deployable).
+UNSET_SSH_KEY = "<exaone-lora:sshPublicKey not set>"
+
+
+def ssh_key(spec: DeploymentSpec) -> str:
+    return spec.ssh_public_key or UNSET_SSH_KEY
 
 
 class GpuVms(pulumi.ComponentResource):
@@ -46,7 +47,7 @@ class GpuVms(pulumi.ComponentResource):
         super().__init__(f"{COMPONENT_PREFIX}:infra:GpuVms", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = spec.resource_tags()
-        key = require_ssh_key(spec)
+        key = ssh_key(spec)
         rg = resource_group_name
         self.load_balancer = None
         self.lb_ip = None

@@ -51,6 +51,9 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
         "estimatedHourlyCostUsd": hourly_cost(spec),
         "pricesAsOf": PRICES_AS_OF,
     }
+    if options.api_key is not None:
+        # Shown only with `pulumi stack output --show-secrets`; Fabric writes it to the host (mode 0600).
+        outputs["apiKey"] = pulumi.Output.secret(options.api_key)
     monitor_targets: list[pulumi.Input[str]] = []
     if spec.target == "vm":
         vms = GpuVms("gpu", spec, resource_group_name=rg, subnet_id=net.subnet.id, nsg_id=net.nsg.id,

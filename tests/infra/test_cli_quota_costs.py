@@ -48,7 +48,7 @@ def test_preview_library_and_cli() -> None:
 
 
 def test_cli_preview_refuses_a_bad_stack_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    text = (REPO / "Pulumi.poc.yaml").read_text().replace("operatorCidr: 203.0.113.7/32", "operatorCidr: 0.0.0.0/0")
+    text = (REPO / "Pulumi.poc.yaml").read_text() + "  exaone-lora:operatorCidr: 0.0.0.0/0\n"
     (tmp_path / "Pulumi.poc.yaml").write_text(text)
     result = CliRunner().invoke(app, ["preview", "--stack", "poc", "--root", str(tmp_path)])
     assert result.exit_code == 2
