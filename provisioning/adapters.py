@@ -294,12 +294,13 @@ def ensure_merged(c: Connection, spec: DeploymentSpec, merged: MergedReplicaSpec
     target = merged_root(layout) / name
     health = f"http://127.0.0.1:{merged.port}/health"
     previous = merged_version(c, merged.alias, layout)
-    if previous == name and ok(c, f"test -f {target}/{MERGED_RECORD}") and http_status(c, health) == 200:
+    if previous == name and ok(c, f"test -f {shlex.quote(f'{target}/{MERGED_RECORD}')}") and http_status(c, health) == 200:
         return Change(f"merged replica {merged.alias}", False, f"no changes: serving {name}")
     report(f"folding {name} into the base weights for {unit}")
     src = gateway_src(layout)
-    result = sh(c, f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli merge --base {spec.model.path} "
-                   f"--adapter {layout.adapters / name} --out {target} --version-name {name} "
+    q = shlex.quote
+    result = sh(c, f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli merge --base {q(spec.model.path)} "
+                   f"--adapter {q(str(layout.adapters / name))} --out {q(str(target))} --version-name {q(name)} "
                    f"--max-rank {spec.max_lora_rank}", check=False)
     if result.exited != 0:
         raise DeployError(f"{name} is live through the LoRA replicas, but its merged replica still serves "

@@ -308,7 +308,7 @@ def model_marker(spec: DeploymentSpec, sums: dict[str, str]) -> bytes:
 
 
 def _installed_marker(c: Connection, target: str) -> dict[str, object] | None:
-    text = out(c, f"cat {target}/{MODEL_MARKER} 2>/dev/null || true")
+    text = out(c, f"cat {shlex.quote(f'{target}/{MODEL_MARKER}')} 2>/dev/null || true")
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
@@ -337,11 +337,12 @@ def ensure_model(c: Connection, spec: DeploymentSpec, *, local_path: Path | None
         staging = f"{target}.partial-{uuid.uuid4().hex[:8]}"
         try:
             # Staged as the SSH user (sftp writes as that user), handed to the service user once verified.
-            sh(c, f"install -d -o {c.user} {staging}")
+            user = shlex.quote(c.user)
+            sh(c, f"install -d -o {user} {shlex.quote(staging)}")
             for name in sums:
                 if "/" in name:
                     sub = shlex.quote(staging + "/" + name.rsplit("/", 1)[0])
-                    sh(c, f"mkdir -p {sub} && chown {c.user} {sub}")
+                    sh(c, f"mkdir -p {sub} && chown {user} {sub}")
                 c.put(str(local_path / name), f"{staging}/{name}")
             if not _verify_remote(c, staging, sums):
                 raise BootstrapError(f"checksum mismatch after upload of {local_path} to {c.host}")
@@ -349,7 +350,7 @@ def ensure_model(c: Connection, spec: DeploymentSpec, *, local_path: Path | None
             sh(c, f"chown -R root: {shlex.quote(staging)} && chmod -R u=rwX,go=rX {shlex.quote(staging)} && "
                   f"{replace_dir(staging, target)}")
         finally:
-            sh(c, f"rm -rf {staging}", check=False)
+            sh(c, f"rm -rf {shlex.quote(staging)}", check=False)
         return Change("model", True, f"{spec.model.name}@{spec.model.revision[:12]} installed from {local_path}")
     if hub:
         if spec.accept_model_license != MODEL_LICENSE_ACK:
@@ -374,9 +375,10 @@ def ensure_model(c: Connection, spec: DeploymentSpec, *, local_path: Path | None
         remote_script = f"/tmp/exaone-hub-{uuid.uuid4().hex[:8]}.py"
         c.put(fh.name, remote_script)
         Path(fh.name).unlink()
-        sh(c, f"{layout.vllm_python} {remote_script} {shlex.quote(spec.model.name)} {spec.model.revision} {target} && "
-              f"rm -rf {target}.partial/.cache && chown -R root: {target}.partial && chmod -R u=rwX,go=rX {target}.partial && "
-              f"rm -rf {target} && mv {target}.partial {target}; rm -f {remote_script}",
+        partial, final = shlex.quote(f"{target}.partial"), shlex.quote(target)
+        sh(c, f"{layout.vllm_python} {remote_script} {shlex.quote(spec.model.name)} {spec.model.revision} {final} && "
+              f"rm -rf {partial}/.cache && chown -R root: {partial} && chmod -R u=rwX,go=rX {partial} && "
+              f"rm -rf {final} && mv {partial} {final}; rm -f {remote_script}",
            env={"HF_HUB_DISABLE_TELEMETRY": "1"}, timeout=3600)
         return Change("model", True, f"{spec.model.name}@{spec.model.revision[:12]} downloaded from the hub")
     if marker and marker.get("revision") == spec.model.revision:
