@@ -8,10 +8,17 @@ import pulumi
 from pulumi_azure_native import authorization
 
 from exaone_lora.spec import DeploymentSpec
+from infra.roles import STORAGE_BLOB_DATA_CONTRIBUTOR, STORAGE_BLOB_DATA_READER
 
-# Built-in Azure role definition ids (the same in every tenant).
-STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
-STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+__all__ = [
+    "COMPONENT_PREFIX",
+    "STORAGE_BLOB_DATA_CONTRIBUTOR",
+    "STORAGE_BLOB_DATA_READER",
+    "InfraOptions",
+    "prefix",
+    "role_definition_id",
+    "subscription_id",
+]
 COMPONENT_PREFIX = "exaone-lora"
 
 
