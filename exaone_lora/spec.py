@@ -135,6 +135,21 @@ class StorageSpec(_Model):
         return value
 
 
+class RegistryRef(_Model):
+    """Where the serving stack finds the one long-lived adapter registry: the outputs of the Pulumi stack that owns it
+    (`infra/registry.py`), read with a StackReference; `privateEndpoint` reaches it from this stack's VNet."""
+
+    stack: str = "registry"
+    private_endpoint: bool = True
+
+    @field_validator("stack")
+    @classmethod
+    def _stack(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$", value):
+            raise ValueError("must be a stack name such as registry or <org>/exaone-lora/registry")
+        return value
+
+
 class GatewaySpec(_Model):
     enabled: bool = True
     engine_port: int = Field(default=8081, ge=1024, le=65535)
@@ -197,9 +212,11 @@ class DeploymentSpec(_Model):
     admin_username: str = "azureuser"
     ssh_public_key: str | None = None
     storage: StorageSpec = StorageSpec()
+    registry: RegistryRef = RegistryRef()
     gateway: GatewaySpec = GatewaySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     os_disk_gb: int = Field(default=256, ge=64, le=4095)
+    data_disk_gb: int = Field(default=256, ge=32, le=32767, description="managed data disk mounted at /data")
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("gpu_memory_utilization")
@@ -265,6 +282,8 @@ class DeploymentSpec(_Model):
         if self.target == "local" and (cuda_only := sorted(CUDA_ONLY_VLLM_ENV & enabled)):
             raise ValueError(f"serverEnv: {', '.join(cuda_only)} needs a CUDA GPU; target 'local' runs the CPU build "
                              "of vLLM, which would fail at start")
+        if TIER_DEFAULTS[self.tier].registry_private_only and not self.registry.private_endpoint:
+            raise ValueError(f"registry.privateEndpoint: tier {self.tier} reaches the registry only from its VNet")
         if self.max_cpu_loras < self.max_loras:
             raise ValueError(f"maxCpuLoras: must be >= maxLoras ({self.max_loras}); vLLM refuses to start otherwise")
         if self.gateway.enabled and len({self.port, self.gateway.engine_port, self.gateway.admin_port}) != 3:
@@ -368,6 +387,7 @@ def build_spec(stack: str, values: dict[str, Any], source: str) -> DeploymentSpe
     values.setdefault("maxLoras", defaults.max_loras)
     values.setdefault("maxCpuLoras", max(defaults.max_cpu_loras, values["maxLoras"]))
     values.setdefault("maxNumSeqs", defaults.max_num_seqs)
+    values.setdefault("dataDiskGb", defaults.data_disk_gb)
     try:
         return DeploymentSpec.model_validate({"stack": stack, **values})
     except ValidationError as exc:
