@@ -26,7 +26,8 @@ COMPONENT_PREFIX = "exaone-lora"
 class InfraOptions:
     """Settings that are not part of the deployment spec (they differ per operator, not per deployment).
 
-    Read from the `ops:` config namespace by `__main__.py`: `pulumi config set ops:operatorPrincipalId <object id>`,
+    Read from the `ops:` config namespace by `__main__.py`: `pulumi config set ops:operatorPrincipalId <object id>`
+    (on the registry stack: the publisher, the only principal that writes adapters),
     `pulumi config set --secret ops:apiKey <key>`.
     """
 

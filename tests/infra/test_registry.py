@@ -122,3 +122,14 @@ def test_pulumi_entry_point_builds_the_registry_for_the_registry_stack() -> None
     run = run_under_mocks("exaone-lora", "registry", lambda: runpy.run_path(str(REPO / "infra" / "__main__.py")) and {})
     assert run.one(ACCOUNT).inputs["accountName"] == "exaoneloraregistry"
     assert not run.of_type("azure-native:compute:VirtualMachine")
+
+
+def test_offline_preview_of_the_registry_stack() -> None:
+    from typer.testing import CliRunner
+
+    from infra.cli import app
+
+    result = CliRunner().invoke(app, ["preview", "--stack", "registry", "--root", str(REPO)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "the adapter registry" in result.output and "retentionDays=3650" in result.output
+    assert "publicNetwork=Disabled" in result.output and "policy pack: all rules pass" in result.output
