@@ -145,8 +145,8 @@ class RegistryRef(_Model):
     @field_validator("stack")
     @classmethod
     def _stack(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$", value):
-            raise ValueError("must be a stack name such as registry or <org>/exaone-lora/registry")
+        if not re.match(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)?$", value):
+            raise ValueError("must be a stack name such as registry, or <org>/<project>/<stack>")
         return value
 
 

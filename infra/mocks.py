@@ -137,7 +137,15 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: Mocks) -> None:
         super().__init__(mocks)
         self.recorded: list[RecordedResource] = []
+        self.references: list[str] = []
         self._lock = threading.Lock()
+
+    def ReadResource(self, request: Any) -> Any:
+        # Reads are lookups, not resources the stack creates: keep only which stacks it references.
+        if request.type == STACK_REFERENCE:
+            with self._lock:
+                self.references.append(request.id)
+        return super().ReadResource(request)
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
@@ -154,6 +162,7 @@ class RecordingMonitor(MockMonitor):
 class ProgramRun:
     resources: list[RecordedResource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    stack_references: list[str] = field(default_factory=list)
 
     def of_type(self, resource_type: str) -> list[RecordedResource]:
         return [r for r in self.resources if r.type == resource_type]
@@ -190,4 +199,5 @@ def run_under_mocks(project: str, stack: str, program: Any, root: Path = ROOT) -
         asyncio.set_event_loop(None)
         loop.close()
     run.resources = list(monitor.recorded)
+    run.stack_references = list(monitor.references)
     return run

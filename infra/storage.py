@@ -19,7 +19,7 @@ BLOB_PRIVATE_ZONE = "privatelink.blob.core.windows.net"
 def stack_reference_name(stack: str) -> str:
     """`registry` -> `<org>/<project>/registry`: a StackReference needs the fully qualified name."""
     if "/" in stack:
-        return stack if stack.count("/") == 2 else f"{pulumi.get_organization() or 'organization'}/{stack}"
+        return stack  # already <org>/<project>/<stack> (the spec allows no other form)
     return f"{pulumi.get_organization() or 'organization'}/{pulumi.get_project()}/{stack}"
 
 

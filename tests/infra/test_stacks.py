@@ -146,6 +146,22 @@ def test_poc_may_skip_the_private_endpoint_but_pilot_and_prod_may_not(runs: Runs
             variant(stack, registry={"privateEndpoint": False})
 
 
+@pytest.mark.parametrize("name", ["reg;istry", "a/b", "../registry", "org/proj/stack/x", "", "$(id)"])
+def test_registry_stack_name_is_checked(name: str) -> None:
+    from exaone_lora.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"exaone-lora:registry.stack: must be a stack name"):
+        variant("poc", registry={"stack": name})
+
+
+def test_a_fully_qualified_registry_reference_is_used_as_is(runs: Runs) -> None:
+    run = runs.spec("poc-fq", variant("poc", registry={"stack": "acme/exaone-lora/registry"}))
+    assert run.stack_references == ["acme/exaone-lora/registry"]
+    assert run.one(ROLE).inputs["scope"] == registry()["containerId"]
+    # The short form is qualified with the current organization and project.
+    assert runs.stack("poc").stack_references == ["organization/exaone-lora/registry"]
+
+
 @pytest.mark.parametrize(("stack", "size"), [("poc", 256), ("pilot", 256), ("prod", 512)])
 def test_data_disk_per_vm_at_lun_0(runs: Runs, stack: str, size: int) -> None:
     run = runs.stack(stack)
