@@ -254,3 +254,19 @@ def test_data_role_at_a_broad_scope_is_refused(pack: PolicyPackServer, runs: Run
     assert pack.analyze(urn, typ, role) == []  # as rendered: the registry's adapters container
     found = pack.analyze(urn, typ, {**role, "scope": scope})
     assert policies_hit(found) == {"data-role-scope"} and "Storage Blob Data Reader" in found[0].message
+
+
+def test_offline_preview_and_enforced_pack_agree(pack: PolicyPackServer, runs: Runs, registry_run: ProgramRun,
+                                                 aks_spec: DeploymentSpec) -> None:
+    """`exaone-lora infra preview` runs the same rules in-process: same verdicts, resource by resource."""
+    from infra.policy.rules import evaluate
+
+    hostile = [
+        *resources(runs.spec("pilot-halves", variant("pilot", api={"exposure": "public", "allowedCidrs": HALVES}))),
+        *resources(runs.spec("aks", aks_spec)),
+        _open_account(one(registry_run, ACCOUNT), "pilot"),
+        changed(one(runs.stack("poc"), VM), hardwareProfile={"vmSize": "standard_nc80adis_h100_v5"}),
+    ]
+    enforced = {(d.urn, d.policy, d.message.split("\n", 1)[1]) for d in pack.analyze_all(hostile)}
+    offline = {(v.urn, v.rule, v.message) for v in evaluate(hostile)}
+    assert enforced == offline and len(offline) >= 4
