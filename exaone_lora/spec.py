@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from exaone_lora import PROJECT
+from exaone_lora.cidrs import too_broad
 from exaone_lora.tiers import SKUS, TIER_DEFAULTS, GpuSku, Tier
 
 STACKS: tuple[str, ...] = ("dev", "poc", "pilot", "prod")
@@ -34,6 +35,8 @@ VLLM_ENV_PATTERN = re.compile(r"^VLLM_[A-Z0-9_]+$")
 MANAGED_VLLM_ENV = frozenset({"VLLM_CACHE_ROOT", "VLLM_NO_USAGE_STATS", "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
                               "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_API_KEY",
                               "VLLM_TUNED_CONFIG_FOLDER"})
+# The broadest client range the API may be opened to, per family (the policy pack enforces the same on pilot/prod).
+API_BROADEST_SOURCES = (8, 32)
 SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 # Values that reach a root shell on the host (paths, names): a closed character set, so no quoting mistake
 # anywhere downstream can turn a stack value into a command. Remote commands quote them as well.
@@ -70,7 +73,7 @@ class ModelSpec(_Model):
     @field_validator("revision")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        if not REVISION_PATTERN.match(value):
+        if not REVISION_PATTERN.fullmatch(value):
             raise ValueError("must be a full 40-hex-digit commit id (branches and tags move)")
         return value
 
@@ -82,21 +85,21 @@ class ModelSpec(_Model):
     @field_validator("served_name")
     @classmethod
     def _served(cls, value: str) -> str:
-        if not SERVED_NAME_PATTERN.match(value):
+        if not SERVED_NAME_PATTERN.fullmatch(value):
             raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
 
     @field_validator("name")
     @classmethod
     def _hub_name(cls, value: str) -> str:
-        if not HUB_NAME_PATTERN.match(value):
+        if not HUB_NAME_PATTERN.fullmatch(value):
             raise ValueError("must be a model id such as LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct (letters, digits, . _ -)")
         return value
 
 
 def host_path(value: str) -> str:
     """An absolute host path of plain components (letters, digits, '.', '_', '-'), never `.` or `..`."""
-    if not HOST_PATH_PATTERN.match(value):
+    if not HOST_PATH_PATTERN.fullmatch(value):
         raise ValueError("must be an absolute path of letters, digits, '.', '_', '-' and '/' (no spaces, quotes or "
                          "shell characters)")
     if any(part in (".", "..") for part in value.split("/")):
@@ -146,14 +149,14 @@ class AdapterPin(_Model):
     @field_validator("alias")
     @classmethod
     def _alias(cls, value: str) -> str:
-        if not ALIAS_PATTERN.match(value):
+        if not ALIAS_PATTERN.fullmatch(value):
             raise ValueError("must be lower-case letters, digits or '_', starting with a letter (at most 40)")
         return value
 
     @field_validator("sha256")
     @classmethod
     def _sha(cls, value: str) -> str:
-        if not SHA256_PATTERN.match(value):
+        if not SHA256_PATTERN.fullmatch(value):
             raise ValueError("must be 64 lower-case hex digits")
         return value
 
@@ -181,6 +184,9 @@ class ApiSpec(_Model):
             net = _network(cidr)
             if net.prefixlen == 0:
                 raise ValueError(f"{cidr} opens the API to the whole Internet; list the client networks")
+        # Judged by what the list admits together: 0.0.0.0/1 + 128.0.0.0/1 is the whole Internet too.
+        if problem := too_broad(value, API_BROADEST_SOURCES):
+            raise ValueError(f"{problem}; list the client networks")
         return value
 
     @model_validator(mode="after")
@@ -198,8 +204,23 @@ class StorageSpec(_Model):
     @field_validator("account_name")
     @classmethod
     def _account(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[a-z0-9]{3,24}$", value):
+        if value is not None and not re.fullmatch(r"[a-z0-9]{3,24}", value):
             raise ValueError("must be 3-24 lower-case letters and digits (Azure's rule for storage accounts)")
+        return value
+
+
+class RegistryRef(_Model):
+    """Where the serving stack finds the one long-lived adapter registry: the outputs of the Pulumi stack that owns it
+    (`infra/registry.py`), read with a StackReference; `privateEndpoint` reaches it from this stack's VNet."""
+
+    stack: str = "registry"
+    private_endpoint: bool = True
+
+    @field_validator("stack")
+    @classmethod
+    def _stack(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)?", value):
+            raise ValueError("must be a stack name such as registry, or <org>/<project>/<stack>")
         return value
 
 
@@ -267,9 +288,11 @@ class DeploymentSpec(_Model):
     accept_model_license: str | None = Field(
         default=None, description=f"'{MODEL_LICENSE_ACK}' acknowledges the model's licence ({MODEL_LICENSE})")
     storage: StorageSpec = StorageSpec()
+    registry: RegistryRef = RegistryRef()
     gateway: GatewaySpec = GatewaySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     os_disk_gb: int = Field(default=256, ge=64, le=4095)
+    data_disk_gb: int = Field(default=256, ge=32, le=32767, description="managed data disk mounted at /data")
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("gpu_memory_utilization")
@@ -289,7 +312,7 @@ class DeploymentSpec(_Model):
     @field_validator("vllm_version")
     @classmethod
     def _vllm_pin(cls, value: str) -> str:
-        if not VERSION_PIN_PATTERN.match(value):
+        if not VERSION_PIN_PATTERN.fullmatch(value):
             raise ValueError("must be an exact release such as 0.26.0")
         return value
 
@@ -297,7 +320,7 @@ class DeploymentSpec(_Model):
     @classmethod
     def _server_env(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not VLLM_ENV_PATTERN.match(name):
+            if not VLLM_ENV_PATTERN.fullmatch(name):
                 raise ValueError(f"{name!r} is not a vLLM environment option (VLLM_ followed by capitals, digits, _)")
             if name in MANAGED_VLLM_ENV:
                 raise ValueError(f"{name} is set by the deployment itself and cannot be overridden")
@@ -309,7 +332,7 @@ class DeploymentSpec(_Model):
     @field_validator("admin_username")
     @classmethod
     def _admin_user(cls, value: str) -> str:
-        if not USER_NAME_PATTERN.match(value):
+        if not USER_NAME_PATTERN.fullmatch(value):
             raise ValueError("must be a Linux user name: lower-case letters, digits, '_' or '-', starting with a letter "
                              "or '_', at most 32")
         if value in RESERVED_USER_NAMES:
@@ -346,6 +369,8 @@ class DeploymentSpec(_Model):
         if self.target == "local" and (cuda_only := sorted(CUDA_ONLY_VLLM_ENV & enabled)):
             raise ValueError(f"serverEnv: {', '.join(cuda_only)} needs a CUDA GPU; target 'local' runs the CPU build "
                              "of vLLM, which would fail at start")
+        if TIER_DEFAULTS[self.tier].registry_private_only and not self.registry.private_endpoint:
+            raise ValueError(f"registry.privateEndpoint: tier {self.tier} reaches the registry only from its VNet")
         if self.max_cpu_loras < self.max_loras:
             raise ValueError(f"maxCpuLoras: must be >= maxLoras ({self.max_loras}); vLLM refuses to start otherwise")
         if self.gateway.enabled and len({self.port, self.gateway.engine_port, self.gateway.admin_port}) != 3:
@@ -475,6 +500,7 @@ def build_spec(stack: str, values: dict[str, Any], source: str) -> DeploymentSpe
     values.setdefault("maxLoras", defaults.max_loras)
     values.setdefault("maxCpuLoras", max(defaults.max_cpu_loras, values["maxLoras"]))
     values.setdefault("maxNumSeqs", defaults.max_num_seqs)
+    values.setdefault("dataDiskGb", defaults.data_disk_gb)
     try:
         return DeploymentSpec.model_validate({"stack": stack, **values})
     except ValidationError as exc:

@@ -9,10 +9,17 @@ import pulumi
 from pulumi_azure_native import authorization
 
 from exaone_lora.spec import DeploymentSpec
+from infra.roles import STORAGE_BLOB_DATA_CONTRIBUTOR, STORAGE_BLOB_DATA_READER
 
-# Built-in Azure role definition ids (the same in every tenant).
-STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
-STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+__all__ = [
+    "COMPONENT_PREFIX",
+    "STORAGE_BLOB_DATA_CONTRIBUTOR",
+    "STORAGE_BLOB_DATA_READER",
+    "InfraOptions",
+    "prefix",
+    "role_definition_id",
+    "subscription_id",
+]
 COMPONENT_PREFIX = "exaone-lora"
 
 
@@ -20,7 +27,8 @@ COMPONENT_PREFIX = "exaone-lora"
 class InfraOptions:
     """Settings that are not part of the deployment spec (they differ per operator, not per deployment).
 
-    Read from the `ops:` config namespace by `__main__.py`: `pulumi config set ops:operatorPrincipalId <object id>`,
+    Read from the `ops:` config namespace by `__main__.py`: `pulumi config set ops:operatorPrincipalId <object id>`
+    (on the registry stack: the publisher, the only principal that writes adapters),
     `pulumi config set --secret ops:apiKey <key>`.
     """
 

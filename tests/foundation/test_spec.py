@@ -93,6 +93,8 @@ def test_secrets_do_not_belong_in_the_spec(tmp_path: Path) -> None:
         ({"maxLoras": 9, "maxCpuLoras": 4}, "maxCpuLoras: must be >= maxLoras (9)"),
         ({"api": {"exposure": "public"}}, "exaone-lora:api: exposure 'public' needs allowedCidrs"),
         ({"api": {"exposure": "public", "allowedCidrs": ["0.0.0.0/0"]}}, "exaone-lora:api.allowedCidrs: 0.0.0.0/0 opens the API"),
+        ({"api": {"exposure": "public", "allowedCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}},
+         "exaone-lora:api.allowedCidrs: sources cover the whole IPv4 Internet"),
         ({"gpuMemoryUtilizaton": 0.5}, "exaone-lora:gpuMemoryUtilizaton: unknown key (typo?)"),
         ({"model": {"revision": "main"}}, "exaone-lora:model.revision: must be a full 40-hex-digit commit id"),
         ({"serverEnv": {"CUDA_LAUNCH_BLOCKING": "1"}}, "exaone-lora:serverEnv: 'CUDA_LAUNCH_BLOCKING' is not a vLLM"),

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from exaone_lora.spec import DeploymentSpec, build_spec, load_spec, read_config, stack_file
+from exaone_lora.spec import ApiSpec, DeploymentSpec, build_spec, load_spec, read_config, stack_file
 from infra.mocks import ProgramRun
 from infra.preview import run_program
 from tests.support.operator import OPERATOR_VALUES
@@ -23,6 +23,13 @@ def variant(stack: str, **overrides: Any) -> DeploymentSpec:
     validated like a stack file."""
     values = {**read_config(stack_file(stack, REPO)), **OPERATOR_VALUES, **overrides}
     return build_spec(stack, values, f"Pulumi.{stack}.yaml (variant)")
+
+
+def open_api(stack: str, cidrs: list[str], **overrides: Any) -> DeploymentSpec:
+    """A public API open to `cidrs` past the spec loader (which refuses broad unions itself), so that the policy
+    pack's own judgement is what is tested: defence in depth against a stack edited around the loader."""
+    spec = variant(stack, **overrides)
+    return spec.model_copy(update={"api": ApiSpec.model_construct(exposure="public", allowed_cidrs=tuple(cidrs))})
 
 
 def configured(stack: str) -> DeploymentSpec:
