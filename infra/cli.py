@@ -88,6 +88,11 @@ def preview(stack: str = typer.Option(..., "--stack", "-s"), root: Path = ROOT) 
         console.print("(no Azure resources: this stack runs locally)")
     verdict = policy_verdict(table_rows, spec)
     console.print(f"[{'green' if verdict.passed else 'red'}]{verdict.summary()}[/]")
+    if spec is not None and (blockers := spec.deploy_blockers()):
+        # A preview warns where `pulumi up` refuses (ops:apiKey is checked there too; it is not readable offline).
+        console.print(f"[yellow]`pulumi up -s {stack}` will refuse until these are set:[/yellow]")
+        for line in blockers:
+            console.print(f"  - {line}", soft_wrap=True)
     if not verdict.passed:
         raise typer.Exit(1)
 

@@ -53,3 +53,13 @@ def test_cli_preview_refuses_a_bad_stack_file(tmp_path) -> None:  # type: ignore
     result = CliRunner().invoke(app, ["preview", "--stack", "poc", "--root", str(tmp_path)])
     assert result.exit_code == 2
     assert "0.0.0.0/0 would open SSH to the whole Internet" in " ".join(result.output.split())
+
+
+def test_cli_preview_says_what_blocks_pulumi_up() -> None:
+    """The shipped poc file previews (offline), and names every setting `pulumi up` will still refuse without."""
+    result = CliRunner().invoke(app, ["preview", "--stack", "poc", "--root", str(REPO)], env={"COLUMNS": "400"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "`pulumi up -s poc` will refuse until these are set" in text
+    for key in ("operatorCidr: not set", "sshPublicKey: not set", "acceptModelLicense exaone-3.5-nc"):
+        assert key in text, key
