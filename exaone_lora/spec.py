@@ -171,9 +171,11 @@ UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 
 class CanaryPin(AdapterPin):
     """A second version of a pinned alias taking `weight` percent of the alias's traffic (AKS: the alias's
-    InferenceModelRewrite splits `medical` between `medical-v3` and `medical-v4`)."""
+    InferenceModelRewrite splits `medical` between `medical-v3` and `medical-v4`). Pods serve both versions
+    whatever the weight, so 0 (warm, no traffic) and 100 (all traffic, the pin still served) are the safe first and
+    last steps of a deploy (docs/aks.md)."""
 
-    weight: int = Field(ge=1, le=99)
+    weight: int = Field(ge=0, le=100)
 
 
 class AksAutoscaling(_Model):
