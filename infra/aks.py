@@ -227,8 +227,12 @@ class AksCluster(pulumi.ComponentResource):
         scaler = scaled_object(spec)
         if scaler is not None:
             _resource(scaler, kopts, "vllm-scaler")
-        for manifest in [*epp_objects(spec), inference_pool(spec), *model_rewrites(spec), http_route(spec),
-                         *network_policies(spec)]:
+        for manifest in [*epp_objects(spec), inference_pool(spec), http_route(spec), *network_policies(spec)]:
             _resource(manifest, kopts)
+        # Weights move only once every pod serves the versions they name: pulumi-kubernetes waits for the
+        # Deployment's rollout before it updates anything that depends on it.
+        after_rollout = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[ns, self.deployment])
+        for manifest in model_rewrites(spec):
+            _resource(manifest, after_rollout)
         self.gateway = _resource(gateway(spec), kopts, "gateway")
         self.register_outputs({"cluster": self.cluster.name})

@@ -154,15 +154,14 @@ def http_route(spec: DeploymentSpec) -> dict[str, Any]:
 
 
 def alias_targets(spec: DeploymentSpec) -> dict[str, list[tuple[str, int]]]:
-    """alias -> [(immutable version name, weight)], from the pins: the pinned version takes what its canary leaves."""
+    """alias -> [(immutable version name, weight)], from the pins: the pinned version takes what its canary leaves;
+    a version at weight 0 is left out (the API's weights start at 1) but its pods still serve it."""
     canaries = {c.alias: c for c in spec.aks.canaries}
     targets: dict[str, list[tuple[str, int]]] = {}
     for pin in spec.adapters:
         canary = canaries.get(pin.alias)
-        if canary is None:
-            targets[pin.alias] = [(pin.name, 100)]
-        else:
-            targets[pin.alias] = [(pin.name, 100 - canary.weight), (canary.name, canary.weight)]
+        split = [(pin.name, 100)] if canary is None else [(pin.name, 100 - canary.weight), (canary.name, canary.weight)]
+        targets[pin.alias] = [(name, weight) for name, weight in split if weight > 0]
     return targets
 
 

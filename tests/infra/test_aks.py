@@ -20,7 +20,7 @@ from infra.aks import GPU_TAINT, AksStackError, check_aks_stack
 from infra.common import InfraOptions
 from infra.k8s.inference import CLIENT_PATHS, alias_targets
 from infra.k8s.workload import served_versions
-from infra.mocks import ProgramRun
+from infra.mocks import ProgramRun, RecordingMonitor
 from infra.preview import policy_verdict, rows, run_program
 from service.manifest import manifest_sha256
 from service.registry import AdapterRegistry
@@ -327,3 +327,26 @@ def test_container_args_equal_the_vm_unit_args() -> None:
     assert "medical-v3=/data/lora-adapters/medical-v3" in pod_args
     assert pod["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
                                      "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize(("weight", "targets"), [
+    (0, [("medical-v3", 100)]), (30, [("medical-v3", 70), ("medical-v4", 30)]), (100, [("medical-v4", 100)])])
+def test_canary_steps_keep_both_versions_served(weight: int, targets: list[tuple[str, int]],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    staged = aks_variant(aks={"canaries": [{**CANARY, "weight": weight}]})
+    assert alias_targets(staged)["medical"] == targets
+    dependencies: dict[str, list[str]] = {}
+    register = RecordingMonitor.RegisterResource
+
+    def recording(self: RecordingMonitor, request: Any) -> Any:
+        dependencies[request.name] = list(request.dependencies)
+        return register(self, request)
+
+    monkeypatch.setattr(RecordingMonitor, "RegisterResource", recording)
+    run = run_program(staged, KEY)
+    args = vllm_pod(run)["containers"][0]["args"]
+    assert {"medical-v3=/data/lora-adapters/medical-v3", "medical-v4=/data/lora-adapters/medical-v4"} <= set(args)
+    # The rewrite waits for the rollout: its weights never name a version the pods do not serve yet.
+    deployment = next(r for r in run.resources if r.type == "kubernetes:apps/v1:Deployment" and r.name == "vllm")
+    assert deployment.urn in dependencies["inferencemodelrewrite-alias-medical"]
+    assert deployment.urn not in dependencies["httproute-inference"]
