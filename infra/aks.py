@@ -10,6 +10,7 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import yaml
 from pulumi_azure_native import authorization, containerservice, managedidentity
 
 from exaone_lora.spec import DeploymentSpec
@@ -36,7 +37,7 @@ from infra.k8s.workload import (
 )
 
 __all__ = ["GPU_TAINT", "MODELS_CONTAINER", "SYSTEM_POOL_COUNT", "SYSTEM_POOL_SIZE", "AksCluster", "AksStackError",
-           "check_aks_stack"]
+           "azurecli_kubeconfig", "check_aks_stack"]
 
 GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
 SYSTEM_POOL = "system"
@@ -139,6 +140,26 @@ def device_plugin() -> dict[str, Any]:
     }, namespace="kube-system")
 
 
+def azurecli_kubeconfig(raw: str) -> str:
+    """The cluster's exec kubeconfig with kubelogin switched to the Azure CLI's sign-in (`az login`), which Pulumi can
+    use unattended; AKS hands out device-code sign-in, which waits for a person. Same as `kubelogin convert-kubeconfig
+    -l azurecli`. A kubeconfig without an exec user (a token) is returned unchanged."""
+    config = yaml.safe_load(raw)
+    changed = False
+    for user in config.get("users") or []:
+        exec_ = (user.get("user") or {}).get("exec")
+        if not exec_ or "kubelogin" not in str(exec_.get("command", "")):
+            continue
+        args = [str(a) for a in exec_.get("args") or []]
+        if "--server-id" not in args:
+            raise AksStackError("the cluster's kubeconfig has a kubelogin user without --server-id")
+        server_id = args[args.index("--server-id") + 1]
+        exec_["args"] = ["get-token", "--login", "azurecli", "--server-id", server_id]
+        exec_.pop("env", None)
+        changed = True
+    return yaml.safe_dump(config, sort_keys=False) if changed else raw
+
+
 def _resource(manifest: dict[str, Any], opts: pulumi.ResourceOptions, name: str | None = None) -> pulumi.CustomResource:
     """Register one manifest: the typed class for core kinds, a CustomResource for the rest. Bodies stay in the API's
     camelCase, which pulumi-kubernetes passes through unchanged (its typed args would want snake_case)."""
@@ -203,7 +224,7 @@ class AksCluster(pulumi.ComponentResource):
         creds = containerservice.list_managed_cluster_user_credentials_output(
             resource_group_name=rg, resource_name=self.cluster.name, format="exec")
         kubeconfig: pulumi.Output[str] = pulumi.Output.secret(
-            creds.kubeconfigs.apply(lambda ks: base64.b64decode(ks[0].value).decode()))  # type: ignore[arg-type]
+            creds.kubeconfigs.apply(lambda ks: azurecli_kubeconfig(base64.b64decode(ks[0].value).decode())))  # type: ignore[arg-type]
         self.provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig,
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=admin_roles))
         popts = pulumi.ResourceOptions(parent=self, provider=self.provider)

@@ -102,7 +102,8 @@ def epp_objects(spec: DeploymentSpec) -> list[dict[str, Any]]:
         "readinessProbe": {**health, "periodSeconds": 2},
         "resources": EPP_RESOURCES,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-                            "readOnlyRootFilesystem": True},
+                            # distroless's nonroot user, numeric so the kubelet can check runAsNonRoot.
+                            "runAsUser": 65532, "readOnlyRootFilesystem": True},
         "volumeMounts": [{"name": "config", "mountPath": "/config", "readOnly": True}],
     }
     deployment = obj("apps/v1", "Deployment", EPP_NAME, {

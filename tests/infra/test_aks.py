@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from exaone_lora.checkpoints import Checkpoint
 from exaone_lora.model_shape import EXAONE_TINY
 from exaone_lora.spec import DeploymentSpec, SpecError
-from infra.aks import GPU_TAINT, AksStackError, check_aks_stack
+from infra.aks import GPU_TAINT, AksStackError, azurecli_kubeconfig, check_aks_stack
 from infra.common import InfraOptions
 from infra.k8s.inference import CLIENT_PATHS, alias_targets
 from infra.k8s.workload import served_versions
@@ -350,3 +351,33 @@ def test_canary_steps_keep_both_versions_served(weight: int, targets: list[tuple
     deployment = next(r for r in run.resources if r.type == "kubernetes:apps/v1:Deployment" and r.name == "vllm")
     assert deployment.urn in dependencies["inferencemodelrewrite-alias-medical"]
     assert deployment.urn not in dependencies["httproute-inference"]
+
+
+AKS_EXEC_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: aks, cluster: {server: 'https://aks.hcp.koreacentral.azmk8s.io:443'}}]
+contexts: [{name: aks, context: {cluster: aks, user: clusterUser_rg_aks}}]
+current-context: aks
+users:
+- name: clusterUser_rg_aks
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: kubelogin
+      args: [get-token, --environment, AzurePublicCloud, --server-id, 6dae42f8-4368-4678-94ff-3960e28e3630,
+             --client-id, 80faf920-1908-4b52-b5ef-a8e7bedfc67a, --tenant-id, 00000000-0000-0000-0000-0000000000aa,
+             --login, devicecode]
+"""
+
+
+def test_the_provider_signs_in_with_the_azure_cli_not_a_device_code() -> None:
+    converted = yaml.safe_load(azurecli_kubeconfig(AKS_EXEC_KUBECONFIG))
+    exec_ = converted["users"][0]["user"]["exec"]
+    assert exec_["command"] == "kubelogin"
+    assert exec_["args"] == ["get-token", "--login", "azurecli", "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630"]
+    assert converted["clusters"] == yaml.safe_load(AKS_EXEC_KUBECONFIG)["clusters"]
+    token_config = "users: [{name: mock, user: {token: mock}}]\n"
+    assert azurecli_kubeconfig(token_config) == token_config
+    broken = AKS_EXEC_KUBECONFIG.replace("--server-id, 6dae42f8-4368-4678-94ff-3960e28e3630,", "")
+    with pytest.raises(AksStackError, match="without --server-id"):
+        azurecli_kubeconfig(broken)
