@@ -89,6 +89,8 @@ def check_aks_stack(spec: DeploymentSpec, options: InfraOptions) -> None:
             raise AksStackError(f"{where}: {key}.alias: {canary.alias} is not one of the pinned adapters")
         if canary.version == pinned[canary.alias].version:
             raise AksStackError(f"{where}: {key}.version: {canary.name} is already the pinned version")
+        if canary.rank > spec.max_lora_rank:
+            raise AksStackError(f"{where}: {key}.rank: {canary.rank} is above maxLoraRank {spec.max_lora_rank}")
         if canary.alias in seen:
             raise AksStackError(f"{where}: {key}.alias: {canary.alias} has two canaries")
         seen.add(canary.alias)

@@ -88,6 +88,7 @@ def test_operator_cidr_or_private_cluster_is_required() -> None:
     ({"canaries": [{**CANARY, "version": 3, "blobPath": "medical/v3"}]}, r"medical-v3 is already the pinned version"),
     ({"canaries": [CANARY, {**CANARY, "version": 5, "blobPath": "medical/v5"}]}, r"medical has two canaries"),
     ({"canaries": [{**CANARY, "blobPath": "medical/v9"}]}, r"aks.canaries\[0\].blobPath is 'medical/v9'"),
+    ({"canaries": [{**CANARY, "rank": 64}]}, r"aks.canaries\[0\].rank: 64 is above maxLoraRank 32"),
     ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, r"maxReplicas: 2 is below minReplicas 3"),
 ])
 def test_broken_aks_settings_are_refused_by_name(aks: dict[str, Any], message: str) -> None:
