@@ -251,6 +251,76 @@ class MonitoringSpec(_Model):
     azure_monitor: bool = Field(default=False, description="export to Azure Monitor managed Prometheus")
 
 
+# AKS images are pinned: our tools image by digest (it runs the validator), the extension's EPP by exact tag or digest.
+DIGEST_PIN_PATTERN = re.compile(r"^[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$")
+TAG_OR_DIGEST_PIN_PATTERN = re.compile(r"^[a-z0-9][a-z0-9./_-]*(:v\d+\.\d+\.\d+)?(@sha256:[0-9a-f]{64})?$")
+K8S_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class CanaryPin(AdapterPin):
+    """A second version of a pinned alias taking `weight` percent of the alias's traffic (AKS: the alias's
+    InferenceModelRewrite splits `medical` between `medical-v3` and `medical-v4`). Pods serve both versions
+    whatever the weight, so 0 (warm, no traffic) and 100 (all traffic, the pin still served) are the safe first and
+    last steps of a deploy (docs/aks.md)."""
+
+    weight: int = Field(ge=0, le=100)
+
+
+class AksAutoscaling(_Model):
+    """KEDA scales the vLLM Deployment on vLLM's own queue (`vllm:num_requests_waiting`, summed over the pods)."""
+
+    min_replicas: int | None = Field(default=None, ge=1, description="default: the GPU pool's GPUs")
+    max_replicas: int | None = Field(default=None, ge=1, description="default: min_replicas (no autoscaling)")
+    queue_target: int = Field(default=8, ge=1, description="waiting requests per replica that add a replica")
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc.cluster.local:9090"
+
+
+class AksSpec(_Model):
+    """Settings of the AKS path only (ignored by the VM and local targets)."""
+
+    private_cluster: bool = Field(default=False, description="API server on a private endpoint (then operatorCidr may be unset)")
+    admin_group_object_ids: tuple[str, ...] = Field(default=(), description="Entra ID groups that administer the cluster")
+    tools_image: str | None = Field(default=None, description="this project's image (python -m service.registry_cli), "
+                                    "pinned by digest; its init containers validate every adapter before vLLM sees it")
+    epp_image: str = "registry.k8s.io/gateway-api-inference-extension/epp:v1.2.1"
+    gateway_class: str = "istio"
+    monitoring_namespace: str = "monitoring"
+    epp_scorer_weights: dict[str, int] = Field(default_factory=lambda: {
+        "queue-scorer": 2, "kv-cache-utilization-scorer": 2, "prefix-cache-scorer": 3, "lora-affinity-scorer": 3})
+    autoscaling: AksAutoscaling = AksAutoscaling()
+    canaries: tuple[CanaryPin, ...] = ()
+
+    @field_validator("tools_image")
+    @classmethod
+    def _tools_image(cls, value: str | None) -> str | None:
+        if value is not None and not DIGEST_PIN_PATTERN.match(value):
+            raise ValueError("must be pinned by digest, e.g. myregistry.azurecr.io/exaone-lora:0.1.0@sha256:<64 hex>")
+        return value
+
+    @field_validator("epp_image")
+    @classmethod
+    def _epp_image(cls, value: str) -> str:
+        if not TAG_OR_DIGEST_PIN_PATTERN.match(value) or not ("@sha256:" in value or ":v" in value):
+            raise ValueError("must be pinned by an exact release tag (:v1.2.1) or a digest (@sha256:...)")
+        return value
+
+    @field_validator("gateway_class", "monitoring_namespace")
+    @classmethod
+    def _k8s_name(cls, value: str) -> str:
+        if not K8S_NAME_PATTERN.match(value):
+            raise ValueError("must be a Kubernetes name (lower-case letters, digits, '-', at most 63)")
+        return value
+
+    @field_validator("admin_group_object_ids")
+    @classmethod
+    def _groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for group in value:
+            if not UUID_PATTERN.match(group):
+                raise ValueError(f"{group!r} is not an Entra ID object id (a lower-case UUID)")
+        return value
+
+
 class DeploymentSpec(_Model):
     """Everything that describes one deployment; every other part of the project renders from this."""
 
@@ -291,6 +361,7 @@ class DeploymentSpec(_Model):
     registry: RegistryRef = RegistryRef()
     gateway: GatewaySpec = GatewaySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    aks: AksSpec = AksSpec()
     os_disk_gb: int = Field(default=256, ge=64, le=4095)
     data_disk_gb: int = Field(default=256, ge=32, le=32767, description="managed data disk mounted at /data")
     tags: dict[str, str] = Field(default_factory=dict)

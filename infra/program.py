@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 
 from exaone_lora.spec import DeploymentSpec
-from infra.aks import AksCluster
+from infra.aks import AksCluster, check_aks_stack
 from infra.common import InfraOptions, subscription_id
 from infra.costs import PRICES_AS_OF, hourly_cost
 from infra.gpu_vm import GpuVms
@@ -33,6 +33,8 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
         # The embedded stack runs on this machine (systemd test host, Azurite): nothing to create in Azure.
         return {"target": "local", "apiUrl": f"http://127.0.0.1:{spec.port}", "tierSummary": tier_summary(spec),
                 "estimatedHourlyCostUsd": 0.0}
+    if spec.target == "aks":
+        check_aks_stack(spec, options)  # before anything is registered: a refused stack creates nothing
     sub = subscription_id()
     net = Network("network", spec)
     rg = net.resource_group.name
@@ -73,10 +75,11 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
         monitor_targets = [vm.id for vm in vms.vms]
     else:
         aks = AksCluster("aks", spec, resource_group_name=rg, subnet_id=net.subnet.id, identity=store.identity,
-                         storage_account=store.account_name, options=options)
+                         storage_account=store.account_name, options=options, subscription_id=sub)
         outputs |= {
             "clusterName": aks.cluster.name,
-            "apiUrl": aks.api_host.apply(lambda h: f"http://{h}:{spec.port}"),
+            # Its address is assigned by the Gateway controller: `kubectl -n exaone-lora get gateway inference-gateway`.
+            "apiGateway": f"exaone-lora/inference-gateway (port {spec.port})",
         }
         monitor_targets = [aks.cluster.id]
     if spec.monitoring.azure_monitor:
