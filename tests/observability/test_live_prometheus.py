@@ -73,9 +73,9 @@ def live(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path_factory:
             assert switched.status_code == 200, switched.text
 
             port = free_port()
-            gw_port = int(gw.public_url.rsplit(":", 1)[1])
+            # The gateway's metrics are on its admin listener (loopback only), as `scrape_targets` renders.
             targets = [ScrapeTarget(m.VLLM_JOB, vllm.url.removeprefix("http://"), {"replica": "0"}),
-                       ScrapeTarget(m.GATEWAY_JOB, f"127.0.0.1:{gw_port}", {})]
+                       ScrapeTarget(m.GATEWAY_JOB, gw.admin_url.removeprefix("http://"), {})]
             spec = load_spec("dev", REPO)
             shutil.copy(SHIPPED_ALERTS, workdir / "alerts.yml")
             (workdir / "prometheus.yml").write_text(
@@ -178,7 +178,7 @@ def test_every_metric_name_in_rules_and_dashboard_is_exported(live: LiveStack) -
     """Names come from the servers themselves: vLLM's /metrics after requests, the gateway's /metrics
     (which declares every family, observed or not)."""
     exported = exposed_names(httpx.get(f"{live.vllm.url}/metrics", timeout=10).text)
-    gateway = exposed_names(httpx.get(f"{live.gateway.public_url}/metrics", timeout=10).text)
+    gateway = exposed_names(httpx.get(f"{live.gateway.admin_url}/metrics", timeout=10).text)
     assert {m.GW_REQUESTS, m.GW_ERRORS, m.GW_ALIAS_SWITCH, m.bucket(m.GW_TTFT)} <= gateway
     known = exported | gateway | {"up"}
     used: dict[str, str] = {}
