@@ -4,15 +4,9 @@ receiver in this test, which checks what arrived (including the bearer token rea
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -37,6 +31,7 @@ from service.observability.prometheus import ScrapeTarget, render_prometheus_yml
 from service.observability.render import render_stack
 from service.observability.rules import AlertThresholds, gateway_rules
 from tests.observability.promql import tool
+from tests.observability.webhook import receiver
 from tests.support.processes import REPO, free_port, run_process
 
 AM_HINT = "install Debian's `prometheus-alertmanager` package (apt-get install prometheus-alertmanager)"
@@ -122,52 +117,6 @@ def test_email_fields_refuse_header_injection(prefix: str, injected: str) -> Non
                  field: address}
         with pytest.raises(SpecError, match=rf"monitoring\.alertmanager\.email\.{field}: .*not one e-mail address"):
             spec_with("poc", alertmanager={"email": email})
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that keeps every notification and the Authorization header it came with."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                with outer.lock:
-                    outer.received.append((self.headers.get("Authorization", ""), body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def wait_for(self, predicate: Any, timeout: float) -> list[tuple[str, dict[str, Any]]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                matching = [r for r in self.received if predicate(r[1])]
-            if matching:
-                return matching
-            time.sleep(0.25)
-        with self.lock:
-            raise AssertionError(f"no matching notification within {timeout:.0f} s; received: {self.received}")
-
-
-@contextmanager
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    thread = threading.Thread(target=r.server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield r
-    finally:
-        r.server.shutdown()
-        r.server.server_close()
 
 
 def test_a_real_rule_fires_and_reaches_the_webhook(tmp_path: Path, logs_dir: Path) -> None:
