@@ -62,12 +62,16 @@ def live(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path_factory:
          logs_dir: Path) -> Iterator[LiveStack]:
     admin_key = secrets.token_urlsafe(24)
     auth = {"Authorization": f"Bearer {admin_key}"}
-    apps = create_gateway([vllm.url], admin_key=admin_key, served_name="exaone", refresh_seconds=1.0)
+    # The gateway loads versions only from under its adapter root, from a folder named after the version.
+    adapter_root = tmp_path_factory.mktemp("lora-adapters")
+    shutil.copytree(tiny_adapters["medical"], adapter_root / VERSION_NAME)
+    apps = create_gateway([vllm.url], admin_key=admin_key, served_name="exaone", refresh_seconds=1.0,
+                          adapter_root=str(adapter_root))
     workdir = tmp_path_factory.mktemp("prometheus")
     try:
         with gateway_in_thread(apps, ("127.0.0.1", free_port()), ("127.0.0.1", free_port())) as gw:
             loaded = httpx.post(f"{gw.admin_url}/admin/versions", headers=auth, timeout=60,
-                                json={"name": VERSION_NAME, "path": str(tiny_adapters["medical"])})
+                                json={"name": VERSION_NAME, "path": str(adapter_root / VERSION_NAME)})
             assert loaded.status_code == 200, loaded.text
             switched = httpx.put(f"{gw.admin_url}/admin/aliases/{ALIAS}", headers=auth, json={"version": 1}, timeout=120)
             assert switched.status_code == 200, switched.text
