@@ -150,10 +150,10 @@ class Throughput:
 def _saturation(document: Mapping[str, Any]) -> Mapping[str, Any] | None:
     # Benchmark result files keep the suites at the top; an evidence record keeps the result under `details`.
     for holder in (document, document.get("details")):
-        if isinstance(holder, Mapping):
-            saturation = (holder.get("suites") or {}).get("saturation")
-            if isinstance(saturation, Mapping) and isinstance(saturation.get("modes"), Mapping):
-                return saturation
+        suites = holder.get("suites") if isinstance(holder, Mapping) else None
+        saturation = suites.get("saturation") if isinstance(suites, Mapping) else None
+        if isinstance(saturation, Mapping) and isinstance(saturation.get("modes"), Mapping):
+            return saturation
     return None
 
 
@@ -163,18 +163,28 @@ def _meta(document: Mapping[str, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else {}
 
 
+def _measured(run: Any) -> tuple[int, float] | None:
+    """(concurrency, output tokens/s) of one error-free saturation run; None for anything else."""
+    if not isinstance(run, Mapping) or run.get("errors"):
+        return None
+    level, tok_s = run.get("concurrency"), run.get("aggregate_tok_s")
+    if isinstance(level, bool) or not isinstance(level, int) or level < 1:
+        return None
+    if isinstance(tok_s, bool) or not isinstance(tok_s, int | float) or not 0 < tok_s < float("inf"):
+        return None
+    return level, float(tok_s)
+
+
 def _level(saturation: Mapping[str, Any], mode: str, concurrency: int, source: Path) -> tuple[int, float]:
     runs = saturation["modes"].get(mode)
     if not isinstance(runs, list):
-        raise NoThroughput(f"{source}: saturation has no {mode!r} runs (has {', '.join(saturation['modes'])})")
-    clean = [r for r in runs if isinstance(r, Mapping) and not r.get("errors") and float(r.get("aggregate_tok_s", 0)) > 0
-             and isinstance(r.get("concurrency"), int)]
-    usable = [r for r in clean if r["concurrency"] <= concurrency]
+        raise NoThroughput(f"{source}: saturation has no {mode!r} runs (has {', '.join(map(str, saturation['modes']))})")
+    clean = [m for m in map(_measured, runs) if m is not None]
+    usable = [m for m in clean if m[0] <= concurrency]
     if not usable:
-        levels = sorted(r["concurrency"] for r in clean)
+        levels = sorted(level for level, _ in clean)
         raise NoThroughput(f"{source}: no error-free {mode} run at concurrency <= {concurrency} (measured: {levels})")
-    best = max(usable, key=lambda r: int(r["concurrency"]))
-    return int(best["concurrency"]), float(best["aggregate_tok_s"])
+    return max(usable)
 
 
 def latest_throughput(spec: DeploymentSpec, root: Path, *, mode: str = "mixed_adapters") -> Throughput:
@@ -182,6 +192,8 @@ def latest_throughput(spec: DeploymentSpec, root: Path, *, mode: str = "mixed_ad
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
     for path, record in reversed(evidence_records(root, spec.stack, "benchmark")):
+        if not isinstance(record, Mapping):
+            continue
         saturation = _saturation(record)
         if record.get("passed") is True and saturation is not None:
             level, tok_s = _level(saturation, mode, spec.max_num_seqs, path)

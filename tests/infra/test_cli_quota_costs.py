@@ -150,3 +150,38 @@ def test_cli_preview_refuses_a_bad_stack_file(tmp_path) -> None:  # type: ignore
     result = CliRunner().invoke(app, ["preview", "--stack", "poc", "--root", str(tmp_path)])
     assert result.exit_code == 2
     assert "0.0.0.0/0 would open SSH to the whole Internet" in " ".join(result.output.split())
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-5, 300) | st.floats(allow_nan=True) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+                     max_leaves=12)
+_run = st.fixed_dictionaries({}, optional={"concurrency": _json | st.integers(-2, 300), "errors": _json,
+                                           "aggregate_tok_s": _json | st.floats(allow_nan=True, allow_infinity=True)})
+
+
+@settings(max_examples=80, deadline=None)
+@given(runs=st.lists(_run | _json, max_size=6), modes_extra=st.dictionaries(st.text(max_size=8), _json, max_size=3),
+       other=_json, as_evidence=st.booleans())
+def test_any_benchmark_document_gives_a_usable_figure_or_a_clear_refusal(runs: list[Any], modes_extra: dict[str, Any],
+                                                                          other: Any, as_evidence: bool) -> None:
+    """Whatever a benchmark file or evidence record holds (including a foreign JSON document next to it): a positive
+    finite tokens/s at a level within the tier, or NoThroughput naming a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _root(Path(tmp))
+        spec = load_spec("poc", root)
+        document = {"suites": {"saturation": {"modes": {**modes_extra, "mixed_adapters": runs}}}}
+        folder = root / "evidence" / "poc" if as_evidence else root / "benchmarks" / "results"
+        folder.mkdir(parents=True)
+        (folder / "benchmark-0-foreign.json").write_text(json.dumps(other))
+        if as_evidence:
+            path = record_evidence(root, spec, "benchmark", True, document)
+        else:
+            path = folder / "x.json"
+            path.write_text(json.dumps(document))
+        try:
+            cost = token_cost(spec, root)
+        except NoThroughput as exc:
+            assert str(path) in str(exc)
+            return
+        assert 1 <= cost.throughput.concurrency <= spec.max_num_seqs
+        assert 0 < cost.throughput.tokens_per_second < float("inf") and cost.usd_per_million_output_tokens > 0
