@@ -38,7 +38,7 @@ def check_key(what: str, key: str | None, *, required: bool) -> None:
             raise GuardError(f"{what} is required here and not set")
         return
     if len(key) < MIN_KEY_CHARS:
-        raise GuardError(f"{what} is {len(key)} characters long; at least {MIN_KEY_CHARS} are required")
+        raise GuardError(f"{what} is {len(key)} characters long; at least {MIN_KEY_CHARS} characters are required")
 
 
 def is_loopback(host: str) -> bool:

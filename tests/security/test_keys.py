@@ -67,7 +67,7 @@ def test_cli_refuses_to_start_without_a_key() -> None:
     flagged = cli("--require-api-key", env=admin)
     assert flagged.returncode == 2 and "no public API key (--require-api-key)" in flagged.stderr, flagged.stderr
     short = cli("--require-api-key", env={**admin, API_KEY_ENV: "fifteen-chars!!"})
-    assert short.returncode == 2 and "is 15 characters long; at least 16 are required" in short.stderr, short.stderr
+    assert short.returncode == 2 and "is 15 characters long; at least 16 characters are required" in short.stderr, short.stderr
 
 
 def test_cli_with_a_required_key_serves_only_with_it(tmp_path: Path) -> None:
