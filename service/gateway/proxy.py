@@ -7,6 +7,7 @@ request is placed on another replica: nothing was generated yet, so the retry is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -152,6 +153,9 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
     acct = _Accounting(core, route)
     try:
         return await _forward(core, route, path, body, headers, acct, request_id)
+    except asyncio.CancelledError:  # the client went away while the replica was being asked
+        acct.close(499, "client_disconnected")
+        raise
     finally:
         # Whatever happened on the way (an answer that is not JSON, a read that failed, a bug), the request is no
         # longer in flight unless a stream took the books over; close() is a no-op when they were closed already.
@@ -206,8 +210,10 @@ async def _forward(core: GatewayCore, route: Route, path: str, body: dict[str, A
 
     try:
         raw = await upstream.read()
-    except aiohttp.ClientError as exc:
-        upstream.close()
+    except BaseException as exc:
+        upstream.close()  # mid-response: the connection cannot go back to the pool
+        if not isinstance(exc, aiohttp.ClientError):
+            raise
         log.warning("request %s: reading the answer of %s (%d) failed: %r", request_id, replica.url, upstream.status, exc)
         acct.close(502, "upstream_unreachable")
         return openai_error(502, "upstream_unreachable", f"the model server closed the connection (request id "

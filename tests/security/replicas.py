@@ -45,9 +45,9 @@ def serving(handler: Handler) -> Iterator[str]:
 
 
 @contextmanager
-def stand_in(adapters: list[str] | None = None) -> Iterator[str]:
-    """The benchmark's stand-in replica (vLLM 0.32's streaming layout), streaming without delay."""
-    with serving(Upstream(adapters or ["medical-v1"], 0.0).handle) as url:
+def stand_in(adapters: list[str] | None = None, interval_s: float = 0.0) -> Iterator[str]:
+    """The benchmark's stand-in replica (vLLM 0.32's streaming layout), one token per `interval_s` per stream."""
+    with serving(Upstream(adapters or ["medical-v1"], interval_s).handle) as url:
         yield url
 
 

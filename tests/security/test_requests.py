@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from service.gateway.body import ALLOWED_FIELDS
-from tests.security.replicas import ScriptedReplica, admin_key, gateway, metric, serving, settled
+from tests.security.replicas import ScriptedReplica, admin_key, gateway, metric, serving, settled, stand_in
 
 LIMIT = 16 * 1024
 
@@ -108,3 +108,17 @@ def test_a_bad_upstream_answer_still_closes_the_books(replica: ScriptedReplica, 
         assert c.delete(f"{gw.admin_url}/admin/aliases/medical", headers=auth).status_code == 200
         drained = c.post(f"{gw.admin_url}/admin/versions/medical-v1/drain", json={"timeout": 2}, headers=auth)
         assert drained.status_code == 200 and drained.json() == {"name": "medical-v1", "in_flight": 0}, drained.text
+
+
+def test_a_client_that_leaves_mid_stream_is_counted_and_leaves_nothing_in_flight() -> None:
+    # 200 tokens 20 ms apart: the stream is still running when the client goes.
+    with stand_in(interval_s=0.02) as upstream, gateway(upstream, admin_key()) as (gw, apps), \
+            httpx.Client(timeout=30) as client:
+        for _ in range(3):
+            with client.stream("POST", f"{gw.public_url}/v1/completions",
+                               json={"model": "medical", "prompt": "x", "max_tokens": 200, "stream": True}) as response:
+                assert next(response.iter_lines()).startswith("data: {")
+            # Leaving the block closes the connection after one event.
+        assert settled(apps), apps.core.snapshot()
+        assert metric(client, gw, "exaone_gateway_request_errors_total", alias="medical", version="medical-v1",
+                      reason="client_disconnected") == 3
