@@ -199,8 +199,7 @@ Type=exec
 User={layout.service_user}
 Group={layout.service_user}
 WorkingDirectory={layout.data}
-{env_lines}
-EnvironmentFile=-{layout.env_file}{extra_env}
+{env_lines}{extra_env}
 ExecStart={exec_start}
 Restart=always
 RestartSec=5
