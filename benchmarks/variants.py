@@ -35,6 +35,11 @@ def _reference(**fields: Any) -> dict[str, Any]:
 # name -> (stack, spec field updates, description)
 VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "poc-shipped": ("poc", {}, "Pulumi.poc.yaml exactly as shipped (tier poc defaults)"),
+    # Issue 23's reference: the reference design's command (`--max-loras 4 --max-cpu-loras 8`, vLLM defaults
+    # otherwise) plus `--max-num-seqs 256 --gpu-memory-utilization 0.9`, the KV capacity every variant here has.
+    "reference": ("poc", _reference(),
+                  "the reference design's command: --max-loras 4 --max-cpu-loras 8, vLLM defaults otherwise "
+                  "(plus --max-num-seqs 256 --gpu-memory-utilization 0.9 like every variant)"),
     "seed": ("poc", _reference(),
              "the reference design's settings: utilization 0.9, 4 GPU LoRA slots, vLLM defaults otherwise"),
     "capture": ("poc", _reference(server_args=CAPTURE_ARGS),
