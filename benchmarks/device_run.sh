@@ -48,7 +48,8 @@ case "$step" in
     rm -f $ROOT/runner.done; cd /root/repo
     case " $* " in *" capture-dual-stream-lora-tuned "*)
       python3 -m benchmarks.restore_tiles --report "benchmarks/results/${BENCH_TILES:-lora-tune-h200.json}" \
-        --model-dir $ROOT/model --out $ROOT/cache/capture-dual-stream-lora-tuned/lora-kernels ;; esac
+        --model-dir $ROOT/model --out $ROOT/cache/capture-dual-stream-lora-tuned/lora-kernels \
+        || echo "TILES NOT RESTORED: capture-dual-stream-lora-tuned runs on vLLM's default tiles" ;; esac
     variants=$(IFS=,; echo "$*")
     # BENCH_SBS_ARGS: more sidebyside options (--passes, --levels, --rounds, --utilization, ...), word-split.
     setsid nohup bash -c "python3 -m benchmarks.sidebyside run --root $ROOT --out $RES --variants $variants \
