@@ -7,8 +7,8 @@
 #   poll [SECONDS]   wait for the runner (at most SECONDS), print its log tail, copy results to $OUT
 #   cycle V [V...]   for each variant: cold start, suites, stop, warm restart (what the runner does)
 #   sbs V [V...]     start a detached side-by-side run (benchmarks/sidebyside.py): every variant's server up at
-#                    once at one utilization, passes in alternating order; capture-dual-stream-lora-tuned gets
-#                    its tiles restored from benchmarks/results/$BENCH_TILES (benchmarks/restore_tiles.py)
+#                    once at one utilization, passes in alternating order; a *lora-tuned variant gets its
+#                    tiles restored from benchmarks/results/$BENCH_TILES (benchmarks/restore_tiles.py)
 #   sbspoll [SECONDS] wait for it, print the pass lines, copy sidebyside.json, the runner log and the server logs
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/root/site:/root/repo HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
@@ -46,10 +46,10 @@ case "$step" in
   sbs)
     rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
     rm -f $ROOT/runner.done; cd /root/repo
-    case " $* " in *" capture-dual-stream-lora-tuned "*)
+    for v in "$@"; do case "$v" in *lora-tuned)
       python3 -m benchmarks.restore_tiles --report "benchmarks/results/${BENCH_TILES:-lora-tune-h200.json}" \
-        --model-dir $ROOT/model --out $ROOT/cache/capture-dual-stream-lora-tuned/lora-kernels \
-        || echo "TILES NOT RESTORED: capture-dual-stream-lora-tuned runs on vLLM's default tiles" ;; esac
+        --model-dir $ROOT/model --out $ROOT/cache/$v/lora-kernels \
+        || echo "TILES NOT RESTORED: $v runs on vLLM's default tiles" ;; esac; done
     variants=$(IFS=,; echo "$*")
     # BENCH_SBS_ARGS: more sidebyside options (--passes, --levels, --rounds, --utilization, ...), word-split.
     setsid nohup bash -c "python3 -m benchmarks.sidebyside run --root $ROOT --out $RES --variants $variants \

@@ -64,6 +64,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
         "poc", _reference(server_args=CAPTURE_ARGS, server_env=DUAL_STREAM_ENV),
         "capture-dual-stream + LoRA shrink/expand tiles tuned on this GPU for EXAONE's shapes "
         "(service.lora_kernels in the layout's cache/lora-kernels, read through VLLM_TUNED_CONFIG_FOLDER)"),
+    # Issue 23's candidate: the poc config's LoRA levers (dual-stream, tuned tiles) on vLLM's default capture
+    # sizes, in case the limited sizes are what costs base-only throughput under load.
+    "dual-stream-lora-tuned": (
+        "poc", _reference(server_env=DUAL_STREAM_ENV),
+        "reference + dual-stream LoRA + LoRA tiles tuned on this GPU, vLLM's default CUDA-graph capture sizes"),
     # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
     # share goes to a merged replica of the hot adapter (service.merge) on the same GPU.
     "hot-lora": ("poc", _reference(gpu_memory_utilization=0.5, server_args=CAPTURE_ARGS),
