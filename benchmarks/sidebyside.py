@@ -1,7 +1,7 @@
 """Several serving configurations on one GPU at once, measured in alternating order (issue 23).
 
     python -m benchmarks.sidebyside run --root /root/bench --out /root/bench/results \\
-        --variants reference,capture,reference-dual-stream,poc-config [--utilization 0.17] [--passes 3]
+        --variants reference,capture,seed-dual-stream,capture-dual-stream [--utilization 0.17] [--passes 3]
 
 Every variant's server runs for the whole comparison, each with the same `--gpu-memory-utilization` (so the
 same KV capacity) on its own port; only the one being measured gets traffic, the others sit idle (an idle vLLM

@@ -9,6 +9,7 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -180,3 +181,38 @@ def test_side_by_side_measures_each_variant_per_pass_and_divides_by_the_referenc
               / passes[p]["variants"]["ref"]["levels"]["2"]["base_only"]["aggregate_tok_s"] for p in (0, 1)]
     assert table["other"]["base_2"]["over_reference_median"] == pytest.approx(sum(ratios) / 2)
     assert table["other"]["base_2"]["over_reference_min"] == pytest.approx(min(ratios))
+
+
+def _sbs_summary(ratio: float) -> dict[str, Any]:
+    from benchmarks.report import SBS_ROWS
+
+    def stat(value: float, over: float) -> dict[str, float]:
+        return {"median": value, "min": value, "max": value, "n": 3, "over_reference_median": over,
+                "over_reference_min": over, "over_reference_max": over}
+
+    return {"reference": {key: stat(100.0, 1.0) for key, _, _ in SBS_ROWS},
+            "shipped": {key: stat(100.0 * ratio, ratio) for key, _, _ in SBS_ROWS}}
+
+
+@pytest.mark.parametrize(("ratio", "verdict"), [(1.02, "**met**"), (0.95, "missed")])
+def test_the_report_marks_issue_23_targets_from_the_side_by_side_json(tmp_path: Path, ratio: float,
+                                                                      verdict: str) -> None:
+    from benchmarks import report
+    from benchmarks.report import SBS_TARGET_LABELS, generate
+
+    summary_table = _sbs_summary(ratio)
+    summary_table[report.SHIPPED] = summary_table.pop("shipped")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "run.json").write_text(json.dumps({"meta": {"variant": "plain"}, "suites": {}}))
+    (results / "sbs.json").write_text(json.dumps({
+        "meta": {"variant": "sidebyside", "reference": "reference", "gpu": "NVIDIA H200, 1 MiB", "levels": [128]},
+        "servers": {}, "passes": [{"order": ["reference", report.SHIPPED], "variants": {}}],
+        "summary": summary_table}))
+    text = generate(results, tmp_path / "docs" / "benchmarks.md", tmp_path / "img").read_text()
+    assert "## Reference vs shipped config, same machine (issue 23)" in text
+    every_row = next(line for line in text.splitlines() if line.startswith(f"| {SBS_TARGET_LABELS['every_row']}"))
+    assert f"({verdict})" in every_row, every_row
+    # The side-by-side file is not read as a plain run: the issue-9 table lists only `plain`.
+    issue9 = text.split("## Targets (issue 9)")[1].split("##")[0]
+    assert "| plain |" in issue9 and "sidebyside" not in issue9
