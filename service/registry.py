@@ -40,7 +40,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
 )
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.storage.blob import ContainerClient, ContentSettings, ExponentialRetry
 from pydantic import BaseModel, ConfigDict, Field
 
 from exaone_lora.model_shape import SHAPES, ModelShape
@@ -537,6 +537,19 @@ class AdapterRegistry:
 # ---------------------------------------------------------------- opening
 
 
+class _RetryWhatCanHeal(ExponentialRetry):
+    """Storage's retries (15 s, 18 s, 24 s apart) minus the failures that retrying cannot fix: a credential that
+    has no token (no identity, wrong client id) and a certificate that does not verify. Those surface at once
+    as RegistryAccessError instead of after a minute; the reconciler's next run is the retry."""
+
+    def increment(self, settings: dict[str, Any], request: Any, response: Any = None, error: AzureError | None = None
+                  ) -> bool:
+        if isinstance(error, ClientAuthenticationError) or (
+                isinstance(error, ServiceRequestError) and "CERTIFICATE_VERIFY_FAILED" in str(error)):
+            return False
+        return bool(super().increment(settings, request, response, error))
+
+
 def registry_credential(identity: Identity, client_id: str | None = None) -> TokenCredential:
     """The Entra ID credential of who is calling.
 
@@ -576,13 +589,13 @@ def open_registry(location: str, container: str = DEFAULT_CONTAINER, *, identity
     if isinstance(parsed, ConnectionString):
         try:
             client = ContainerClient.from_connection_string(parsed.value, container_name=container,
-                                                            connection_verify=verify)
+                                                            connection_verify=verify, retry_policy=_RetryWhatCanHeal())
         except ValueError as exc:
             raise RegistryLocationError(f"connection string refused by azure-storage-blob: {exc}") from None
         return AdapterRegistry(client)
     token = credential if credential is not None else registry_credential(identity, client_id)
     return AdapterRegistry(ContainerClient(account_url=parsed.url, container_name=container, credential=token,
-                                           connection_verify=verify))
+                                           connection_verify=verify, retry_policy=_RetryWhatCanHeal()))
 
 __all__ = [
     "ALIAS_FILE",

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -69,7 +70,8 @@ class RunningProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float, verify: str | bool = True) -> None:
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float,
+              verify: ssl.SSLContext | bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -86,7 +88,7 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: fl
 
 @contextmanager
 def run_process(cmd: Sequence[str], log: Path, ready_url: str, timeout: float, env: dict[str, str] | None = None,
-                cwd: Path | None = None, verify: str | bool = True) -> Iterator[RunningProcess]:
+                cwd: Path | None = None, verify: ssl.SSLContext | bool = True) -> Iterator[RunningProcess]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         # A new session, so that stopping it also stops vLLM's engine core child.
@@ -200,5 +202,6 @@ def azurite(workdir: Path, log: Path, *, https_oauth: bool = False) -> Iterator[
         cmd += ["--oauth", "basic", "--cert", str(ca_file), "--key", str(key_file)]
     scheme = "https" if https_oauth else "http"
     url = f"{scheme}://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
-    with run_process(cmd, log, f"{url}?comp=list", 60, verify=str(ca_file) if ca_file else True) as process:
+    verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    with run_process(cmd, log, f"{url}?comp=list", 60, verify=verify) as process:
         yield Azurite(url, process, ca_file)
