@@ -90,6 +90,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_SECRET_PARTS = re.compile(r"(?i)(AccountKey|SharedAccessSignature|sig|password)=[^;&]*")
+
+
+def _redact(value: str) -> str:
+    """A location as errors may show it: keys, SAS signatures and URL passwords replaced by ***."""
+    shown = _SECRET_PARTS.sub(lambda m: f"{m[1]}=***", value)
+    shown = re.sub(r"(?<=//)[^/@]*@", "***@", shown)
+    return shown if len(shown) <= 160 else shown[:157] + "..."
+
+
 def _check_text(value: str, what: str) -> str:
     if not isinstance(value, str):
         raise RegistryLocationError(f"{what} must be a string, got {type(value).__name__}")
@@ -108,15 +118,15 @@ def _split_url(value: str, what: str) -> tuple[str, str, str, int | None, str]:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
-        raise RegistryLocationError(f"{what} {value!r} is not a valid URL: {exc}") from None
+        raise RegistryLocationError(f"{what} {_redact(value)!r} is not a valid URL: {exc}") from None
     if parts.username is not None or parts.password is not None:
-        raise RegistryLocationError(f"{what} {value!r} must not carry a user name or password")
+        raise RegistryLocationError(f"{what} {_redact(value)!r} must not carry a user name or password")
     if parts.query or parts.fragment or value.endswith(("?", "#")):
-        raise RegistryLocationError(f"{what} {value!r} must not carry a query (a SAS token) or a fragment: the registry "
+        raise RegistryLocationError(f"{what} {_redact(value)!r} must not carry a query (a SAS token) or a fragment: the registry "
                                     "signs in with Entra ID tokens")
     host = (parts.hostname or "").lower()
     if not host:
-        raise RegistryLocationError(f"{what} {value!r} has no host")
+        raise RegistryLocationError(f"{what} {_redact(value)!r} has no host")
     return parts.scheme.lower(), host, parts.netloc, port, parts.path
 
 
@@ -124,24 +134,24 @@ def parse_account_url(value: str, what: str = "registry URL") -> AccountUrl:
     value = _check_text(value, what)
     scheme, host, netloc, _port, path = _split_url(value, what)
     if scheme != "https":
-        raise RegistryLocationError(f"{what} {value!r} must use https: bearer tokens are never sent in clear text "
+        raise RegistryLocationError(f"{what} {_redact(value)!r} must use https: bearer tokens are never sent in clear text "
                                     "(Azurite: start it with --cert and --key)")
     if _is_loopback(host):
         # Azurite is path-style: https://127.0.0.1:PORT/<account>.
         account = path.strip("/")
         if not _ACCOUNT.fullmatch(account) or path.rstrip("/") != f"/{account}":
-            raise RegistryLocationError(f"{what} {value!r}: a loopback (Azurite) URL names its account as the only path "
+            raise RegistryLocationError(f"{what} {_redact(value)!r}: a loopback (Azurite) URL names its account as the only path "
                                         "segment, e.g. https://127.0.0.1:10000/devstoreaccount1")
         return AccountUrl(f"https://{netloc.lower()}/{account}", account)
     account, _, suffix = host.partition(".")
     if suffix not in AZURE_BLOB_SUFFIXES:
-        raise RegistryLocationError(f"{what} {value!r}: the host must be <account>.{AZURE_BLOB_SUFFIXES[0]} (or another "
+        raise RegistryLocationError(f"{what} {_redact(value)!r}: the host must be <account>.{AZURE_BLOB_SUFFIXES[0]} (or another "
                                     f"Azure cloud's {', '.join(AZURE_BLOB_SUFFIXES[1:])}), or a loopback Azurite address")
     if not _ACCOUNT.fullmatch(account):
-        raise RegistryLocationError(f"{what} {value!r}: storage account names are 3-24 lowercase letters and digits, "
+        raise RegistryLocationError(f"{what} {_redact(value)!r}: storage account names are 3-24 lowercase letters and digits, "
                                     f"got {account!r}")
     if path not in ("", "/"):
-        raise RegistryLocationError(f"{what} {value!r} must be the account URL without a path (the container is given "
+        raise RegistryLocationError(f"{what} {_redact(value)!r} must be the account URL without a path (the container is given "
                                     "separately)")
     return AccountUrl(f"https://{host}", account)
 
@@ -149,13 +159,14 @@ def parse_account_url(value: str, what: str = "registry URL") -> AccountUrl:
 def parse_connection_string(value: str, what: str = "connection string") -> ConnectionString:
     value = _check_text(value, what)
     fields: dict[str, str] = {}
-    for part in value.split(";"):
+    for number, part in enumerate(value.split(";"), 1):
         if not part:
             continue
         key, sep, val = part.partition("=")
         canonical = _CONN_KEYS.get(key.lower())
         if not sep or not key or not val:
-            raise RegistryLocationError(f"{what}: every part must look like Key=Value, got {part.split('=')[0]!r}=...")
+            # Not echoed: a part without "=" may be a pasted key.
+            raise RegistryLocationError(f"{what}: part {number} is not Key=Value")
         if canonical is None:
             raise RegistryLocationError(f"{what}: unknown key {key!r} (known: {', '.join(sorted(_CONN_KEYS.values()))})")
         if canonical in fields:
@@ -173,7 +184,7 @@ def parse_connection_string(value: str, what: str = "connection string") -> Conn
         raise RegistryLocationError(f"{what} has neither BlobEndpoint nor AccountName")
     scheme, host, _netloc, _port, _path = _split_url(endpoint, f"{what}'s Blob endpoint")
     if scheme not in ("http", "https"):
-        raise RegistryLocationError(f"{what}'s Blob endpoint {endpoint!r} must be http or https")
+        raise RegistryLocationError(f"{what}'s Blob endpoint {_redact(endpoint)!r} must be http or https")
     if not _is_loopback(host):
         raise RegistryLocationError(
             f"{what} points at {host}: connection strings carry a storage key (or SAS) and are accepted only for the "
@@ -200,7 +211,8 @@ def parse_location(value: str, what: str = "registry location") -> Location:
         return parse_account_url(text, what)
     if "=" in text:
         return parse_connection_string(text, what)
-    raise RegistryLocationError(f"{what} {text!r} is neither an account URL nor a connection string; give {LOCATION_HELP}")
+    shown = repr(text) if len(text) <= 40 else f"({len(text)} characters, not shown: it may be a key)"
+    raise RegistryLocationError(f"{what} {shown} is neither an account URL nor a connection string; give {LOCATION_HELP}")
 
 
 def check_container(name: str) -> str:
@@ -273,7 +285,7 @@ def settings_from_outputs(path: Path | str) -> RegistrySettings:
                                             "with storage (`pulumi stack output --json -s STACK`)?")
             return None
         if not isinstance(value, str) or value == "[secret]":
-            raise RegistryLocationError(f"stack outputs {source}: {key!r} must be a plain string, got {value!r}")
+            raise RegistryLocationError(f"stack outputs {source}: {key!r} must be a plain string, got {str(value)[:80]!r}")
         return value
 
     url = text(OUTPUT_URL, True)

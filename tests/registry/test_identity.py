@@ -120,7 +120,7 @@ def test_https_without_the_ca_file_says_so(azurite_oauth: Azurite, host_identity
     for key, value in host_identity.env.items():
         clean_azure_env.setenv(key, value)
     registry = open_registry(azurite_oauth.account_url, _container(), identity="host", client_id=HOST_CLIENT_ID)
-    with pytest.raises(RegistryAccessError, match="CERTIFICATE_VERIFY_FAILED.*--ca-file"):
+    with pytest.raises(RegistryAccessError, match=r"CERTIFICATE_VERIFY_FAILED.*--ca-file"):
         registry.domains()
 
 
