@@ -3,6 +3,7 @@ its HTTPS + OAuth Azurite (the Azure path's stand-in: bearer tokens from exaone_
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from exaone_lora.local.identity import TokenEndpoint, token_endpoint
 from service.registry import AdapterRegistry, open_registry
-from tests.support.processes import Azurite, azurite
+from tests.support.processes import REPO, Azurite, azurite
 
 # The host's user-assigned identity (a stack's `identityClientId`); the operator signs in as someone else.
 HOST_CLIENT_ID = "7d3c9a4e-2b1f-4c8e-9a6d-5e0f1b2c3d4e"
@@ -59,3 +60,19 @@ def operator_identity() -> Iterator[TokenEndpoint]:
     """The operator's sign-in: a system-assigned identity (no client id), found by DefaultAzureCredential."""
     with token_endpoint() as endpoint:
         yield endpoint
+
+
+def as_operator(monkeypatch: pytest.MonkeyPatch, operator: TokenEndpoint, blob: Azurite, container: str) -> AdapterRegistry:
+    """The operator's registry client in this process: DefaultAzureCredential finds the operator's endpoint."""
+    for key, value in operator.env.items():
+        monkeypatch.setenv(key, value)
+    assert blob.ca_file is not None
+    registry = open_registry(blob.account_url, container, ca_file=blob.ca_file)  # identity="operator"
+    registry.ensure_container()
+    return registry
+
+
+def host_process_env(host: TokenEndpoint | None = None) -> dict[str, str]:
+    """A host process's environment: the stand-in's endpoint instead of IMDS (when given), nothing else of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "IDENTITY_", "EXAONE_LORA_REGISTRY"))}
+    return {**env, **(host.env if host else {}), "PYTHONPATH": str(REPO), "COLUMNS": "300"}

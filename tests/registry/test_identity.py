@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -18,10 +17,10 @@ from typer.testing import CliRunner
 from exaone_lora.local.identity import STORAGE_AUDIENCE, WRONG_AUDIENCE, TokenEndpoint, token_endpoint
 from exaone_lora.model_shape import EXAONE_TINY
 from service.manifest import parse_manifest
-from service.registry import AdapterRegistry, RegistryAccessError, RegistryLocationError, open_registry
+from service.registry import RegistryAccessError, RegistryLocationError, open_registry
 from service.registry_cli import app
 from service.registry_location import settings_from_env
-from tests.registry.conftest import HOST_CLIENT_ID
+from tests.registry.conftest import HOST_CLIENT_ID, as_operator, host_process_env
 from tests.support.processes import REPO, Azurite
 
 pytestmark = pytest.mark.azurite
@@ -37,26 +36,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _as_operator(monkeypatch: pytest.MonkeyPatch, operator: TokenEndpoint, blob: Azurite, container: str) -> AdapterRegistry:
-    for key, value in operator.env.items():
-        monkeypatch.setenv(key, value)
-    assert blob.ca_file is not None
-    registry = open_registry(blob.account_url, container, ca_file=blob.ca_file)  # identity="operator"
-    registry.ensure_container()
-    return registry
-
-
-def _host_env(host: TokenEndpoint) -> dict[str, str]:
-    """A host process's environment: the stand-in's endpoint instead of IMDS, nothing else of ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "IDENTITY_", "EXAONE_LORA_REGISTRY"))}
-    return {**env, **host.env, "PYTHONPATH": str(REPO), "COLUMNS": "300"}
-
-
 def test_operator_publishes_and_the_host_downloads_with_its_managed_identity(
         azurite_oauth: Azurite, operator_identity: TokenEndpoint, host_identity: TokenEndpoint,
         tiny_adapters: dict[str, Path], clean_azure_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     container = _container()
-    operator = _as_operator(clean_azure_env, operator_identity, azurite_oauth, container)
+    operator = as_operator(clean_azure_env, operator_identity, azurite_oauth, container)
     manifest = operator.publish("medical", tiny_adapters["medical"], base_model_name=EXAONE_TINY.name,
                                 base_model_revision=REVISION, max_rank=8)
     operator.set_alias("medical", manifest.version)
@@ -70,7 +54,7 @@ def test_operator_publishes_and_the_host_downloads_with_its_managed_identity(
     cmd = [sys.executable, "-m", "service.registry_cli", "download", "medical", "1", str(dest),
            "--registry", azurite_oauth.account_url, "--container", container, "--identity", "host",
            "--client-id", HOST_CLIENT_ID, "--ca-file", str(azurite_oauth.ca_file)]
-    done = subprocess.run(cmd, env=_host_env(host_identity), capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(cmd, env=host_process_env(host_identity), capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     assert host_identity.issued and {t.client_id for t in host_identity.issued} == {HOST_CLIENT_ID}
     assert {t.audience for t in host_identity.issued} == {STORAGE_AUDIENCE}
@@ -148,7 +132,7 @@ def test_an_outputs_file_drives_the_host_cli(azurite_oauth: Azurite, operator_id
                                              host_identity: TokenEndpoint, tiny_adapters: dict[str, Path],
                                              clean_azure_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     container = _container()
-    operator = _as_operator(clean_azure_env, operator_identity, azurite_oauth, container)
+    operator = as_operator(clean_azure_env, operator_identity, azurite_oauth, container)
     operator.publish("medical", tiny_adapters["medical"], base_model_name=EXAONE_TINY.name,
                      base_model_revision=REVISION, max_rank=8)
     # What the rehearsal writes: the stack's outputs with the storage URL pointing at the local Azurite.
