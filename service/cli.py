@@ -284,7 +284,8 @@ def reconcile(
         if registry_env_file is not None:
             # Process start-up: azure-identity reads IDENTITY_ENDPOINT/AZURE_CLIENT_ID from the environment.
             os.environ.update(read_env_file(registry_env_file))
-        if registry_location or os.environ.get(REGISTRY_ENV):
+        needed = not (desired and adapter)  # both given: the registry is not read at all
+        if needed and (registry_location or os.environ.get(REGISTRY_ENV)):
             # The host reads with its own managed identity: IMDS on Azure, the stand-in's endpoint locally.
             registry = resolve_settings(registry=registry_location, container=container, client_id=client_id,
                                         ca_file=ca_file).open("host")

@@ -254,6 +254,10 @@ class AdapterRegistry:
 
     @_access_errors
     def ensure_container(self) -> None:
+        """Create the container when missing (Azurite). On Azure the stack made it, and a publisher's role is scoped
+        to it: asking first avoids a create call that role may not be allowed to make."""
+        if self.container.exists():
+            return
         with contextlib.suppress(ResourceExistsError):
             self.container.create_container()
 

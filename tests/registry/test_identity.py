@@ -146,3 +146,28 @@ def test_an_outputs_file_drives_the_host_cli(azurite_oauth: Azurite, operator_id
     assert result.exit_code == 0, result.output
     assert [v["name"] for v in json.loads(result.stdout)] == ["medical-v1"]
     assert {t.client_id for t in host_identity.issued} == {HOST_CLIENT_ID}
+
+
+def test_reconcile_refuses_bad_registry_settings_before_touching_a_replica(
+        azurite_oauth: Azurite, clean_azure_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from service.cli import app as serve_app
+
+    engine = ["reconcile", "--engine", "http://127.0.0.1:9"]  # never contacted: every case fails before
+    keyed = runner.invoke(serve_app, [*engine, "--registry", "AccountName=adapters01;AccountKey=AAAA"],
+                          env={"COLUMNS": "400"})
+    assert keyed.exit_code == 2 and "loopback" in keyed.output
+    no_id = runner.invoke(serve_app, [*engine, "--registry", azurite_oauth.account_url], env={"COLUMNS": "400"})
+    assert no_id.exit_code == 2 and "needs its client id" in no_id.output
+    env_file = tmp_path / "registry.env"
+    env_file.write_text(f"EXAONE_LORA_REGISTRY={azurite_oauth.account_url}\nPATH=/tmp\n")
+    bad_file = runner.invoke(serve_app, [*engine, "--registry-env-file", str(env_file)], env={"COLUMNS": "400"})
+    assert bad_file.exit_code == 2 and "got 'PATH'" in bad_file.output
+
+    with token_endpoint(client_id=HOST_CLIENT_ID, audience=WRONG_AUDIENCE) as wrong:
+        for key, value in wrong.env.items():
+            clean_azure_env.setenv(key, value)
+        refused = runner.invoke(serve_app, [*engine, "--registry", azurite_oauth.account_url, "--client-id",
+                                            HOST_CLIENT_ID, "--ca-file", str(azurite_oauth.ca_file)])
+    assert refused.exit_code == 1
+    report = json.loads(refused.stdout)
+    assert report["ok"] is False and "access-denied" in report["error"] and "Invalid token audience" in report["error"]
