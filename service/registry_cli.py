@@ -10,6 +10,7 @@ and exit non-zero; nothing is half-written.
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from service.manifest import manifest_sha256, parse_manifest
 from service.registry import AdapterRegistry, RegistryError, resolve_base_config
-from service.registry_location import REGISTRY_ENV, RegistryLocationError, resolve_settings
+from service.registry_location import REGISTRY_ENV, RegistryLocationError, read_env_file, resolve_settings
 from service.validation import AdapterValidationError, BaseConfigError, validate_adapter
 
 app = typer.Typer(
@@ -54,6 +55,9 @@ IdentityOpt = Annotated[IdentityChoice, typer.Option(
 ClientId = Annotated[str | None, typer.Option(
     "--client-id", show_default=False,
     help="the host identity's client id; default: the outputs' identityClientId, $AZURE_CLIENT_ID")]
+EnvFile = Annotated[Path | None, typer.Option(
+    "--registry-env-file", help="KEY=VALUE file of the registry settings (a host's /etc/exaone-lora/registry.env: "
+                                "EXAONE_LORA_REGISTRY, ..._CONTAINER, AZURE_CLIENT_ID, ..._CA_FILE)")]
 CaFile = Annotated[Path | None, typer.Option(
     "--ca-file", help="PEM CA bundle for the Blob endpoint (Azurite's self-signed certificate); default "
                       "$EXAONE_LORA_REGISTRY_CA_FILE")]
@@ -68,8 +72,11 @@ EXIT_REGISTRY = 1
 
 
 def _registry(registry: str | None, outputs: Path | None, container: str | None, identity: IdentityChoice,
-              client_id: str | None, ca_file: Path | None) -> AdapterRegistry:
+              client_id: str | None, ca_file: Path | None, env_file: Path | None) -> AdapterRegistry:
     try:
+        if env_file is not None:
+            # Process start-up: azure-identity reads AZURE_CLIENT_ID / IDENTITY_ENDPOINT from the environment.
+            os.environ.update(read_env_file(env_file))
         settings = resolve_settings(registry=registry, outputs=outputs, container=container, client_id=client_id,
                                     ca_file=ca_file)
         return settings.open(identity.value)
@@ -119,10 +126,11 @@ def publish(
     identity: IdentityOpt = IdentityChoice.operator,
     client_id: ClientId = None,
     ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Validate an adapter and publish it as the next immutable version {domain}-v{N}."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     training, metrics = _load_json_file(training_json, "training metadata"), _load_json_file(metrics_json, "metrics")
     try:
         registry.ensure_container()
@@ -151,10 +159,11 @@ def list_command(
     identity: IdentityOpt = IdentityChoice.operator,
     client_id: ClientId = None,
     ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """List domains with their current version, or one domain's versions."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         if domain is None:
             rows = [(d, registry.alias(d).current, registry.versions(d)) for d in registry.domains()]
@@ -195,9 +204,10 @@ def show(
     identity: IdentityOpt = IdentityChoice.operator,
     client_id: ClientId = None,
     ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
 ) -> None:
     """Print a version's manifest (JSON) and its sha256 (the value a stack file pins)."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         if version is None:
             version = registry.alias(domain).current
@@ -222,10 +232,11 @@ def alias(
     identity: IdentityOpt = IdentityChoice.operator,
     client_id: ClientId = None,
     ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Show an alias, or switch it to another version (the deploy)."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         if version is None:
             state = registry.alias(domain)
@@ -250,10 +261,11 @@ def rollback(
     identity: IdentityOpt = IdentityChoice.operator,
     client_id: ClientId = None,
     ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Point the alias back at the version that was current before (the rollback)."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         registry.rollback(domain)
         state = registry.alias(domain)
@@ -311,9 +323,10 @@ def download(
     identity: IdentityOpt = IdentityChoice.operator,
     client_id: ClientId = None,
     ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
 ) -> None:
     """Download a version, verifying every sha256; the directory appears complete or not at all."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         path = registry.download(domain, version, dest, expected_manifest_sha256=expected_sha256,
                                  base_config=base_config, max_rank=max_rank)

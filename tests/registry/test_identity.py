@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from exaone_lora.local.identity import STORAGE_AUDIENCE, WRONG_AUDIENCE, TokenEndpoint, token_endpoint
 from exaone_lora.model_shape import EXAONE_TINY
-from service.manifest import parse_manifest
+from service.manifest import manifest_sha256, parse_manifest
 from service.registry import RegistryAccessError, RegistryLocationError, open_registry
 from service.registry_cli import app
-from service.registry_location import settings_from_env
+from service.registry_location import RegistrySettings, render_env_file, settings_from_env
 from tests.registry.conftest import HOST_CLIENT_ID, as_operator, host_process_env
 from tests.support.processes import REPO, Azurite
 
@@ -51,10 +51,14 @@ def test_operator_publishes_and_the_host_downloads_with_its_managed_identity(
     # The host: another process, whose only credential is its managed identity (IDENTITY_ENDPOINT here, IMDS on Azure).
     dest = tmp_path / "lora" / "medical-v1"
     assert azurite_oauth.ca_file is not None
-    cmd = [sys.executable, "-m", "service.registry_cli", "download", "medical", "1", str(dest),
-           "--registry", azurite_oauth.account_url, "--container", container, "--identity", "host",
-           "--client-id", HOST_CLIENT_ID, "--ca-file", str(azurite_oauth.ca_file)]
-    done = subprocess.run(cmd, env=host_process_env(host_identity), capture_output=True, text=True, timeout=120, cwd=REPO)
+    # Its settings come from /etc/exaone-lora/registry.env (here also the stand-in's endpoint, which IMDS needs not).
+    env_file = tmp_path / "registry.env"
+    env_file.write_text(render_env_file(
+        RegistrySettings(azurite_oauth.account_url, container, HOST_CLIENT_ID, azurite_oauth.ca_file),
+        identity_endpoint=host_identity.url, identity_header=host_identity.header))
+    cmd = [sys.executable, "-m", "service.registry_cli", "download", "medical", "1", str(dest), "--identity", "host",
+           "--registry-env-file", str(env_file), "--expected-sha256", manifest_sha256(manifest)]
+    done = subprocess.run(cmd, env=host_process_env(), capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     assert host_identity.issued and {t.client_id for t in host_identity.issued} == {HOST_CLIENT_ID}
     assert {t.audience for t in host_identity.issued} == {STORAGE_AUDIENCE}
