@@ -231,8 +231,9 @@ def reconcile(
     desired: Annotated[list[str] | None, typer.Option(help="ALIAS=VERSION (repeat) instead of the registry")] = None,
     adapter: Annotated[list[str] | None, typer.Option(help="NAME=DIR of a local version, e.g. medical-v2=/data/x")] = None,
     registry_location: Annotated[str | None, typer.Option(
-        "--registry", help="Blob account URL, read with this host's managed identity (or the dev stack's Azurite "
-                           "connection string); default $EXAONE_LORA_REGISTRY")] = None,
+        "--registry", "--registry-url",
+        help="Blob account URL, read with this host's managed identity (or the dev stack's Azurite connection string); "
+             "default $EXAONE_LORA_REGISTRY")] = None,
     container: Annotated[str | None, typer.Option(
         help="registry container; default $EXAONE_LORA_REGISTRY_CONTAINER, else adapters")] = None,
     client_id: Annotated[str | None, typer.Option(

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,23 +350,30 @@ ENV_FILE_KEYS = (REGISTRY_ENV, CONTAINER_ENV, CLIENT_ID_ENV, CA_FILE_ENV, "IDENT
 def read_env_file(path: Path | str) -> dict[str, str]:
     """A systemd EnvironmentFile of registry settings (KEY=VALUE lines, # comments), e.g. /etc/exaone-lora/registry.env.
 
-    Only the registry's keys (ENV_FILE_KEYS) are accepted; values are taken literally (no quotes, no expansion).
+    Only the registry's keys (ENV_FILE_KEYS) are accepted; values may be shell-quoted (as `set -a; . FILE` reads
+    them), and nothing is expanded.
     """
     source = Path(path)
     try:
-        lines = source.read_text().splitlines()
+        lines = source.read_text().split("\n")  # not splitlines(): it also breaks at \x1c-\x1e, \x85, \u2028
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryLocationError(f"cannot read registry env file {source}: {exc}") from None
     out: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
-        stripped = line.strip()
+        stripped = line.strip(" \t\r")
         if not stripped or stripped.startswith("#"):
             continue
         key, sep, value = stripped.partition("=")
         if not sep or key not in ENV_FILE_KEYS:
             raise RegistryLocationError(f"{source}:{number}: expected one of {', '.join(ENV_FILE_KEYS)} as KEY=VALUE, "
                                         f"got {key!r}")
-        out[key] = value
+        try:
+            words = shlex.split(value)  # shell quoting (what render_env_file writes) is removed, nothing expanded
+        except ValueError as exc:
+            raise RegistryLocationError(f"{source}:{number}: {key}: {exc}") from None
+        if len(words) > 1:
+            raise RegistryLocationError(f"{source}:{number}: {key} holds several words; quote the value")
+        out[key] = words[0] if words else ""
     return out
 
 
@@ -380,10 +388,13 @@ def render_env_file(settings: RegistrySettings, *, identity_endpoint: str | None
         lines.append(f"{CA_FILE_ENV}={settings.ca_file}")
     if identity_endpoint:
         lines += [f"IDENTITY_ENDPOINT={identity_endpoint}", f"IDENTITY_HEADER={identity_header or ''}"]
+    out = []
     for line in lines:
-        if "\n" in line or "\r" in line:
-            raise RegistryLocationError("a registry env file value contains a line break")
-    return "\n".join(lines) + "\n"
+        key, _, value = line.partition("=")
+        if "\n" in value or "\r" in value:
+            raise RegistryLocationError(f"the registry env file's {key} contains a line break")
+        out.append(f"{key}={shlex.quote(value)}")  # readable by `set -a; . FILE`, systemd and read_env_file alike
+    return "\n".join(out) + "\n"
 
 
 __all__ = [

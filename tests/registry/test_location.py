@@ -253,3 +253,19 @@ def test_the_host_env_file_round_trips(tmp_path: Path) -> None:
         read_env_file(path)
     with pytest.raises(RegistryLocationError, match="no registry: give --registry"):
         resolve_settings(env={})
+
+
+@BOUNDED
+@given(header=st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n\x00"), max_size=40))
+def test_env_file_values_survive_the_shell_and_the_reader(tmp_path_factory: pytest.TempPathFactory, header: str) -> None:
+    """Whatever the identity header holds, `. FILE` in a shell and read_env_file agree on it (quoted, never run)."""
+    import subprocess
+
+    settings_ = RegistrySettings(AZURITE_CONN, "adapters")
+    path = tmp_path_factory.mktemp("envfile") / "registry.env"
+    path.write_text(render_env_file(settings_, identity_endpoint="http://127.0.0.1:5/msi/token", identity_header=header))
+    read = read_env_file(path)
+    assert read["IDENTITY_HEADER"] == header and read["EXAONE_LORA_REGISTRY"] == AZURITE_CONN
+    shell = subprocess.run(["sh", "-c", '. "$1" && printf %s "$IDENTITY_HEADER"', "sh", str(path)], capture_output=True,
+                           timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert shell.returncode == 0 and shell.stdout.decode("utf-8", "surrogateescape") == header
