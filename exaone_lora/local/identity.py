@@ -27,8 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from exaone_lora.local.processes import Azurite, azurite
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken
 
 STORAGE_AUDIENCE = "https://storage.azure.com"
 WRONG_AUDIENCE = "https://management.azure.com"  # a real Entra audience, just not Storage's
@@ -55,9 +60,38 @@ class TokenEndpoint:
     issued: list[TokenRequest] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
-    @property
     def env(self) -> dict[str, str]:
+        """What a process needs for azure-identity's ManagedIdentityCredential (and DefaultAzureCredential) to use it."""
         return {"IDENTITY_ENDPOINT": self.url, "IDENTITY_HEADER": self.header}
+
+    def credential(self, client_id: str | None = None) -> StandInCredential:
+        """A credential for this process that asks the endpoint directly, without touching os.environ: the operator's
+        `az login` in the rehearsal. Hosts use azure-identity's ManagedIdentityCredential through `env()` instead."""
+        return StandInCredential(self.url, self.header, client_id)
+
+
+class StandInCredential:
+    """azure-core's TokenCredential protocol over the stand-in endpoint (App Service protocol, like azure-identity)."""
+
+    def __init__(self, url: str, header: str, client_id: str | None = None) -> None:
+        self._url, self._header, self._client_id = url, header, client_id
+
+    def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
+                  enable_cae: bool = False, **kwargs: Any) -> AccessToken:
+        import httpx
+        from azure.core.credentials import AccessToken
+        from azure.core.exceptions import ClientAuthenticationError
+
+        if len(scopes) != 1:
+            raise ValueError(f"one scope per token, got {scopes}")
+        params = {"api-version": API_VERSION, "resource": scopes[0].removesuffix("/.default")}
+        if self._client_id:
+            params["client_id"] = self._client_id
+        response = httpx.get(self._url, params=params, headers={"X-IDENTITY-HEADER": self._header}, timeout=30)
+        body = response.json()
+        if response.status_code != 200:
+            raise ClientAuthenticationError(f"the stand-in token endpoint refused: {body.get('message', body)}")
+        return AccessToken(str(body["access_token"]), int(body["expires_on"]))
 
 
 def _jwt(claims: dict[str, Any], key: Any) -> str:
@@ -98,8 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not resource:
             return self._refuse(400, "resource is required")
         asked = query.get("client_id")
-        if (asked.lower() if asked else None) != endpoint.client_id:
-            # A VM answers for the identities assigned to it only (here: one user-assigned, or none = system).
+        if asked and endpoint.client_id is not None and asked.lower() != endpoint.client_id:
+            # A VM answers for the identities assigned to it only: its user-assigned one (by client id) and its
+            # system-assigned one (no client id asked). Without a configured client id, any is answered.
             return self._refuse(400, f"no managed identity with client_id {asked!r} is assigned to this host")
         now = int(time.time())
         audience = self.server.audience or resource
@@ -125,7 +160,9 @@ def token_endpoint(*, client_id: str | None = None, tenant_id: str | None = None
                    lifetime_s: int = 3600, port: int = 0) -> Iterator[TokenEndpoint]:
     """An App Service-protocol managed identity endpoint on 127.0.0.1 (a thread of this process).
 
-    `client_id`: the user-assigned identity it holds (requests must name it); None: a system-assigned one.
+    `client_id`: the user-assigned identity it holds (a stack's `identityClientId`): a request naming another client
+    id is refused, as IMDS refuses an identity not assigned to the VM. Requests naming none get the system-assigned
+    identity (the operator's sign-in in tests and the rehearsal). None: every client id is answered.
     `audience`: issue this `aud` whatever was asked (e.g. WRONG_AUDIENCE); None: the requested resource.
     """
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -146,6 +183,13 @@ def token_endpoint(*, client_id: str | None = None, tenant_id: str | None = None
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextmanager
+def azurite_oauth(workdir: Path, log: Path) -> Iterator[Azurite]:
+    """Azurite over HTTPS with `--oauth basic` (Entra ID bearer tokens); `.account_url` and `.ca_file` for clients."""
+    with azurite(workdir, log, https_oauth=True) as service:
+        yield service
 
 
 def self_signed_cert(directory: Path, host: str = "127.0.0.1", days: int = 2) -> tuple[Path, Path]:
@@ -185,5 +229,5 @@ def self_signed_cert(directory: Path, host: str = "127.0.0.1", days: int = 2) ->
     return cert_path, key_path
 
 
-__all__ = ["STORAGE_AUDIENCE", "TOKEN_PATH", "WRONG_AUDIENCE", "TokenEndpoint", "TokenRequest", "self_signed_cert",
-           "token_endpoint"]
+__all__ = ["STORAGE_AUDIENCE", "TOKEN_PATH", "WRONG_AUDIENCE", "StandInCredential", "TokenEndpoint", "TokenRequest",
+           "azurite_oauth", "self_signed_cert", "token_endpoint"]

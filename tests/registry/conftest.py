@@ -64,7 +64,7 @@ def operator_identity() -> Iterator[TokenEndpoint]:
 
 def as_operator(monkeypatch: pytest.MonkeyPatch, operator: TokenEndpoint, blob: Azurite, container: str) -> AdapterRegistry:
     """The operator's registry client in this process: DefaultAzureCredential finds the operator's endpoint."""
-    for key, value in operator.env.items():
+    for key, value in operator.env().items():
         monkeypatch.setenv(key, value)
     assert blob.ca_file is not None
     registry = open_registry(blob.account_url, container, ca_file=blob.ca_file)  # identity="operator"
@@ -75,4 +75,4 @@ def as_operator(monkeypatch: pytest.MonkeyPatch, operator: TokenEndpoint, blob: 
 def host_process_env(host: TokenEndpoint | None = None) -> dict[str, str]:
     """A host process's environment: the stand-in's endpoint instead of IMDS (when given), nothing else of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "IDENTITY_", "EXAONE_LORA_REGISTRY"))}
-    return {**env, **(host.env if host else {}), "PYTHONPATH": str(REPO), "COLUMNS": "300"}
+    return {**env, **(host.env() if host else {}), "PYTHONPATH": str(REPO), "COLUMNS": "300"}

@@ -71,7 +71,7 @@ def test_operator_publishes_and_the_host_downloads_with_its_managed_identity(
 
 def test_a_wrong_audience_token_is_refused(azurite_oauth: Azurite, clean_azure_env: pytest.MonkeyPatch) -> None:
     with token_endpoint(client_id=HOST_CLIENT_ID, audience=WRONG_AUDIENCE) as wrong:
-        for key, value in wrong.env.items():
+        for key, value in wrong.env().items():
             clean_azure_env.setenv(key, value)
         registry = open_registry(azurite_oauth.account_url, _container(), identity="host", client_id=HOST_CLIENT_ID,
                                  ca_file=azurite_oauth.ca_file)
@@ -91,7 +91,7 @@ def test_a_wrong_audience_token_is_refused(azurite_oauth: Azurite, clean_azure_e
 
 def test_the_host_identity_needs_its_own_client_id(azurite_oauth: Azurite, host_identity: TokenEndpoint,
                                                    clean_azure_env: pytest.MonkeyPatch) -> None:
-    for key, value in host_identity.env.items():
+    for key, value in host_identity.env().items():
         clean_azure_env.setenv(key, value)
     with pytest.raises(RegistryLocationError, match="client id"):
         open_registry(azurite_oauth.account_url, _container(), identity="host", ca_file=azurite_oauth.ca_file)
@@ -105,7 +105,7 @@ def test_the_host_identity_needs_its_own_client_id(azurite_oauth: Azurite, host_
 
 def test_https_without_the_ca_file_says_so(azurite_oauth: Azurite, host_identity: TokenEndpoint,
                                            clean_azure_env: pytest.MonkeyPatch) -> None:
-    for key, value in host_identity.env.items():
+    for key, value in host_identity.env().items():
         clean_azure_env.setenv(key, value)
     registry = open_registry(azurite_oauth.account_url, _container(), identity="host", client_id=HOST_CLIENT_ID)
     with pytest.raises(RegistryAccessError, match=r"CERTIFICATE_VERIFY_FAILED.*--ca-file"):
@@ -143,7 +143,7 @@ def test_an_outputs_file_drives_the_host_cli(azurite_oauth: Azurite, operator_id
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps({"storageBlobUrl": azurite_oauth.account_url, "storageContainer": container,
                                    "identityClientId": HOST_CLIENT_ID, "sshUser": "azureuser"}, indent=2))
-    for key, value in host_identity.env.items():
+    for key, value in host_identity.env().items():
         clean_azure_env.setenv(key, value)
     result = runner.invoke(app, ["list", "medical", "--outputs", str(outputs), "--identity", "host", "--ca-file",
                                  str(azurite_oauth.ca_file), "--json"])
@@ -168,10 +168,39 @@ def test_reconcile_refuses_bad_registry_settings_before_touching_a_replica(
     assert bad_file.exit_code == 2 and "got 'PATH'" in bad_file.output
 
     with token_endpoint(client_id=HOST_CLIENT_ID, audience=WRONG_AUDIENCE) as wrong:
-        for key, value in wrong.env.items():
+        for key, value in wrong.env().items():
             clean_azure_env.setenv(key, value)
         refused = runner.invoke(serve_app, [*engine, "--registry", azurite_oauth.account_url, "--client-id",
                                             HOST_CLIENT_ID, "--ca-file", str(azurite_oauth.ca_file)])
     assert refused.exit_code == 1
     report = json.loads(refused.stdout)
     assert report["ok"] is False and "access-denied" in report["error"] and "Invalid token audience" in report["error"]
+
+
+def test_one_endpoint_for_operator_and_host_as_the_rehearsal_runs_it(
+        azurite_oauth: Azurite, host_identity: TokenEndpoint, tiny_adapters: dict[str, Path],
+        clean_azure_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The operator signs in through `credential()` (no environment change); the host process trusts Azurite through
+    REQUESTS_CA_BUNDLE instead of --ca-file; another client id is still refused."""
+    container = _container()
+    operator = open_registry(azurite_oauth.account_url, container, credential=host_identity.credential(),
+                             ca_file=azurite_oauth.ca_file)
+    operator.ensure_container()
+    manifest = operator.publish("legal", tiny_adapters["legal"], base_model_name=EXAONE_TINY.name,
+                                base_model_revision=REVISION, max_rank=8)
+    assert [t.client_id for t in host_identity.issued] and all(t.client_id is None for t in host_identity.issued)
+
+    env = {**host_process_env(host_identity), "REQUESTS_CA_BUNDLE": str(azurite_oauth.ca_file),
+           "EXAONE_LORA_REGISTRY": azurite_oauth.account_url, "EXAONE_LORA_REGISTRY_CONTAINER": container,
+           "AZURE_CLIENT_ID": HOST_CLIENT_ID}
+    dest = tmp_path / "legal-v1"
+    cmd = [sys.executable, "-m", "service.registry_cli", "download", "legal", "1", str(dest), "--identity", "host"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert HOST_CLIENT_ID in {t.client_id for t in host_identity.issued}
+    assert _sha256(dest / "adapter_model.safetensors") == manifest.files["adapter_model.safetensors"].sha256
+
+    stranger = open_registry(azurite_oauth.account_url, container, credential=host_identity.credential(str(uuid.uuid4())),
+                             ca_file=azurite_oauth.ca_file)
+    with pytest.raises(RegistryAccessError, match="no managed identity with client_id"):
+        stranger.versions("legal")
