@@ -12,6 +12,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -245,10 +246,90 @@ class MergedReplicaSpec(_Model):
     max_num_seqs: int = Field(default=64, ge=1)
 
 
+EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+SMARTHOST_PATTERN = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
+
+
+class AlertEmailSpec(_Model):
+    """Alertmanager's e-mail receiver. The SMTP password never sits here: with `authUsername` set, Alertmanager
+    reads it from the host file `service.observability.alertmanager.SMTP_PASSWORD_FILE` (mode 0600)."""
+
+    to: str
+    from_: str = Field(alias="from")
+    smarthost: str = Field(description="SMTP server as host:port, e.g. smtp.office365.com:587")
+    auth_username: str | None = None
+    require_tls: bool = True
+
+    @field_validator("to", "from_")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not EMAIL_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not one e-mail address (name@domain, no spaces or line breaks)")
+        return value
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, value: str) -> str:
+        if not SMARTHOST_PATTERN.fullmatch(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+            raise ValueError(f"{value!r} must be host:port, e.g. smtp.example.com:587")
+        return value
+
+
+class AlertmanagerSpec(_Model):
+    """Where Alertmanager on the serving host sends alerts (it listens on loopback only)."""
+
+    port: int = Field(default=9093, ge=1024, le=65535)
+    webhook_url: str | None = None
+    webhook_bearer_token: bool = Field(default=False, description="send `Authorization: Bearer` with the token from "
+                                       "the host file `service.observability.alertmanager.WEBHOOK_TOKEN_FILE`")
+    email: AlertEmailSpec | None = None
+    group_wait_seconds: int = Field(default=30, ge=1, le=600)
+    repeat_interval_hours: int = Field(default=4, ge=1, le=168)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or any(c in value for c in " \t\r\n"):
+            raise ValueError(f"{value!r} must be an http(s) URL")
+        if url.username is not None or url.password is not None:
+            raise ValueError("must not hold credentials (user:password@); set webhookBearerToken and put the token "
+                             "in the host's secrets file")
+        if any(hint in name.upper() for name, _ in parse_qsl(url.query, keep_blank_values=True) for hint in SECRET_HINTS):
+            raise ValueError("its query holds a secret; stack files hold no secrets (set webhookBearerToken instead)")
+        loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+        if url.scheme == "http" and not loopback:
+            raise ValueError("must be https (plain http only to a receiver on the host itself)")
+        return value
+
+    @model_validator(mode="after")
+    def _token_needs_webhook(self) -> AlertmanagerSpec:
+        if self.webhook_bearer_token and self.webhook_url is None:
+            raise ValueError("webhookBearerToken: needs webhookUrl")
+        return self
+
+
 class MonitoringSpec(_Model):
     prometheus_port: int = Field(default=9090, ge=1024, le=65535)
     scrape_interval_seconds: int = Field(default=15, ge=5, le=300)
-    azure_monitor: bool = Field(default=False, description="export to Azure Monitor managed Prometheus")
+    alertmanager: AlertmanagerSpec = AlertmanagerSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict) and ({"azureMonitor", "azure_monitor"} & set(values)):
+            raise ValueError("the key azureMonitor was removed (it created billed Azure Monitor resources that received "
+                             "no metrics); alerts go through Alertmanager on the host (monitoring.alertmanager), "
+                             "see docs/observability.md")
+        return values
+
+    @model_validator(mode="after")
+    def _ports(self) -> MonitoringSpec:
+        if self.alertmanager.port == self.prometheus_port:
+            raise ValueError("alertmanager.port: must differ from prometheusPort")
+        return self
 
 
 # AKS images are pinned: our tools image by digest (it runs the validator), the extension's EPP by exact tag or digest.

@@ -14,18 +14,11 @@ from infra.k8s.common import EPP_LABELS, GATEWAY_NAME, GATEWAY_POD_LABEL, VLLM_L
 from infra.k8s.inference import EPP_GRPC_PORT, EPP_METRICS_PORT, engine_port
 
 API = "networking.k8s.io/v1"
-# Azure Monitor managed Prometheus scrapes from its agent in kube-system.
-MANAGED_PROMETHEUS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                      "podSelector": {"matchLabels": {"rsName": "ama-metrics"}}}
 
 
 def _monitoring_peers(spec: DeploymentSpec) -> list[dict[str, Any]]:
-    peers: list[dict[str, Any]] = [{
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": spec.aks.monitoring_namespace}},
-        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
-    if spec.monitoring.azure_monitor:
-        peers.append(MANAGED_PROMETHEUS)
-    return peers
+    return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": spec.aks.monitoring_namespace}},
+             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
 
 
 def network_policies(spec: DeploymentSpec) -> list[dict[str, Any]]:

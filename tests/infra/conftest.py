@@ -71,4 +71,4 @@ def aks_spec() -> DeploymentSpec:
 @pytest.fixture(scope="session")
 def large_spec() -> DeploymentSpec:
     return variant("prod", tier="prod-large", nodeCount=3, adapters=ADAPTERS,
-                   api={"exposure": "public", "allowedCidrs": ["198.51.100.0/24"]}, monitoring={"azureMonitor": True})
+                   api={"exposure": "public", "allowedCidrs": ["198.51.100.0/24"]})

@@ -167,8 +167,7 @@ VARIANTS = {
     "canary-autoscaled": aks_spec(canaries=[{"alias": "medical", "version": 4, "blobPath": "medical/v4",
                                              "sha256": "c" * 64, "weight": 25}], autoscaling={"maxReplicas": 3}),
     "public-private-cluster": variant("pilot", target="aks", adapters=ADAPTERS, operatorCidr=None,
-                                      aks={"toolsImage": TOOLS_IMAGE, "privateCluster": True},
-                                      monitoring={"azureMonitor": True}),
+                                      aks={"toolsImage": TOOLS_IMAGE, "privateCluster": True}),
 }
 
 

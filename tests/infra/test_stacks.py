@@ -186,13 +186,15 @@ def test_data_disk_size_is_a_stack_key(runs: Runs, large_spec: DeploymentSpec) -
 def test_outputs_for_later_tools(runs: Runs, stack: str) -> None:
     out = runs.stack(stack).outputs
     for key in ("hostIps", "hostFqdns", "sshUser", "apiUrl", "storageAccount", "storageContainer", "identityClientId",
-                "tierSummary", "estimatedHourlyCostUsd"):
+                "tierSummary"):
         assert out.get(key) not in (None, "", []), f"stack {stack}: output {key} missing"
     assert out["sshUser"] == "azureuser" and out["storageContainer"] == "adapters"
     assert out["storageBlobUrl"] == f"https://{out['storageAccount']}.blob.core.windows.net"
     assert isinstance(out["hostIps"], list) and isinstance(out["identityClientId"], str)
     assert out["apiUrl"] == f"http://{out['hostIps'][0]}:8080"
-    assert out["estimatedHourlyCostUsd"] > 6.9
+    # The shipped stacks run in koreacentral, which infra/costs.py has no list prices for: no figure rather than
+    # another region's (see tests/infra/test_cli_quota_costs.py for priced regions).
+    assert out["estimatedHourlyCostUsd"] is None and out["pricesAsOf"] is None
 
 
 def test_prod_large_puts_n_vms_behind_a_load_balancer(runs: Runs, large_spec: DeploymentSpec) -> None:
@@ -208,14 +210,13 @@ def test_prod_large_puts_n_vms_behind_a_load_balancer(runs: Runs, large_spec: De
     pools = [n.inputs["ipConfigurations"][0]["loadBalancerBackendAddressPools"][0]["id"] for n in nics]
     assert all(p.endswith("/backendAddressPools/vllm-replicas") for p in pools), "every NIC must join the LB backend pool"
     assert len(run.outputs["hostIps"]) == 3
-    # Azure Monitor is on in this variant: workspace, endpoint, rule, one association per VM.
-    assert len(run.of_type("azure-native:monitor:DataCollectionRuleAssociation")) == 3
-    assert len(run.of_type("azure-native:monitor:AzureMonitorWorkspace")) == 1
     assert policy_verdict(rows(run), large_spec).passed
 
 
-def test_azure_monitor_is_off_by_default(runs: Runs) -> None:
-    assert not [r for r in runs.stack("prod").resources if r.type.startswith("azure-native:monitor:")]
+def test_no_stack_creates_azure_monitor_resources(runs: Runs, large_spec: DeploymentSpec) -> None:
+    # monitoring.azureMonitor was removed: nothing may bill for a workspace that receives no metrics.
+    for run in (runs.stack("prod"), runs.spec("large", large_spec)):
+        assert not [r for r in run.resources if r.type.startswith("azure-native:monitor:")]
 
 
 @pytest.mark.parametrize("stack", ["dev", "poc", "pilot", "prod"])
