@@ -40,7 +40,7 @@ class IdentityChoice(StrEnum):
 
 
 Registry = Annotated[str | None, typer.Option(
-    "--registry", show_default=False,
+    "--registry", "--account-url", show_default=False,  # --account-url: the AKS validator's argv (infra/k8s/workload.py)
     help=f"account URL (https://<account>.blob.core.windows.net) or the dev stack's Azurite connection string; "
          f"default ${REGISTRY_ENV}")]
 Outputs = Annotated[Path | None, typer.Option(
