@@ -128,8 +128,9 @@ def simulate_driver_install(c: Connection, plan: DriverPlan) -> str:
 def ensure_nvidia_driver(c: Connection, report: Reporter = print, reboot_timeout: float = 900) -> Change:
     plan = nvidia_driver_plan(out(c, "cat /etc/os-release"), gpu_present(c))
     if plan.action == "skip":
-        report(f"no NVIDIA device: driver step skipped (needs GPU: apt-get install -y {' '.join(plan.packages)} && reboot)")
-        return Change("nvidia driver", False, "skipped: no NVIDIA device")
+        skipped = f"skipped: needs GPU: apt-get install -y {' '.join(plan.packages)} && reboot (no NVIDIA device)"
+        report(f"no NVIDIA device: driver step skipped ({skipped})")
+        return Change("nvidia driver", False, skipped)
     if plan.action == "unsupported":
         raise BootstrapError(plan.reason)
     if ok(c, "nvidia-smi -L") and not missing_packages(c, plan.packages):
@@ -256,16 +257,18 @@ def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | N
     """The venv at layout.vllm_venv with exactly the pinned vLLM; from `wheelhouse` (a host path) when given."""
     on_gpu = gpu_present(c) if on_gpu is None else on_gpu
     dist, requirement = vllm_requirement(spec, on_gpu)
+    standin = ""
     if not on_gpu and spec.target != "local":
-        report(f"skipped: needs GPU: pip install -c constraints/{constraints_name(spec)} vllm=={spec.vllm_version} "
-               f"{' '.join(HOST_EXTRAS)}; the CPU build ({requirement}) stands in")
+        standin = (f"; skipped: needs GPU: pip install -c constraints/{constraints_name(spec)} vllm=={spec.vllm_version} "
+                   f"{' '.join(HOST_EXTRAS)} (the CPU build stands in)")
+        report(standin.removeprefix("; "))
     py = layout.vllm_python
     version = requirement.partition("==")[2]
     probe = f"import importlib.metadata as m; print(m.version({dist!r}), *(m.version(n) for n in {HOST_EXTRAS!r}))"
     current = out(c, f"{py} -c {shlex.quote(probe)} 2>/dev/null || true").split(" ")[0]
     if current == version:
         amx = not on_gpu and ensure_amx_permission(c, layout)
-        return Change("vllm venv", amx, f"{requirement} present" + (", AMX permission line added" if amx else ""))
+        return Change("vllm venv", amx, f"{requirement} present" + (", AMX permission line added" if amx else "") + standin)
     if wheelhouse and not ok(c, f"test -d {shlex.quote(wheelhouse)}"):
         raise BootstrapError(f"wheelhouse {wheelhouse} is not a directory on {c.host}: copy the wheels there first "
                              f"(`pip download -d DIR {requirement}` on a machine with index access)")
@@ -281,7 +284,7 @@ def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | N
         sh(c, f"{py} -m pip uninstall -y -q {' '.join(CPU_UNWANTED)} || true")
         ensure_amx_permission(c, layout)
     sh(c, f"{py} -c 'import vllm.entrypoints.openai.api_server'", timeout=600)
-    return Change("vllm venv", True, f"{requirement} installed" + (f" (was {current})" if current else ""))
+    return Change("vllm venv", True, f"{requirement} installed" + (f" (was {current})" if current else "") + standin)
 
 
 def ensure_amx_permission(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> bool:

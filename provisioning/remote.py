@@ -21,6 +21,10 @@ class RemoteError(RuntimeError):
     """A remote command failed; the message carries the command and its output."""
 
 
+class GiveUp(RuntimeError):
+    """Raised by a `wait_for` predicate when waiting longer cannot help (a unit that keeps crashing)."""
+
+
 def sh(c: Connection, script: str, *, check: bool = True, env: dict[str, str] | None = None,
        timeout: float | None = None) -> Result:
     """Run `script` with bash as root on the host; raise RemoteError with its output when it fails."""
@@ -82,6 +86,8 @@ def wait_for(predicate: Any, timeout: float, interval: float = 1.0, what: str = 
         try:
             if predicate():
                 return
+        except GiveUp:
+            raise
         except Exception as err:  # a host rebooting or a server starting refuses connections for a while
             last = err
         time.sleep(interval)

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from fabric import Connection
 
 from exaone_lora.spec import DeploymentSpec
-from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, replace_dir, sh, wait_for
+from provisioning.remote import GiveUp, RemoteError, http_status, ok, out, put_bytes, replace_dir, sh, wait_for
 from provisioning.results import Change
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.merged_replicas import merged_endpoints, merged_units
@@ -132,9 +132,33 @@ def health_urls(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> li
     return urls
 
 
+# A unit systemd has restarted this often since the wait began is failing at start: waiting on cannot help.
+CRASH_RESTARTS = 3
+
+
+def _restarts(c: Connection, units: list[str]) -> dict[str, int]:
+    text = out(c, "for u in " + " ".join(shlex.quote(u) for u in units) + "; do "
+                  "echo \"$u $(systemctl show -p NRestarts --value \"$u\")\"; done", check=False)
+    return {u: int(n) for u, n in (line.split() for line in text.splitlines() if len(line.split()) == 2 and
+                                   line.split()[1].isdigit())}
+
+
 def wait_healthy(c: Connection, spec: DeploymentSpec, timeout: float = 900, layout: HostLayout = DEFAULT_LAYOUT) -> None:
+    units = list(rendered_units(spec, layout))
+    before = _restarts(c, units)
+
+    def healthy(url: str) -> bool:
+        if http_status(c, url) == 200:
+            return True
+        crashing = [u for u, n in _restarts(c, units).items() if n - before.get(u, 0) >= CRASH_RESTARTS]
+        if crashing:
+            journal = " ".join(f"-u {shlex.quote(u)}" for u in crashing)
+            raise GiveUp(f"{', '.join(crashing)} keeps failing at start; its last log lines:\n"
+                         f"{out(c, f'journalctl --no-pager -n 15 {journal}', check=False)}")
+        return False
+
     for url in health_urls(spec, layout):
-        wait_for(lambda u=url: http_status(c, u) == 200, timeout, interval=2, what=f"{url} healthy")  # type: ignore[misc]
+        wait_for(lambda u=url: healthy(u), timeout, interval=2, what=f"{url} healthy")  # type: ignore[misc]
 
 
 def for_host(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> HostLayout:
@@ -147,12 +171,14 @@ def for_host(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> HostLayout:
 def install_service(c: Connection, spec: DeploymentSpec, *, layout: HostLayout = DEFAULT_LAYOUT,
                     health_timeout: float = 900, report: Callable[[str], None] = print) -> list[Change]:
     layout = for_host(c, layout)
+    changes: list[Change] = []
     if not layout.cuda and spec.target != "local":
         left_out = cuda_only_options(spec, layout)
-        report(f"skipped: needs GPU: vLLM {spec.vllm_version} (CUDA build)"
-               + (f" with {', '.join(left_out)}" if left_out else "") + "; the CPU build stands in")
+        skipped = (f"skipped: needs GPU: vLLM {spec.vllm_version} (CUDA build)" + (f" with {', '.join(left_out)}" if left_out
+                   else "") + " (the CPU build stands in)")
+        report(skipped)
+        changes.append(Change("vllm build", False, skipped))
     units = rendered_units(spec, layout)
-    changes: list[Change] = []
     if GATEWAY_UNIT in units:
         app = ensure_gateway_app(c, layout)
         changes.append(app)
@@ -171,6 +197,8 @@ def install_service(c: Connection, spec: DeploymentSpec, *, layout: HostLayout =
             changes.append(Change(f"restart {name}", True, "unit changed" if name in written else "was not running"))
     try:
         wait_healthy(c, spec, health_timeout, layout)
+    except GiveUp as err:
+        raise RemoteError(str(err)) from err
     except TimeoutError as err:
         raise RemoteError(f"{err}; last log lines:\n{logs(c, spec, 30)}") from err
     return changes

@@ -4,7 +4,7 @@ The stack's own spec (target vm, not the local `dev` twin) goes through the comm
 stand-ins for what cannot exist here. Every place where the rehearsal differs from Azure is one of these lines:
 
 - `pulumi config set` writes the operator's settings into a copy of the stack file (free ports too: the test
-  host shares this machine's network);
+  host shares this machine's network; and `maxModelLen` no longer than the tiny stand-in checkpoint's positions);
 - `pulumi up` is the program under Pulumi's mock runtime; its outputs are written as `pulumi stack output --json`
   would, then `hostIps` points at the test host and `storageBlobUrl` at Azurite (`_stand_in_outputs`);
 - the VM is a booted systemd host over SSH, its admin user made as Azure's VM agent would (`add_admin_user`);
@@ -18,6 +18,7 @@ stack's API key) is the code and the command lines a user runs.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ from rich.table import Table
 from exaone_lora.demo.report import DemoReport
 from exaone_lora.demo.traffic import BoundedTraffic
 from exaone_lora.local.processes import REPO, free_port
+from exaone_lora.model_shape import EXAONE_TINY
 from exaone_lora.rehearsal.pulumi_cli import config_set, stack_output_json
 from exaone_lora.spec import MODEL_LICENSE_ACK, DeploymentSpec, load_spec
 
@@ -81,6 +83,8 @@ def configure_stack(options: RehearsalOptions, project: Path) -> DeploymentSpec:
         "exaone-lora:acceptModelLicense": MODEL_LICENSE_ACK,
         # The test host shares this machine's network: ports that are free here.
         "exaone-lora:port": free_port(),
+        # The stand-in checkpoint (EXAONE's shape, tiny) has fewer positions than the real model's 32k.
+        "exaone-lora:maxModelLen": min(load_spec(options.stack, options.root).max_model_len, EXAONE_TINY.max_position_embeddings),
         "exaone-lora:gateway": {"enginePort": free_port(), "adminPort": free_port()},
         "exaone-lora:monitoring": {"prometheusPort": free_port(), "alertmanager": {"port": free_port()}},
     })
@@ -119,7 +123,13 @@ def chat(api: str, model: str, api_key: str) -> str:
 
 
 def skipped_lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if "skipped:" in line or "driver step skipped" in line]
+    """The `skipped: ...` details of the tasks' result tables (one row a line: fab runs with a wide terminal)."""
+    found = []
+    for line in text.splitlines():
+        for cell in (part.strip() for part in line.split("│")):
+            if "skipped:" in cell:
+                found.append(re.sub(r"\s*\[\d+ s\]$", "", cell[cell.index("skipped:"):]))
+    return list(dict.fromkeys(found))
 
 
 def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoReport | None = None) -> DemoReport:
@@ -171,7 +181,7 @@ def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoRepor
 
         # The operator's shell: the Azure login is the same token endpoint (DefaultAzureCredential finds it).
         env = {**os.environ, **identity.env(), "REQUESTS_CA_BUNDLE": str(blob.ca_file), "EXAONE_LORA_ROOT": str(project),
-               "EXAONE_API_KEY": api_key, "COLUMNS": "200"}
+               "EXAONE_API_KEY": api_key, "COLUMNS": "1000"}
         env.pop("EXAONE_LORA_REGISTRY", None)
         common = ["-S", str(ssh_config)]
         stack_args = ["--stack", options.stack, "--outputs", str(out_file)]
