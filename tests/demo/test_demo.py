@@ -63,5 +63,7 @@ def test_traffic_is_bounded_by_count_even_when_nothing_stops_it(vllm: object) ->
     with BoundedTraffic(url, "none", ["no-such-model"], workers=1, max_requests=2, max_seconds=30) as traffic:
         import time
 
-        time.sleep(3)
+        deadline = time.monotonic() + 30  # the loop's own time bound; two 404s take milliseconds on an idle machine
+        while traffic.result.failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert traffic.result.failures == 2 and "no-such-model" in traffic.result.errors[0]
