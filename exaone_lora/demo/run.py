@@ -79,7 +79,7 @@ def check_ports(spec: DeploymentSpec) -> None:
 
 
 def step_plan(options: DemoOptions, report: DemoReport, console: Console) -> None:
-    from exaone_lora.cli import capacity_table
+    from exaone_lora.capacity_table import capacity_table
     from infra.preview import policy_verdict, preview_stack
 
     spec = load_spec(options.plan_stack, options.root)
