@@ -29,15 +29,15 @@ from fabric import Connection
 from exaone_lora.spec import DeploymentSpec, MergedReplicaSpec
 from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, sh, wait_for
 from provisioning.results import Change
-from provisioning.service import gateway_src, replicas, restart
+from provisioning.service import gateway_src, restart
 from service.gateway.server import ADMIN_KEY_ENV
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.manifest import AdapterManifest, version_name
 from service.merge import MERGED_RECORD
 from service.merged_replicas import VERSION_VAR, merged_env_file, merged_for, merged_root, merged_unit_name
 from service.registry import AdapterRegistry
+from service.replicas import replica_urls
 from service.validation import check_name, validate_adapter
-from service.vllm_config import vllm_launch
 
 Reporter = Callable[[str], None]
 STATE_DIR = ".deploy"
@@ -91,7 +91,7 @@ def host_request(c: Connection, method: str, url: str, body: dict[str, object] |
 
 
 def _engine_urls(spec: DeploymentSpec, layout: HostLayout) -> list[str]:
-    return [f"http://127.0.0.1:{vllm_launch(spec, layout, replica=r).port}" for r in range(replicas(spec))]
+    return replica_urls(spec, layout)
 
 
 def _warmup(c: Connection, base_url: str, model: str, layout: HostLayout, key_var: str = "VLLM_API_KEY") -> None:

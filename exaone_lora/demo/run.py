@@ -215,6 +215,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
     from provisioning.service import install_service
     from service.lifecycle import run_lifecycle
     from service.registry import AdapterRegistry
+    from service.replicas import replica_urls
 
     report = report or DemoReport(console)
     options.workdir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +295,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             result.detail = f"{len(series)} alias/version series; Prometheus targets up: {', '.join(sorted(up))}"
 
         with report.step("8 the seed's 8-step lifecycle against the engine") as result:
-            engine = f"http://127.0.0.1:{spec.gateway.engine_port}"
+            engine = replica_urls(spec)[0]
             adapters = {d: Path(f"/data/lora-adapters/{d}-v1") for d in DOMAINS}
             lifecycle = run_lifecycle(engine, adapters, served_name=spec.model.served_name)
             report.facts["lifecycle"] = lifecycle
