@@ -212,5 +212,43 @@ def demo(
         console.print(f"kept running; state in {options.state_file}; stop with `exaone-lora demo --down`")
 
 
+@app.command()
+def rehearse(
+    stack: Annotated[str, typer.Option(help="the Azure stack whose path to rehearse (its own spec, not dev's)")] = "poc",
+    root: Annotated[Path, typer.Option(help="directory holding the stack files")] = Path("."),
+    workdir: Annotated[Path | None, typer.Option(help="where it keeps its state (default .cache/rehearsal)")] = None,
+    traffic_seconds: Annotated[float, typer.Option(help="upper bound of the client loop during the deploy")] = 40.0,
+) -> None:
+    """The Azure VM path as a user runs it, on this machine: `pulumi config set` + `pulumi up` (mock runtime) ->
+    out.json -> `fab ... --stack STACK --outputs out.json` over SSH against a systemd test host -> adapters
+    published and pulled by the host with its own identity -> deploy, rollback under load -> requests with the API
+    key. GPU and Azure steps print the exact commands they skip. Exit 1 on any failure."""
+    from exaone_lora.demo.report import DemoReport
+    from exaone_lora.rehearsal.run import RehearsalOptions, run_rehearsal, skipped_table
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    options = RehearsalOptions(stack=stack, root=root.resolve(), traffic_seconds=traffic_seconds)
+    if workdir is not None:
+        options.workdir = workdir.resolve()
+    try:
+        spec = load_spec(stack, options.root)
+    except SpecError as exc:
+        raise typer.Exit(code=_fail(str(exc))) from None
+    if spec.target != "vm":
+        raise typer.Exit(code=_fail(f"stack {stack} has target {spec.target}; the rehearsal follows the Azure VM path "
+                                    "(the local stack has `exaone-lora demo`)"))
+    report = DemoReport(console, title=f"Rehearsal of the Azure VM path: stack {stack}")
+    try:
+        run_rehearsal(options, console, report)
+    except Exception as exc:  # every failure ends in the report table and a clear line, not a traceback
+        raise typer.Exit(code=_fail(f"{type(exc).__name__}: {exc}\n(logs under {options.workdir / 'logs'})")) from None
+    finally:
+        console.print(report.table())
+        console.print(skipped_table(options.skipped))
+        report.write(options.workdir / "report.json")
+
+
 if __name__ == "__main__":
     app()

@@ -6,6 +6,8 @@ serving code, the tests and the demo read a stack exactly as the Pulumi program 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from pathlib import Path
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from exaone_lora import PROJECT
+from exaone_lora.cidrs import too_broad
 from exaone_lora.naming import version_name
 from exaone_lora.tiers import SKUS, TIER_DEFAULTS, GpuSku, Tier
 
@@ -33,7 +36,23 @@ VLLM_ENV_PATTERN = re.compile(r"^VLLM_[A-Z0-9_]+$")
 MANAGED_VLLM_ENV = frozenset({"VLLM_CACHE_ROOT", "VLLM_NO_USAGE_STATS", "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
                               "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_API_KEY",
                               "VLLM_TUNED_CONFIG_FOLDER"})
+# The broadest client range the API may be opened to, per family (the policy pack enforces the same on pilot/prod).
+API_BROADEST_SOURCES = (8, 32)
 SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+# Values that reach a root shell on the host (paths, names): a closed character set, so no quoting mistake
+# anywhere downstream can turn a stack value into a command. Remote commands quote them as well.
+HOST_PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+SERVED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HUB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+# Linux user names that Azure accepts as adminUsername; `root` and other reserved names are refused by Azure itself.
+USER_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+RESERVED_USER_NAMES = frozenset({"root", "admin", "administrator", "vllm", "daemon", "bin", "sys", "nobody"})
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+# The model's licence (EXAONE AI Model License 1.1 - NC, non-commercial): a stack acknowledges it before
+# `pulumi up` or a bootstrap fetches the weights.
+MODEL_LICENSE = "EXAONE AI Model License 1.1 - NC"
+MODEL_LICENSE_URL = "https://huggingface.co/LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct/blob/main/LICENSE"
+MODEL_LICENSE_ACK = "exaone-3.5-nc"
 # Options whose code path asserts a CUDA device when enabled: the local target's CPU build of vLLM would die at start.
 CUDA_ONLY_VLLM_ENV = frozenset({"VLLM_LORA_ENABLE_DUAL_STREAM"})
 
@@ -55,16 +74,68 @@ class ModelSpec(_Model):
     @field_validator("revision")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        if not REVISION_PATTERN.match(value):
+        if not REVISION_PATTERN.fullmatch(value):
             raise ValueError("must be a full 40-hex-digit commit id (branches and tags move)")
         return value
 
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must be an absolute path on the host")
+        return host_path(value)
+
+    @field_validator("served_name")
+    @classmethod
+    def _served(cls, value: str) -> str:
+        if not SERVED_NAME_PATTERN.fullmatch(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _hub_name(cls, value: str) -> str:
+        if not HUB_NAME_PATTERN.fullmatch(value):
+            raise ValueError("must be a model id such as LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct (letters, digits, . _ -)")
+        return value
+
+
+def host_path(value: str) -> str:
+    """An absolute host path of plain components (letters, digits, '.', '_', '-'), never `.` or `..`."""
+    if not HOST_PATH_PATTERN.fullmatch(value):
+        raise ValueError("must be an absolute path of letters, digits, '.', '_', '-' and '/' (no spaces, quotes or "
+                         "shell characters)")
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("must not contain '.' or '..' components")
+    return value
+
+
+def ssh_key_problem(value: str) -> str | None:
+    """Why `value` is not one OpenSSH public key line (`type base64 [comment]`), or None when it is."""
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+        return f"must be one OpenSSH public key line starting with one of {', '.join(SSH_KEY_TYPES)}"
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return "the key's second field is not valid base64 (an example key? paste your own ~/.ssh/id_ed25519.pub)"
+    # The blob starts with the key type again, length-prefixed: a key pasted under the wrong type fails here.
+    kind_len = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if blob[4:4 + kind_len].decode("ascii", "replace") != parts[0]:
+        return "the key's data does not match its type (truncated or not a real key)"
+    return None
+
+
+def operator_cidr_problem(value: str) -> str | None:
+    """Why `value` cannot be the operator's real source network on Azure, or None (the syntax is checked on load)."""
+    net = ipaddress.ip_network(value, strict=False)
+    if net.is_global:
+        return None
+    documentation = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+    if any(net.version == doc.version and net.subnet_of(doc) for doc in documentation):  # type: ignore[arg-type]
+        return f"{value} is a documentation range (RFC 5737/3849), an example: set your own public IP"
+    if net.is_loopback or net.is_link_local or net.is_multicast or net.is_reserved or net.is_unspecified:
+        return f"{value} is not a routable operator address (loopback, link-local, multicast or reserved)"
+    # Private ranges: a VPN or peered network that reaches the VNet, the operator's call.
+    return None
 
 
 class AdapterPin(_Model):
@@ -79,14 +150,14 @@ class AdapterPin(_Model):
     @field_validator("alias")
     @classmethod
     def _alias(cls, value: str) -> str:
-        if not ALIAS_PATTERN.match(value):
+        if not ALIAS_PATTERN.fullmatch(value):
             raise ValueError("must be lower-case letters, digits or '_', starting with a letter (at most 40)")
         return value
 
     @field_validator("sha256")
     @classmethod
     def _sha(cls, value: str) -> str:
-        if not SHA256_PATTERN.match(value):
+        if not SHA256_PATTERN.fullmatch(value):
             raise ValueError("must be 64 lower-case hex digits")
         return value
 
@@ -114,6 +185,9 @@ class ApiSpec(_Model):
             net = _network(cidr)
             if net.prefixlen == 0:
                 raise ValueError(f"{cidr} opens the API to the whole Internet; list the client networks")
+        # Judged by what the list admits together: 0.0.0.0/1 + 128.0.0.0/1 is the whole Internet too.
+        if problem := too_broad(value, API_BROADEST_SOURCES):
+            raise ValueError(f"{problem}; list the client networks")
         return value
 
     @model_validator(mode="after")
@@ -131,8 +205,23 @@ class StorageSpec(_Model):
     @field_validator("account_name")
     @classmethod
     def _account(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[a-z0-9]{3,24}$", value):
+        if value is not None and not re.fullmatch(r"[a-z0-9]{3,24}", value):
             raise ValueError("must be 3-24 lower-case letters and digits (Azure's rule for storage accounts)")
+        return value
+
+
+class RegistryRef(_Model):
+    """Where the serving stack finds the one long-lived adapter registry: the outputs of the Pulumi stack that owns it
+    (`infra/registry.py`), read with a StackReference; `privateEndpoint` reaches it from this stack's VNet."""
+
+    stack: str = "registry"
+    private_endpoint: bool = True
+
+    @field_validator("stack")
+    @classmethod
+    def _stack(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)?", value):
+            raise ValueError("must be a stack name such as registry, or <org>/<project>/<stack>")
         return value
 
 
@@ -197,10 +286,14 @@ class DeploymentSpec(_Model):
     api: ApiSpec = ApiSpec()
     admin_username: str = "azureuser"
     ssh_public_key: str | None = None
+    accept_model_license: str | None = Field(
+        default=None, description=f"'{MODEL_LICENSE_ACK}' acknowledges the model's licence ({MODEL_LICENSE})")
     storage: StorageSpec = StorageSpec()
+    registry: RegistryRef = RegistryRef()
     gateway: GatewaySpec = GatewaySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     os_disk_gb: int = Field(default=256, ge=64, le=4095)
+    data_disk_gb: int = Field(default=256, ge=32, le=32767, description="managed data disk mounted at /data")
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("gpu_memory_utilization")
@@ -220,7 +313,7 @@ class DeploymentSpec(_Model):
     @field_validator("vllm_version")
     @classmethod
     def _vllm_pin(cls, value: str) -> str:
-        if not VERSION_PIN_PATTERN.match(value):
+        if not VERSION_PIN_PATTERN.fullmatch(value):
             raise ValueError("must be an exact release such as 0.26.0")
         return value
 
@@ -228,13 +321,23 @@ class DeploymentSpec(_Model):
     @classmethod
     def _server_env(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not VLLM_ENV_PATTERN.match(name):
+            if not VLLM_ENV_PATTERN.fullmatch(name):
                 raise ValueError(f"{name!r} is not a vLLM environment option (VLLM_ followed by capitals, digits, _)")
             if name in MANAGED_VLLM_ENV:
                 raise ValueError(f"{name} is set by the deployment itself and cannot be overridden")
             if any(hint in name for hint in SECRET_HINTS):
                 raise ValueError(f"{name} looks like a secret; secrets never go in stack files (use Key Vault or "
                                  "`pulumi config set --secret`)")
+        return value
+
+    @field_validator("admin_username")
+    @classmethod
+    def _admin_user(cls, value: str) -> str:
+        if not USER_NAME_PATTERN.fullmatch(value):
+            raise ValueError("must be a Linux user name: lower-case letters, digits, '_' or '-', starting with a letter "
+                             "or '_', at most 32")
+        if value in RESERVED_USER_NAMES:
+            raise ValueError(f"{value!r} is reserved (Azure refuses it, or the service runs as it)")
         return value
 
     @field_validator("operator_cidr")
@@ -260,12 +363,15 @@ class DeploymentSpec(_Model):
         defaults = TIER_DEFAULTS[self.tier]
         if self.target != "local" and self.vm_sku not in defaults.allowed_skus:
             raise ValueError(f"vmSku: {self.vm_sku} is not allowed for tier {self.tier} ({', '.join(defaults.allowed_skus)})")
-        if self.target == "vm" and self.operator_cidr is None:
-            raise ValueError("operatorCidr: required for target 'vm' (SSH is only opened to the operator)")
+        if self.target == "vm" and not self.gateway.enabled:
+            raise ValueError("gateway.enabled: Azure VM stacks serve through the gateway (API key, admin surface on "
+                             "loopback); without it vLLM's API and runtime LoRA loading would face the network")
         enabled = {name for name in self.server_env if self.server_env_on(name)}
         if self.target == "local" and (cuda_only := sorted(CUDA_ONLY_VLLM_ENV & enabled)):
             raise ValueError(f"serverEnv: {', '.join(cuda_only)} needs a CUDA GPU; target 'local' runs the CPU build "
                              "of vLLM, which would fail at start")
+        if TIER_DEFAULTS[self.tier].registry_private_only and not self.registry.private_endpoint:
+            raise ValueError(f"registry.privateEndpoint: tier {self.tier} reaches the registry only from its VNet")
         if self.max_cpu_loras < self.max_loras:
             raise ValueError(f"maxCpuLoras: must be >= maxLoras ({self.max_loras}); vLLM refuses to start otherwise")
         if self.gateway.enabled and len({self.port, self.gateway.engine_port, self.gateway.admin_port}) != 3:
@@ -317,6 +423,32 @@ class DeploymentSpec(_Model):
         """The port of vLLM replica `replica` (one per GPU) on its host: the engine port behind the gateway (the
         public port without it), 10 apart per replica. The one place this rule lives (topology: service.replicas)."""
         return (self.gateway.engine_port if self.gateway.enabled else self.port) + 10 * replica
+
+    def deploy_blockers(self) -> list[str]:
+        """What stops `pulumi up` (and a bootstrap) of an Azure stack: operator settings left unset or as
+        examples, and an unacknowledged model licence. The loader accepts these so that previews and plans
+        work before the operator has set them; the Pulumi program refuses to create anything while any remain."""
+        if self.target == "local":
+            return []
+        problems: list[str] = []
+        fix = f"pulumi config set -s {self.stack}"
+        if self.target == "vm" or self.operator_cidr is not None:
+            if self.operator_cidr is None:
+                problems.append(f"exaone-lora:operatorCidr: not set; SSH is opened only to it: "
+                                f"`{fix} exaone-lora:operatorCidr \"$(curl -s https://ifconfig.me)/32\"`")
+            elif problem := operator_cidr_problem(self.operator_cidr):
+                problems.append(f"exaone-lora:operatorCidr: {problem}: `{fix} exaone-lora:operatorCidr <your-ip>/32`")
+        if self.target == "vm":
+            if self.ssh_public_key is None:
+                problems.append(f"exaone-lora:sshPublicKey: not set: "
+                                f"`{fix} exaone-lora:sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"`")
+            elif problem := ssh_key_problem(self.ssh_public_key):
+                problems.append(f"exaone-lora:sshPublicKey: {problem}")
+        if self.accept_model_license != MODEL_LICENSE_ACK:
+            problems.append(f"exaone-lora:acceptModelLicense: {self.model.name} is licensed under the {MODEL_LICENSE} "
+                            f"(non-commercial); read {MODEL_LICENSE_URL}, confirm your use with LG AI Research, then "
+                            f"`{fix} exaone-lora:acceptModelLicense {MODEL_LICENSE_ACK}`")
+        return problems
 
     def resource_tags(self) -> dict[str, str]:
         """Tags every Azure resource gets: the stack's own plus the ones the policy pack requires."""
@@ -374,6 +506,7 @@ def build_spec(stack: str, values: dict[str, Any], source: str) -> DeploymentSpe
     values.setdefault("maxLoras", defaults.max_loras)
     values.setdefault("maxCpuLoras", max(defaults.max_cpu_loras, values["maxLoras"]))
     values.setdefault("maxNumSeqs", defaults.max_num_seqs)
+    values.setdefault("dataDiskGb", defaults.data_disk_gb)
     try:
         return DeploymentSpec.model_validate({"stack": stack, **values})
     except ValidationError as exc:

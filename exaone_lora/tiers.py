@@ -46,15 +46,19 @@ class TierDefaults:
     max_num_seqs: int
     users: str
     adapters: str
+    # /data (model, adapters, compile caches) lives on a managed Premium SSD data disk of this size.
+    data_disk_gb: int = 256
+    # The adapter registry is reached only through a private endpoint in the stack's VNet (issue 20 item 9).
+    registry_private_only: bool = True
 
 
 TIER_DEFAULTS: dict[Tier, TierDefaults] = {
     "poc": TierDefaults("Standard_NC40ads_H100_v5", ("Standard_NC40ads_H100_v5",), 1, 0.5, 4, 8, 64,
-                        "1-5", "4-8"),
+                        "1-5", "4-8", registry_private_only=False),
     "pilot": TierDefaults("Standard_NC40ads_H100_v5", ("Standard_NC40ads_H100_v5",), 1, 0.75, 8, 16, 128,
                           "10-50", "4-16"),
     "prod-small": TierDefaults("Standard_NC80adis_H100_v5", ("Standard_NC80adis_H100_v5",), 1, 0.85, 8, 16,
-                               256, "50-200", "4-16"),
+                               256, "50-200", "4-16", data_disk_gb=512),
     "prod-large": TierDefaults("Standard_NC80adis_H100_v5", ("Standard_NC80adis_H100_v5",), 2, 0.9, 16, 32,
-                               256, "200+", "16+"),
+                               256, "200+", "16+", data_disk_gb=512),
 }

@@ -63,17 +63,22 @@ def costs(stack: str = typer.Option("poc", "--stack", "-s"), root: Path = ROOT) 
 @app.command()
 def preview(stack: str = typer.Option(..., "--stack", "-s"), root: Path = ROOT) -> None:
     """What `pulumi up -s STACK` would create, computed offline (Pulumi mock runtime), plus the policy verdict."""
-    from infra.preview import policy_verdict, run_program
+    from infra.preview import policy_verdict, run_program, run_registry
     from infra.preview import rows as to_rows
+    from infra.registry import is_registry_stack
 
-    spec = _spec(stack, root)
+    spec = None
     try:
-        run = run_program(spec)
+        if is_registry_stack(stack, root):
+            run, title = run_registry(stack, root), f"Resources of stack {stack} (the adapter registry)"
+        else:
+            spec = _spec(stack, root)
+            run, title = run_program(spec, root=root), f"Resources of stack {stack} ({spec.tier}, target {spec.target})"
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     table_rows = to_rows(run)
-    table = Table(title=f"Resources of stack {stack} ({spec.tier}, target {spec.target})")
+    table = Table(title=title)
     for col in ("type", "name", "key settings"):
         table.add_column(col)
     for row in table_rows:
@@ -83,6 +88,11 @@ def preview(stack: str = typer.Option(..., "--stack", "-s"), root: Path = ROOT) 
         console.print("(no Azure resources: this stack runs locally)")
     verdict = policy_verdict(table_rows, spec)
     console.print(f"[{'green' if verdict.passed else 'red'}]{verdict.summary()}[/]")
+    if spec is not None and (blockers := spec.deploy_blockers()):
+        # A preview warns where `pulumi up` refuses (ops:apiKey is checked there too; it is not readable offline).
+        console.print(f"[yellow]`pulumi up -s {stack}` will refuse until these are set:[/yellow]")
+        for line in blockers:
+            console.print(f"  - {line}", soft_wrap=True)
     if not verdict.passed:
         raise typer.Exit(1)
 

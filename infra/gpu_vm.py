@@ -1,4 +1,6 @@
-"""The GPU VM(s): Ubuntu 24.04, SSH key only, premium OS disk, encryption at host, user-assigned identity.
+"""The GPU VM(s): Ubuntu 24.04, SSH key only, premium OS disk, encryption at host, user-assigned identity, and
+a Premium SSD data disk per VM for /data (model, adapters, compile caches), attached at LUN 0 of the SCSI
+controller, which Azure's udev rules name /dev/disk/azure/scsi1/lun0 on the host (bootstrap formats and mounts it).
 
 prod-large (node_count > 1) puts the VMs behind a Standard load balancer that probes the gateway's /health.
 """
@@ -18,6 +20,9 @@ UBUNTU_2404 = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "se
 LB_POOL = "vllm-replicas"
 LB_FRONTEND = "api"
 LB_PROBE = "gateway-health"
+DATA_DISK_LUN = 0
+# What the host sees for LUN 0 (Azure's udev rules, walinuxagent / azure-vm-utils): bootstrap mounts it on /data.
+DATA_DISK_DEVICE = f"/dev/disk/azure/scsi1/lun{DATA_DISK_LUN}"
 
 
 def dns_label(spec: DeploymentSpec, subscription_id: str, *, index: int) -> str:
@@ -26,17 +31,19 @@ def dns_label(spec: DeploymentSpec, subscription_id: str, *, index: int) -> str:
     return f"{prefix(spec)}-{index}-{salt}"
 
 
-def require_ssh_key(spec: DeploymentSpec) -> str:
-    if not spec.ssh_public_key:
-        raise ValueError(f"Pulumi.{spec.stack}.yaml: exaone-lora:sshPublicKey is required for target 'vm' "
-                         "(password login is disabled); paste your public key, e.g. ~/.ssh/id_ed25519.pub")
-    return spec.ssh_public_key
+# What a preview shows before the operator's key is set; `pulumi up` refuses such a stack (infra.common.check_deployable).
+UNSET_SSH_KEY = "<exaone-lora:sshPublicKey not set>"
+
+
+def ssh_key(spec: DeploymentSpec) -> str:
+    return spec.ssh_public_key or UNSET_SSH_KEY
 
 
 class GpuVms(pulumi.ComponentResource):
     vms: list[compute.VirtualMachine]
     public_ips: list[network.PublicIPAddress]
     nics: list[network.NetworkInterface]
+    data_disks: list[compute.Disk]
     load_balancer: network.LoadBalancer | None
     lb_ip: pulumi.Output[str] | None
 
@@ -46,7 +53,7 @@ class GpuVms(pulumi.ComponentResource):
         super().__init__(f"{COMPONENT_PREFIX}:infra:GpuVms", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = spec.resource_tags()
-        key = require_ssh_key(spec)
+        key = ssh_key(spec)
         rg = resource_group_name
         self.load_balancer = None
         self.lb_ip = None
@@ -55,7 +62,7 @@ class GpuVms(pulumi.ComponentResource):
             self.load_balancer, pool_id = self._load_balancer(spec, rg, subnet_id, subscription_id, child)
             pool_ids = [pool_id]
 
-        self.vms, self.public_ips, self.nics = [], [], []
+        self.vms, self.public_ips, self.nics, self.data_disks = [], [], [], []
         for i in range(spec.node_count):
             # A static public IP per VM so the operator (and Fabric) can SSH in; the NSG limits it to operatorCidr.
             ip = network.PublicIPAddress(
@@ -74,6 +81,13 @@ class GpuVms(pulumi.ComponentResource):
                 )],
                 opts=child)
             vm_name = f"vm-{prefix(spec)}-{i}"
+            # A disk of its own, so /data (a downloaded model, compile caches) outlives a replaced VM.
+            data_disk = compute.Disk(
+                f"data-{i}", resource_group_name=rg, location=spec.region, tags=tags, disk_name=f"{vm_name}-data",
+                sku=compute.DiskSkuArgs(name="Premium_LRS"), disk_size_gb=spec.data_disk_gb,
+                creation_data=compute.CreationDataArgs(create_option="Empty"),
+                # No SAS export or import of the disk from any network.
+                network_access_policy="DenyAll", public_network_access="Disabled", opts=child)
             vm = compute.VirtualMachine(
                 f"vm-{i}", resource_group_name=rg, location=spec.region, tags=tags, vm_name=vm_name,
                 hardware_profile=compute.HardwareProfileArgs(vm_size=spec.vm_sku),
@@ -83,6 +97,11 @@ class GpuVms(pulumi.ComponentResource):
                         create_option="FromImage", caching=compute.CachingTypes.READ_WRITE, disk_size_gb=spec.os_disk_gb,
                         delete_option="Delete",
                         managed_disk=compute.ManagedDiskParametersArgs(storage_account_type="Premium_LRS")),
+                    # SCSI, said explicitly: the host-side path /dev/disk/azure/scsi1/lun0 depends on it.
+                    disk_controller_type="SCSI",
+                    data_disks=[compute.DataDiskArgs(
+                        lun=DATA_DISK_LUN, create_option="Attach", caching=compute.CachingTypes.READ_ONLY,
+                        delete_option="Detach", managed_disk=compute.ManagedDiskParametersArgs(id=data_disk.id))],
                 ),
                 os_profile=compute.OSProfileArgs(
                     computer_name=vm_name, admin_username=spec.admin_username,
@@ -101,6 +120,7 @@ class GpuVms(pulumi.ComponentResource):
                 opts=child)
             self.public_ips.append(ip)
             self.nics.append(nic)
+            self.data_disks.append(data_disk)
             self.vms.append(vm)
         self.register_outputs({"vmNames": [vm.name for vm in self.vms]})
 

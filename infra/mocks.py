@@ -8,6 +8,7 @@ import base64
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -28,7 +29,10 @@ users: [{name: mock, user: {token: mock}}]
 
 # The input that sets a resource's Azure name (its `name` output); others get the logical name.
 NAME_INPUTS = {"ResourceGroup": "resourceGroupName", "VirtualMachine": "vmName", "BlobContainer": "containerName",
-               "LoadBalancer": "loadBalancerName", "StorageAccount": "accountName"}
+               "LoadBalancer": "loadBalancerName", "StorageAccount": "accountName", "Disk": "diskName",
+               "PrivateZone": "privateZoneName"}
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class RecordedResource:
     name: str
     inputs: dict[str, Any]
     custom: bool
+    protect: bool = False
 
 
 def _uuid(seed: str) -> str:
@@ -51,16 +56,35 @@ def _azure_id(args: MockResourceArgs) -> str:
     kind = args.typ.split(":")[-1]
     if kind == "ResourceGroup":
         return f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{inputs.get('resourceGroupName', args.name)}"
+    if kind == "StorageAccount":
+        return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/"
+                f"{inputs.get('accountName', args.name)}")
     if kind == "BlobContainer":
         return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/"
                 f"{inputs.get('accountName')}/blobServices/default/containers/{inputs.get('containerName', args.name)}")
     return f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/mock/{kind}/{args.name}"
 
 
+def registry_reference(name: str, root: Path) -> dict[str, Any]:
+    """A StackReference to the registry stack answers with the outputs that stack's program produces for the
+    stack file in `root` (`infra.registry.registry_outputs`, which a test checks against the program itself)."""
+    from infra.registry import load_registry_config, registry_outputs
+
+    stack = name.rsplit("/", 1)[-1]
+    return {"name": name, "outputs": registry_outputs(load_registry_config(stack, root), SUBSCRIPTION),
+            "secretOutputNames": []}
+
+
 class AzureMocks(Mocks):
     """Outputs Azure would compute (ids, principal ids, IPs, issuer URL); everything else echoes the inputs."""
 
+    def __init__(self, root: Path = ROOT) -> None:
+        self.root = root
+
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        if args.typ == STACK_REFERENCE:
+            name = str(args.inputs.get("name") or args.resource_id or args.name)
+            return name, registry_reference(name, self.root)
         if not args.custom:
             return None, {}
         state = dict(args.inputs)
@@ -113,7 +137,15 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: Mocks) -> None:
         super().__init__(mocks)
         self.recorded: list[RecordedResource] = []
+        self.references: list[str] = []
         self._lock = threading.Lock()
+
+    def ReadResource(self, request: Any) -> Any:
+        # Reads are lookups, not resources the stack creates: keep only which stacks it references.
+        if request.type == STACK_REFERENCE:
+            with self._lock:
+                self.references.append(request.id)
+        return super().ReadResource(request)
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
@@ -122,7 +154,7 @@ class RecordingMonitor(MockMonitor):
             inputs = rpc.deserialize_properties(request.object)
             with self._lock:
                 self.recorded.append(RecordedResource(response.urn, request.type, request.name, dict(inputs),
-                                                      bool(request.custom)))
+                                                      bool(request.custom), bool(request.protect)))
         return response
 
 
@@ -130,6 +162,7 @@ class RecordingMonitor(MockMonitor):
 class ProgramRun:
     resources: list[RecordedResource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    stack_references: list[str] = field(default_factory=list)
 
     def of_type(self, resource_type: str) -> list[RecordedResource]:
         return [r for r in self.resources if r.type == resource_type]
@@ -141,13 +174,15 @@ class ProgramRun:
         return found[0]
 
 
-def run_under_mocks(project: str, stack: str, program: Any) -> ProgramRun:
-    """Run `program()` (returns a dict of outputs) under the mock runtime; waits for every registration."""
+def run_under_mocks(project: str, stack: str, program: Any, root: Path = ROOT) -> ProgramRun:
+    """Run `program()` (returns a dict of outputs) under the mock runtime; waits for every registration.
+
+    `root` holds the stack files a StackReference (the registry stack) is answered from."""
     # Pulumi's runtime asks asyncio for the thread's current loop; an earlier `asyncio.run()` in the same
     # process (a CLI command, another test) leaves none set, so give it a fresh one for this run.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    mocks = AzureMocks()
+    mocks = AzureMocks(root)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
     run = ProgramRun()
@@ -164,4 +199,5 @@ def run_under_mocks(project: str, stack: str, program: Any) -> ProgramRun:
         asyncio.set_event_loop(None)
         loop.close()
     run.resources = list(monitor.recorded)
+    run.stack_references = list(monitor.references)
     return run

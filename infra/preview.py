@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exaone_lora import PROJECT
 from exaone_lora.spec import DeploymentSpec, load_spec
 from infra.common import InfraOptions
 from infra.mocks import ProgramRun, RecordedResource, run_under_mocks
-from infra.policy.rules import DEFAULT_PROTECTED_PORTS, Violation, evaluate
-
-ROLE_NAMES = {"2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
-              "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor"}
+from infra.policy.rules import Violation, evaluate
+from infra.roles import ROLE_NAMES, role_guid
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,23 @@ class PolicyVerdict:
         return "policy pack REFUSES this stack:\n" + "\n".join(f"  - {v}" for v in self.violations)
 
 
-def run_program(spec: DeploymentSpec, options: InfraOptions | None = None) -> ProgramRun:
-    """Run infra.program.build for `spec` under Pulumi's mock runtime."""
+def run_program(spec: DeploymentSpec, options: InfraOptions | None = None, root: Path | str | None = None) -> ProgramRun:
+    """Run infra.program.build for `spec` under Pulumi's mock runtime (the registry stack's file is read from `root`)."""
     from infra.program import build
 
-    return run_under_mocks(spec.project, spec.stack, lambda: build(spec, options))
+    if root is None:
+        return run_under_mocks(spec.project, spec.stack, lambda: build(spec, options))
+    return run_under_mocks(spec.project, spec.stack, lambda: build(spec, options), Path(root))
+
+
+def run_registry(stack: str, root: Path | str = ".", publisher_principal_id: str | None = None) -> ProgramRun:
+    """Run the registry stack's program (infra/registry.py) under Pulumi's mock runtime."""
+    from infra.common import subscription_id
+    from infra.registry import build_registry, load_registry_config
+
+    config = load_registry_config(stack, root)
+    return run_under_mocks(PROJECT, stack, lambda: build_registry(config, subscription_id(), publisher_principal_id),
+                           Path(root))
 
 
 def _rules(props: dict[str, Any]) -> str:
@@ -88,15 +99,25 @@ SETTINGS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
         "image": f"{_get(p, 'storageProfile.imageReference.offer')}/{_get(p, 'storageProfile.imageReference.sku')}",
         "osDisk": f"{_fmt(_get(p, 'storageProfile.osDisk.diskSizeGB'))} GiB "
                   f"{_get(p, 'storageProfile.osDisk.managedDisk.storageAccountType')}",
+        "dataDisks": ",".join(f"lun{_fmt(d.get('lun'))}" for d in _get(p, "storageProfile.dataDisks", [])),
         "encryptionAtHost": _get(p, "securityProfile.encryptionAtHost"),
         "passwordLogin": not _get(p, "osProfile.linuxConfiguration.disablePasswordAuthentication", False),
     },
     "azure-native:storage:StorageAccount": lambda p: {
         "tls": p.get("minimumTlsVersion"), "publicBlob": p.get("allowBlobPublicAccess"),
-        "sharedKey": p.get("allowSharedKeyAccess")},
+        "sharedKey": p.get("allowSharedKeyAccess"), "publicNetwork": p.get("publicNetworkAccess"),
+        "firewall": _get(p, "networkRuleSet.defaultAction")},
+    "azure-native:compute:Disk": lambda p: {
+        "size": f"{_fmt(p.get('diskSizeGB'))} GiB {_get(p, 'sku.name')}", "network": p.get("networkAccessPolicy")},
+    "azure-native:network:PrivateEndpoint": lambda p: {
+        "groups": ",".join(g for c in p.get("privateLinkServiceConnections") or [] for g in c.get("groupIds") or [])},
+    "azure-native:storage:BlobServiceProperties": lambda p: {
+        "versioning": p.get("isVersioningEnabled"), "softDeleteDays": _fmt(_get(p, "deleteRetentionPolicy.days"))},
+    "azure-native:storage:BlobContainerImmutabilityPolicy": lambda p: {
+        "retentionDays": _fmt(p.get("immutabilityPeriodSinceCreationInDays"))},
     "azure-native:storage:BlobContainer": lambda p: {"container": p.get("containerName"), "publicAccess": p.get("publicAccess")},
     "azure-native:authorization:RoleAssignment": lambda p: {
-        "role": ROLE_NAMES.get(str(p.get("roleDefinitionId", "")).rsplit("/", 1)[-1], p.get("roleDefinitionId")),
+        "role": ROLE_NAMES.get(role_guid(str(p.get("roleDefinitionId", ""))), p.get("roleDefinitionId")),
         "scope": str(p.get("scope", "")).rsplit("/blobServices/default/", 1)[-1]},
     "azure-native:containerservice:ManagedCluster": lambda p: {
         "pools": _pools(p), "workloadIdentity": _get(p, "securityProfile.workloadIdentity.enabled")},
@@ -126,18 +147,19 @@ def rows(run: ProgramRun) -> list[ResourceRow]:
     return sorted(table, key=lambda row: (row.type, row.name))
 
 
-def protected_ports(spec: DeploymentSpec | None) -> tuple[int, ...]:
-    if spec is None:
-        return DEFAULT_PROTECTED_PORTS
-    return tuple(sorted({22, spec.port, spec.gateway.engine_port, spec.gateway.admin_port}))
-
-
 def policy_verdict(resources: Sequence[ResourceRow | RecordedResource], spec: DeploymentSpec | None = None) -> PolicyVerdict:
-    """Run every policy rule over the resources (rows or recorded resources)."""
-    return PolicyVerdict(tuple(evaluate(((r.urn, r.type, r.inputs) for r in resources),
-                                        protected_ports=protected_ports(spec))))
+    """Run every policy rule over the resources (rows or recorded resources).
+
+    `spec` is accepted for the callers' sake and unused: the rules read ports and tiers from the rendered
+    resources, exactly as the enforced pack does under `pulumi preview --policy-pack`."""
+    del spec
+    return PolicyVerdict(tuple(evaluate((r.urn, r.type, r.inputs) for r in resources)))
 
 
 def preview_stack(stack: str, root: Path | str = ".", options: InfraOptions | None = None) -> list[ResourceRow]:
     """The resources `pulumi up -s <stack>` would create, computed offline under the mock runtime."""
-    return rows(run_program(load_spec(stack, root), options))
+    from infra.registry import is_registry_stack
+
+    if is_registry_stack(stack, root):
+        return rows(run_registry(stack, root))
+    return rows(run_program(load_spec(stack, root), options, root))

@@ -11,13 +11,13 @@ from typing import Any
 import pulumi
 
 from exaone_lora.spec import DeploymentSpec
-from infra.aks import MODELS_CONTAINER, AksCluster
+from infra.aks import AksCluster
 from infra.common import InfraOptions, subscription_id
 from infra.costs import PRICES_AS_OF, hourly_cost
 from infra.gpu_vm import GpuVms
 from infra.monitoring import Monitoring
 from infra.network import Network
-from infra.storage import StorageAndIdentity
+from infra.storage import RegistryAccess
 
 
 def tier_summary(spec: DeploymentSpec) -> str:
@@ -36,26 +36,29 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
     sub = subscription_id()
     net = Network("network", spec)
     rg = net.resource_group.name
-    store = StorageAndIdentity("storage", spec, resource_group_name=rg, subscription_id=sub,
-                               operator_principal_id=options.operator_principal_id,
-                               extra_containers=(MODELS_CONTAINER,) if spec.target == "aks" else ())
+    # The adapter registry is the registry stack's (infra/registry.py); this stack only reads it.
+    store = RegistryAccess("storage", spec, resource_group_name=rg, subscription_id=sub, subnet_id=net.subnet.id,
+                           vnet_id=net.vnet.id, reads_models=spec.target == "aks")
     outputs: dict[str, Any] = {
         "target": spec.target,
         "resourceGroup": rg,
-        "storageAccount": store.account.name,
-        "storageContainer": store.container.name,
-        "storageBlobUrl": store.account.name.apply(lambda n: f"https://{n}.blob.core.windows.net"),
+        "storageAccount": store.account_name,
+        "storageContainer": store.container_name,
+        "storageBlobUrl": store.blob_url,
         "identityClientId": store.identity.client_id,
         "identityId": store.identity.id,
         "tierSummary": tier_summary(spec),
         "estimatedHourlyCostUsd": hourly_cost(spec),
         "pricesAsOf": PRICES_AS_OF,
     }
+    if options.api_key is not None:
+        # Shown only with `pulumi stack output --show-secrets`; Fabric writes it to the host (mode 0600).
+        outputs["apiKey"] = pulumi.Output.secret(options.api_key)
     monitor_targets: list[pulumi.Input[str]] = []
     if spec.target == "vm":
         vms = GpuVms("gpu", spec, resource_group_name=rg, subnet_id=net.subnet.id, nsg_id=net.nsg.id,
                      identity_id=store.identity.id, subscription_id=sub,
-                     opts=pulumi.ResourceOptions(depends_on=[store.reader]))
+                     opts=pulumi.ResourceOptions(depends_on=store.ready))
         ips = pulumi.Output.all(*[ip.ip_address for ip in vms.public_ips])
         fqdns = pulumi.Output.all(*[ip.dns_settings.apply(lambda d: (d.fqdn if d else None) or "") for ip in vms.public_ips])
         api_host = vms.lb_ip if vms.lb_ip is not None else ips.apply(lambda v: v[0] or "")
@@ -70,7 +73,7 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
         monitor_targets = [vm.id for vm in vms.vms]
     else:
         aks = AksCluster("aks", spec, resource_group_name=rg, subnet_id=net.subnet.id, identity=store.identity,
-                         storage_account=store.account.name, options=options)
+                         storage_account=store.account_name, options=options)
         outputs |= {
             "clusterName": aks.cluster.name,
             "apiUrl": aks.api_host.apply(lambda h: f"http://{h}:{spec.port}"),

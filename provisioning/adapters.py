@@ -1,304 +1,276 @@
-"""`deploy-adapters`: one adapter version from the Blob registry onto a serving host, switched atomically.
+"""`deploy-adapters`: set the registry's alias (the one desired state), then run the one reconciler on each host.
 
-Order of a deploy (each step must succeed before the next; any failure leaves the previous version serving):
-1. download through `AdapterRegistry.download` on the operator's machine (every sha256 checked against the
-   manifest, the manifest against the stack's pin) and `validate_adapter` against the host's model config;
-2. upload into a hidden staging directory on the host, re-verify with `sha256sum`, rename to `{domain}-v{N}`;
-3. load `{domain}-v{N}` into the server and send a warm-up request to it;
-4. switch the production name `{domain}` (a symlink) by renaming a temporary link over it (atomic);
-5. tell the server: the gateway's alias (gateway mode), or re-load `{domain}` in vLLM (direct dynamic mode),
-   or restart (static mode), and check that `{domain}` answers.
-Staging is removed on failure and on SIGINT/SIGTERM; leftovers of a SIGKILL are removed by the next run.
+1. On the operator's machine, with the operator's Azure login: resolve the version (explicit, the stack's pin, the
+   registry's current, or the registry's previous for a rollback), check it against the stack's pin (version and
+   manifest sha256: what promotion carries), and set the domain's alias in the registry.
+2. On each host, as root: `service.cli reconcile` with the host's own identity (managed identity on Azure) downloads
+   every version the registry wants (sha256 of every file against the manifest), validates it against the host's
+   model, loads it into every vLLM replica, warms it up, switches the gateway's alias, drains and unloads what
+   nothing points to. It acts only on what it observes, so a run killed half-way is finished by the next one.
+3. Merged replicas of a switched alias are folded again and restarted (`ensure_merged`).
+If a host cannot converge, the task sets the aliases back to what was serving; the previous version never stopped.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shlex
-import tempfile
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from fabric import Connection
 
 from exaone_lora.spec import DeploymentSpec, MergedReplicaSpec
+from provisioning.outputs import StackOutputs
 from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, sh, wait_for
 from provisioning.results import Change
-from provisioning.service import gateway_src, restart
+from provisioning.service import gateway_src
 from service.gateway.server import ADMIN_KEY_ENV
 from service.layout import DEFAULT_LAYOUT, HostLayout
-from service.manifest import AdapterManifest, version_name
 from service.merge import MERGED_RECORD
-from service.merged_replicas import VERSION_VAR, merged_env_file, merged_for, merged_root, merged_unit_name
-from service.registry import AdapterRegistry
-from service.replicas import replica_urls
-from service.validation import check_name, validate_adapter
+from service.merged_replicas import VERSION_VAR, merged_env_file, merged_root, merged_unit_name
+from service.registry import AdapterRegistry, RegistryError
+from service.replicas import replica_endpoints
+from service.validation import check_name
 
 Reporter = Callable[[str], None]
-STATE_DIR = ".deploy"
-STAGING_PREFIX = ".staging-"
-# Fault-injection point for tests and drills: hold the deploy this many seconds at the named phase.
+# Fault-injection point for tests and drills: hold the deploy this many seconds at the named phase ("desired":
+# the registry's alias is set, no host has been told yet).
 HOLD_ENV = "EXAONE_LORA_DEPLOY_HOLD"
+REGISTRY_ENV = "EXAONE_LORA_REGISTRY"
+CONTAINER_ENV = "EXAONE_LORA_REGISTRY_CONTAINER"
+CLIENT_ID_ENV = "AZURE_CLIENT_ID"
 
 
 class DeployError(RuntimeError):
     """A deploy was refused or failed; the previous version is still the one served."""
 
 
-@dataclass(frozen=True)
-class HostAdapterState:
-    domain: str
-    current: str | None
-    history: list[int]
+def hold(phase: str, report: Reporter = print) -> None:
+    import os
+    import time
 
-
-def _hold(phase: str, report: Reporter) -> None:
     wanted, _, seconds = os.environ.get(HOLD_ENV, "").partition(":")
     if wanted == phase:
         report(f"holding at {phase} ({HOLD_ENV})")
         time.sleep(float(seconds or 60))
 
 
-def host_state(c: Connection, domain: str, layout: HostLayout = DEFAULT_LAYOUT) -> HostAdapterState:
-    link = layout.adapters / domain
-    current = out(c, f"test -L {link} && readlink {link} || true") or None
-    raw = out(c, f"cat {layout.adapters / STATE_DIR / (domain + '.json')} 2>/dev/null || true")
-    history = list(json.loads(raw).get("history", [])) if raw else []
-    return HostAdapterState(domain, current, history)
+@dataclass(frozen=True)
+class RegistryRef:
+    """Where the stack's adapter registry is: an account URL (bearer tokens: the operator's login, the host's
+    managed identity) or, for the local stack only, an Azurite connection string."""
+
+    location: str
+    container: str
+    host_client_id: str | None = None
+
+    @property
+    def is_connection_string(self) -> bool:
+        return "AccountName=" in self.location or "UseDevelopmentStorage" in self.location
+
+    def open_for_operator(self) -> AdapterRegistry:
+        if self.is_connection_string:
+            return AdapterRegistry.from_connection_string(self.location, self.container)
+        return AdapterRegistry.from_account_url(self.location, self.container)
+
+    def host_env(self) -> bytes:
+        """The host's /etc/exaone-lora/registry.env: where to read, and which identity reads."""
+        lines = {REGISTRY_ENV: self.location, CONTAINER_ENV: self.container}
+        if self.host_client_id:
+            lines[CLIENT_ID_ENV] = self.host_client_id
+        return "".join(f"{k}={shlex.quote(v)}\n" for k, v in lines.items()).encode()
 
 
-def _save_history(c: Connection, domain: str, history: list[int], layout: HostLayout) -> None:
-    sh(c, f"install -d -m 755 {layout.adapters / STATE_DIR}")
-    put_bytes(c, (json.dumps({"domain": domain, "history": history}) + "\n").encode(),
-              str(layout.adapters / STATE_DIR / f"{domain}.json"))
+def registry_ref(spec: DeploymentSpec, outputs: StackOutputs | None) -> RegistryRef:
+    """The registry from $EXAONE_LORA_REGISTRY, else from the stack's outputs (`storageBlobUrl`)."""
+    import os
+
+    container = spec.storage.container
+    client_id = None
+    if outputs is not None:
+        container = str(outputs.values.get("storageContainer") or container)
+        client_id = outputs.values.get("identityClientId") or None
+    location = os.environ.get(REGISTRY_ENV)
+    if not location and outputs is not None and spec.target != "local":
+        location = str(outputs.require("storageBlobUrl"))
+    if not location:
+        raise DeployError(f"no registry: set ${REGISTRY_ENV} (account URL) or pass --outputs FILE from "
+                          f"`pulumi stack output --json -s {spec.stack}`")
+    ref = RegistryRef(location, container, str(client_id) if client_id else None)
+    if ref.is_connection_string and spec.target != "local":
+        raise DeployError(f"stack {spec.stack}: a connection string carries an account key; Azure stacks have shared-key "
+                          f"access off and reach the registry with Entra ID tokens: set ${REGISTRY_ENV} to the account URL")
+    return ref
+
+
+@dataclass(frozen=True)
+class DesiredChange:
+    """One alias moved in the registry: what to restore if the hosts cannot serve it."""
+
+    domain: str
+    before: int | None
+    after: int
+
+    @property
+    def step(self) -> str:
+        return f"alias {self.domain}"
+
+    @property
+    def detail(self) -> str:
+        return f"{self.before if self.before is not None else 'nothing'} -> {self.after}"
+
+
+def _pinned(spec: DeploymentSpec, domain: str) -> tuple[int, str] | None:
+    pin = next((p for p in spec.adapters if p.alias == domain), None)
+    return (pin.version, pin.sha256) if pin else None
+
+
+def desired_version(registry: AdapterRegistry, spec: DeploymentSpec, domain: str, version: int | None) -> int:
+    pin = _pinned(spec, domain)
+    if version is None:
+        version = pin[0] if pin else registry.alias(domain).current
+    if version is None:
+        versions = registry.versions(domain)
+        if not versions:
+            raise DeployError(f"the registry has no version of {domain}")
+        version = max(versions)
+    if pin is not None:
+        if version != pin[0]:
+            raise DeployError(f"stack {spec.stack} pins {domain} v{pin[0]}; deploying v{version} would serve what "
+                              "promotion does not carry: change the pin (or promote) first")
+        digest = registry.manifest_digest(domain, version)
+        if digest != pin[1]:
+            raise DeployError(f"{domain} v{version}: the registry's manifest sha256 {digest[:12]}... differs from the "
+                              f"stack's pin {pin[1][:12]}...: the version was altered or the pin is wrong")
+    return version
+
+
+def set_desired(registry: AdapterRegistry, spec: DeploymentSpec, domains: list[str], *, version: int | None = None,
+                rollback: bool = False, dry_run: bool = False) -> list[DesiredChange]:
+    """Point each domain's alias at the version to serve (the registry is the desired state)."""
+    if version is not None and len(domains) != 1:
+        raise DeployError("--version needs exactly one --domain")
+    if version is not None and rollback:
+        raise DeployError("--rollback goes to the registry's previous version; it takes no --version")
+    domains = domains or [p.alias for p in spec.adapters]
+    if not domains:
+        raise DeployError(f"no --domain given and stack {spec.stack} pins no adapters")
+    changes = []
+    try:
+        for domain in domains:
+            check_name(domain, "domain")
+            state = registry.alias(domain)
+            if rollback:
+                previous = next((v for v in reversed(state.history) if v != state.current), None)
+                if previous is None:
+                    raise DeployError(f"{domain} has no previous version in the registry (history {state.history})")
+                target = previous if dry_run else registry.rollback(domain)
+            else:
+                target = desired_version(registry, spec, domain, version)
+                if not dry_run and target != state.current:
+                    registry.set_alias(domain, target, expected_current=state.current)
+            changes.append(DesiredChange(domain, state.current, target))
+    except RegistryError as exc:
+        undo_desired(registry, changes)
+        raise DeployError(str(exc)) from None
+    return changes
+
+
+def undo_desired(registry: AdapterRegistry, changes: list[DesiredChange]) -> None:
+    """Put aliases back where they were, unless someone moved them since (compare-and-swap)."""
+    for change in reversed(changes):
+        if change.before is not None and change.before != change.after:
+            try:
+                registry.set_alias(change.domain, change.before, expected_current=change.after)
+            except RegistryError:
+                continue
+
+
+def reconcile_command(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, *, dry_run: bool = False) -> str:
+    """The one reconciler, as run on a host by root: secrets and the registry's location from the host's files."""
+    config = layout.config
+    engines = " ".join(f"--engine {shlex.quote(e.url)}" for e in replica_endpoints(spec, layout))
+    src = gateway_src(layout)
+    argv = (f"{layout.vllm_python} -m service.cli reconcile {engines} "
+            f"--gateway-admin http://127.0.0.1:{spec.gateway.admin_port} --registry-url \"${REGISTRY_ENV}\" "
+            f"--container \"${CONTAINER_ENV}\" --cache-dir {layout.adapters} --base-config {shlex.quote(spec.model.path)} "
+            f"--max-cpu-loras {spec.max_cpu_loras} --max-rank {spec.max_lora_rank}" + (" --dry-run" if dry_run else ""))
+    # identity.env exists only where no Azure instance metadata service is (the rehearsal's token endpoint).
+    return (f"set -a; . {config}/secrets.env; . {config}/registry.env; "
+            f"if [ -r {config}/identity.env ]; then . {config}/identity.env; fi; set +a; "
+            f"cd {src} && PYTHONPATH={src} {argv}")
+
+
+def reconcile_host(c: Connection, spec: DeploymentSpec, ref: RegistryRef, *, dry_run: bool = False,
+                   layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
+    if spec.lora_mode == "static" or not spec.gateway.enabled:
+        raise DeployError(f"stack {spec.stack}: deploy-adapters switches aliases in the gateway at run time; with "
+                          "static LoRA or no gateway, change the stack's pins and run install-service instead")
+    changes = [Change("registry.env", put_bytes(c, ref.host_env(), str(layout.config / "registry.env"), mode="0600"),
+                      ref.location)]
+    report("reconciling with the registry")
+    result = sh(c, reconcile_command(spec, layout, dry_run=dry_run), check=False, timeout=1800)
+    try:
+        outcome = json.loads(str(result.stdout))
+    except json.JSONDecodeError:
+        raise DeployError(f"the reconciler on {c.host} failed (exit {result.exited}): "
+                          f"{(str(result.stderr) or str(result.stdout))[-1500:]}") from None
+    if not outcome.get("ok"):
+        failed = outcome.get("failed") or outcome.get("error")
+        raise DeployError(f"{c.host} did not converge; the previous versions keep serving: {json.dumps(failed)[:1500]}")
+    done = outcome.get("done", [])
+    switched = [f"{a['alias']} -> {a['name']}" for a in done if a.get("kind") == "switch"]
+    loaded = sorted({a["name"] for a in done if a.get("kind") == "load" and a.get("changed")})
+    detail = ("planned: " + ", ".join(f"{a['kind']} {a['name']}" for a in outcome.get("planned", []))) if dry_run else \
+        ("; ".join(filter(None, [", ".join(switched), f"loaded {', '.join(loaded)}" if loaded else ""])) or "no changes")
+    changes.append(Change("adapters", bool(switched or loaded), detail))
+    if not dry_run:
+        for merged in spec.merged_replicas:
+            current = _gateway_alias(c, spec, merged.alias, layout)
+            if current:
+                changes.append(ensure_merged(c, spec, merged, current, layout=layout, report=report))
+    return changes
+
+
+def deploy_adapters(c: Connection, spec: DeploymentSpec, ref: RegistryRef, domains: list[str], *,
+                    version: int | None = None, rollback: bool = False, dry_run: bool = False,
+                    layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
+    """`fab deploy-adapters` for one host: set the desired state, converge the host, undo the former if the
+    latter fails (the previous versions never stopped serving)."""
+    registry = ref.open_for_operator()
+    desired = set_desired(registry, spec, domains, version=version, rollback=rollback, dry_run=dry_run)
+    try:
+        hold("desired", report)
+        changes = reconcile_host(c, spec, ref, dry_run=dry_run, layout=layout, report=report)
+    except BaseException:
+        if not dry_run:
+            undo_desired(registry, desired)
+        raise
+    return [Change(d.step, d.before != d.after and not dry_run, d.detail) for d in desired] + changes
+
+
+def _gateway_alias(c: Connection, spec: DeploymentSpec, alias: str, layout: HostLayout) -> str | None:
+    status, text = host_request(c, "GET", f"http://127.0.0.1:{spec.gateway.admin_port}/admin/state", layout=layout,
+                                key_var=ADMIN_KEY_ENV)
+    if status != 200:
+        raise DeployError(f"gateway admin answered {status}: {text[:300]}")
+    target = json.loads(text).get("aliases", {}).get(alias)
+    return str(target["name"]) if target else None
 
 
 def host_request(c: Connection, method: str, url: str, body: dict[str, object] | None = None,
                  layout: HostLayout = DEFAULT_LAYOUT, key_var: str = "VLLM_API_KEY", timeout: float = 120) -> tuple[int, str]:
-    """An HTTP call made from the host itself (the engine and admin ports only listen on its loopback)."""
+    """An HTTP call made from the host itself (the engine and admin ports only listen on its loopback). The key
+    goes to curl through a header file, never on its command line (visible in `ps`)."""
     data = f"-H 'Content-Type: application/json' --data-binary {shlex.quote(json.dumps(body))}" if body is not None else ""
     script = (f"set -a; [ -r {layout.env_file} ] && . {layout.env_file}; set +a; "
               f"curl -s -o /dev/stdout -w '\\n%{{http_code}}' --max-time {timeout:g} -X {method} "
-              f"${{{key_var}:+-H \"Authorization: Bearer ${key_var}\"}} {data} {shlex.quote(url)}")
+              f"-H @<(if [ -n \"${{{key_var}:-}}\" ]; then printf 'Authorization: Bearer %s\\n' \"${key_var}\"; fi) "
+              f"{data} {shlex.quote(url)}")
     text = out(c, script, check=False)
     body_text, _, code = text.rpartition("\n")
     return (int(code) if code.isdigit() else 0), body_text
-
-
-def _engine_urls(spec: DeploymentSpec, layout: HostLayout) -> list[str]:
-    return replica_urls(spec, layout)
-
-
-def _warmup(c: Connection, base_url: str, model: str, layout: HostLayout, key_var: str = "VLLM_API_KEY") -> None:
-    status, text = host_request(c, "POST", f"{base_url}/v1/completions",
-                                {"model": model, "prompt": "warm-up", "max_tokens": 1, "temperature": 0},
-                                layout, key_var=key_var)
-    if status != 200:
-        raise DeployError(f"warm-up request to {model} at {base_url} answered {status}: {text[:300]}")
-
-
-def _vllm_load(c: Connection, base_url: str, name: str, path: str, layout: HostLayout) -> None:
-    status, text = host_request(c, "POST", f"{base_url}/v1/load_lora_adapter", {"lora_name": name, "lora_path": path}, layout)
-    if status != 200 and "already been loaded" not in text:
-        raise DeployError(f"vLLM at {base_url} refused to load {name} from {path}: {status} {text[:300]}")
-
-
-def _vllm_unload(c: Connection, base_url: str, name: str, layout: HostLayout) -> None:
-    host_request(c, "POST", f"{base_url}/v1/unload_lora_adapter", {"lora_name": name}, layout)
-
-
-def served_names(c: Connection, spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> set[str]:
-    status, text = host_request(c, "GET", f"{_engine_urls(spec, layout)[0]}/v1/models", layout=layout)
-    return {m["id"] for m in json.loads(text)["data"]} if status == 200 else set()
-
-
-def _host_model_config(c: Connection, spec: DeploymentSpec) -> dict[str, object]:
-    buf = io.BytesIO()
-    try:
-        c.get(f"{spec.model.path}/config.json", buf)
-    except OSError as err:
-        raise DeployError(f"cannot read {spec.model.path}/config.json on {c.host}: run bootstrap first ({err})") from err
-    return dict(json.loads(buf.getvalue()))
-
-
-def _verify_on_host(c: Connection, directory: str, manifest: AdapterManifest) -> bool:
-    lines = "".join(f"{d.sha256}  {name}\n" for name, d in manifest.files.items())
-    return ok(c, f"cd {shlex.quote(directory)} && printf %s {shlex.quote(lines)} | sha256sum --quiet -c -")
-
-
-def target_version(registry: AdapterRegistry, spec: DeploymentSpec, domain: str, version: int | None,
-                   rollback: bool, state: HostAdapterState) -> int:
-    if rollback:
-        history = list(state.history)
-        current = int(state.current.rsplit("-v", 1)[1]) if state.current else None
-        while history and history[-1] == current:
-            history.pop()
-        if not history:
-            raise DeployError(f"{domain} has no previous version on {state.domain!r}'s host history {state.history}")
-        return history[-1]
-    if version is not None:
-        return version
-    pin = next((p for p in spec.adapters if p.alias == domain), None)
-    if pin is not None:
-        return pin.version
-    alias = registry.alias(domain)
-    if alias.current is not None:
-        return alias.current
-    versions = registry.versions(domain)
-    if not versions:
-        raise DeployError(f"the registry has no version of {domain}")
-    return max(versions)
-
-
-def _upload(c: Connection, local: Path, staging: str, manifest: AdapterManifest, layout: HostLayout) -> None:
-    sh(c, f"install -d -m 755 -o {c.user} {staging}")
-    for name in [*manifest.files, "manifest.json"]:
-        c.put(str(local / name), f"{staging}/{name}")
-    if not _verify_on_host(c, staging, manifest):
-        raise DeployError(f"sha256 mismatch after uploading {manifest.name} to {c.host}")
-    sh(c, f"chmod 644 {staging}/* && chown -R {layout.service_user}: {staging}")
-
-
-def deploy_adapter(c: Connection, spec: DeploymentSpec, registry: AdapterRegistry, domain: str, *,
-                   version: int | None = None, rollback: bool = False, dry_run: bool = False,
-                   layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> Change:
-    check_name(domain, "domain")
-    root = layout.adapters
-    # Leftovers of a deploy that was killed outright (SIGKILL, lost connection): never served, safe to drop.
-    if not dry_run:
-        sh(c, f"rm -rf {root}/{STAGING_PREFIX}* {root}/.{domain}.link-*")
-    state = host_state(c, domain, layout)
-    number = target_version(registry, spec, domain, version, rollback, state)
-    name = version_name(domain, number)
-    target_dir = str(root / name)
-    manifest = registry.manifest(domain, number)
-    engines = _engine_urls(spec, layout)
-    static = spec.lora_mode == "static"
-    if state.current == name and _verify_on_host(c, target_dir, manifest) and (static or domain in served_names(c, spec, layout)
-                                                                              or spec.gateway.enabled):
-        return Change(f"adapter {domain}", False, f"no changes: {name} already serving")
-    if dry_run:
-        return Change(f"adapter {domain}", False, f"dry run: would switch {domain} from {state.current or 'nothing'} to {name}")
-
-    pin = next((p for p in spec.adapters if p.alias == domain and p.version == number), None)
-    base_config = _host_model_config(c, spec)
-    staging = f"{root}/{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-    new_dir = False
-    loaded_version = False
-    try:
-        if not _verify_on_host(c, target_dir, manifest):
-            report(f"downloading {name} from the registry")
-            with tempfile.TemporaryDirectory(prefix="exaone-deploy-") as tmp:
-                local = registry.download(domain, number, Path(tmp) / name,
-                                          expected_manifest_sha256=pin.sha256 if pin else None)
-                validate_adapter(local, base_config=base_config, max_rank=spec.max_lora_rank, manifest=manifest)
-                report(f"uploading {name} to {c.host}")
-                _upload(c, local, staging, manifest, layout)
-            _hold("staged", report)
-            sh(c, f"rm -rf {target_dir} && mv -T {staging} {target_dir}")
-            new_dir = True
-        if not static:
-            for url in engines:
-                _vllm_load(c, url, name, target_dir, layout)
-                loaded_version = True
-                _warmup(c, url, name, layout)
-        _hold("warmed", report)
-        previous = state.current
-        _switch_link(c, root, domain, name)
-        try:
-            _announce(c, spec, domain, name, engines, layout)
-        except Exception:
-            report(f"{domain} did not answer on {name}: switching back to {previous}")
-            if previous:
-                _switch_link(c, root, domain, previous)
-                _announce(c, spec, domain, previous, engines, layout)
-            else:
-                sh(c, f"rm -f {root / domain}")
-            raise
-    except BaseException:
-        # Failed or interrupted before the switch completed: the previous version keeps serving.
-        sh(c, f"rm -rf {staging}", check=False)
-        if loaded_version and not spec.gateway.enabled:
-            for url in engines:
-                _vllm_unload(c, url, name, layout)
-        if new_dir and host_state(c, domain, layout).current != name:
-            sh(c, f"rm -rf {target_dir}", check=False)
-        raise
-    if rollback:
-        history = list(state.history)
-        while history and history[-1] != number:
-            history.pop()
-    else:
-        history = [v for v in state.history if v != number] + [number]
-    _save_history(c, domain, history, layout)
-    return Change(f"adapter {domain}", True, f"{state.current or 'nothing'} -> {name}")
-
-
-def _switch_link(c: Connection, root: object, domain: str, name: str) -> None:
-    tmp = f"{root}/.{domain}.link-{uuid.uuid4().hex[:8]}"
-    # rename(2) over the old link: readers see the old or the new target, never a missing name.
-    sh(c, f"ln -s {shlex.quote(name)} {tmp} && mv -T {tmp} {root}/{domain}")
-
-
-def _announce(c: Connection, spec: DeploymentSpec, domain: str, name: str, engines: list[str], layout: HostLayout) -> None:
-    """Make `domain` resolve to `name` in the running server, then check it answers."""
-    if spec.lora_mode == "static":
-        restart(c, spec, layout)
-        if spec.gateway.enabled:
-            _gateway_switch(c, spec, domain, name, layout)
-        else:
-            for url in engines:
-                _warmup(c, url, domain, layout)
-        return
-    if spec.gateway.enabled:
-        _gateway_switch(c, spec, domain, name, layout)
-        return
-    # Direct mode: clients call vLLM with the alias, so the alias itself is re-loaded from the new target.
-    for url in engines:
-        _vllm_unload(c, url, domain, layout)
-        # The resolved version directory, so /v1/models (`root`) shows which version the alias serves.
-        _vllm_load(c, url, domain, str(layout.adapters / name), layout)
-        _warmup(c, url, domain, layout)
-        _vllm_unload(c, url, name, layout)
-
-
-def _gateway_switch(c: Connection, spec: DeploymentSpec, domain: str, name: str, layout: HostLayout) -> None:
-    admin = f"http://127.0.0.1:{spec.gateway.admin_port}"
-    if spec.lora_mode != "static":
-        status, text = host_request(c, "POST", f"{admin}/admin/versions",
-                                    {"name": name, "path": str(layout.adapters / name)}, layout, key_var=ADMIN_KEY_ENV)
-        if status != 200:
-            raise DeployError(f"gateway admin refused to load {name}: {status} {text[:300]}")
-    status, text = host_request(c, "PUT", f"{admin}/admin/aliases/{domain}", {"name": name, "warmup": True},
-                                layout, key_var=ADMIN_KEY_ENV)
-    if status != 200:
-        raise DeployError(f"gateway admin refused to switch {domain} to {name}: {status} {text[:300]}")
-
-
-def deploy_adapters(c: Connection, spec: DeploymentSpec, registry: AdapterRegistry, domains: list[str], *,
-                    version: int | None = None, rollback: bool = False, dry_run: bool = False,
-                    layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
-    if version is not None and len(domains) != 1:
-        raise DeployError("--version needs exactly one --domain")
-    if not domains:
-        domains = [p.alias for p in spec.adapters]
-    if not domains:
-        raise DeployError(f"no --domain given and stack {spec.stack} pins no adapters")
-    changes = []
-    for domain in domains:
-        changes.append(deploy_adapter(c, spec, registry, domain, version=version, rollback=rollback, dry_run=dry_run,
-                                      layout=layout, report=report))
-        merged = merged_for(spec, domain)
-        if merged is not None and not dry_run:
-            current = host_state(c, domain, layout).current
-            if current:
-                changes.append(ensure_merged(c, spec, merged, current, layout=layout, report=report))
-    return changes
 
 
 def merged_version(c: Connection, alias: str, layout: HostLayout = DEFAULT_LAYOUT) -> str | None:
@@ -322,12 +294,13 @@ def ensure_merged(c: Connection, spec: DeploymentSpec, merged: MergedReplicaSpec
     target = merged_root(layout) / name
     health = f"http://127.0.0.1:{merged.port}/health"
     previous = merged_version(c, merged.alias, layout)
-    if previous == name and ok(c, f"test -f {target}/{MERGED_RECORD}") and http_status(c, health) == 200:
+    if previous == name and ok(c, f"test -f {shlex.quote(f'{target}/{MERGED_RECORD}')}") and http_status(c, health) == 200:
         return Change(f"merged replica {merged.alias}", False, f"no changes: serving {name}")
     report(f"folding {name} into the base weights for {unit}")
     src = gateway_src(layout)
-    result = sh(c, f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli merge --base {spec.model.path} "
-                   f"--adapter {layout.adapters / name} --out {target} --version-name {name} "
+    q = shlex.quote
+    result = sh(c, f"cd {src} && PYTHONPATH={src} {layout.vllm_python} -m service.cli merge --base {q(spec.model.path)} "
+                   f"--adapter {q(str(layout.adapters / name))} --out {q(str(target))} --version-name {q(name)} "
                    f"--max-rank {spec.max_lora_rank}", check=False)
     if result.exited != 0:
         raise DeployError(f"{name} is live through the LoRA replicas, but its merged replica still serves "
@@ -350,4 +323,5 @@ def ensure_merged(c: Connection, spec: DeploymentSpec, merged: MergedReplicaSpec
     return Change(f"merged replica {merged.alias}", True, f"{previous or 'nothing'} -> {name}")
 
 
-__all__ = ["DeployError", "RemoteError", "deploy_adapter", "deploy_adapters", "host_state"]
+__all__ = ["DeployError", "RegistryRef", "RemoteError", "deploy_adapters", "reconcile_host", "registry_ref", "set_desired",
+           "undo_desired"]

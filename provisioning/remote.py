@@ -48,7 +48,8 @@ def ok(c: Connection, script: str) -> bool:
 def replace_dir(new: str, final: str) -> str:
     """Shell that puts directory `new` in place of `final` (if there is one) by renames: readers see the old
     directory or the new one, whole, never a mix."""
-    return f"rm -rf {final}.old && if [ -e {final} ]; then mv {final} {final}.old; fi && mv {new} {final} && rm -rf {final}.old"
+    new, old, final = shlex.quote(new), shlex.quote(final + ".old"), shlex.quote(final)
+    return f"rm -rf {old} && if [ -e {final} ]; then mv {final} {old}; fi && mv {new} {final} && rm -rf {old}"
 
 
 def sha256_text(data: bytes) -> str:

@@ -11,7 +11,8 @@ import hashlib
 import io
 import shlex
 import tarfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from fabric import Connection
@@ -22,7 +23,7 @@ from provisioning.results import Change
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.merged_replicas import merged_units
 from service.replicas import replica_count, replica_unit_name, replica_urls, upstream_urls
-from service.vllm_config import systemd_unit
+from service.vllm_config import cuda_only_options, systemd_unit
 
 UNIT_DIR = "/etc/systemd/system"
 GATEWAY_UNIT = "exaone-gateway.service"
@@ -132,8 +133,20 @@ def wait_healthy(c: Connection, spec: DeploymentSpec, timeout: float = 900, layo
         wait_for(lambda u=url: http_status(c, u) == 200, timeout, interval=2, what=f"{url} healthy")  # type: ignore[misc]
 
 
+def for_host(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) -> HostLayout:
+    """The layout as this host can run it: without an NVIDIA GPU the CPU build of vLLM stands in."""
+    from provisioning.bootstrap import gpu_present
+
+    return layout if not layout.cuda or gpu_present(c) else replace(layout, cuda=False)
+
+
 def install_service(c: Connection, spec: DeploymentSpec, *, layout: HostLayout = DEFAULT_LAYOUT,
-                    health_timeout: float = 900) -> list[Change]:
+                    health_timeout: float = 900, report: Callable[[str], None] = print) -> list[Change]:
+    layout = for_host(c, layout)
+    if not layout.cuda and spec.target != "local":
+        left_out = cuda_only_options(spec, layout)
+        report(f"skipped: needs GPU: vLLM {spec.vllm_version} (CUDA build)"
+               + (f" with {', '.join(left_out)}" if left_out else "") + "; the CPU build stands in")
     units = rendered_units(spec, layout)
     changes: list[Change] = []
     if GATEWAY_UNIT in units:

@@ -13,6 +13,9 @@ class HostLayout:
     config: PurePosixPath = PurePosixPath("/etc/exaone-lora")
     cache: PurePosixPath = PurePosixPath("/var/cache/exaone-lora")
     service_user: str = "vllm"
+    # False on a host without an NVIDIA GPU (the rehearsal's test host): vLLM's CPU build stands in for the CUDA
+    # build there, so the renderers leave out what only CUDA understands. Detected by provisioning, never configured.
+    cuda: bool = True
 
     @property
     def models(self) -> PurePosixPath:

@@ -40,7 +40,7 @@ class FileDigest(BaseModel):
     @field_validator("sha256")
     @classmethod
     def _hex(cls, value: str) -> str:
-        if not SHA256_PATTERN.match(value):
+        if not SHA256_PATTERN.fullmatch(value):
             raise ValueError("must be 64 lower-case hex digits")
         return value
 
@@ -81,7 +81,7 @@ class AdapterManifest(BaseModel):
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
-        if not ALIAS_PATTERN.match(value):
+        if not ALIAS_PATTERN.fullmatch(value):
             raise ValueError(f"domain {value!r} must be lower-case letters, digits or '_', starting with a letter")
         return value
 
@@ -89,7 +89,7 @@ class AdapterManifest(BaseModel):
     @classmethod
     def _files(cls, value: dict[str, FileDigest]) -> dict[str, FileDigest]:
         for filename in value:
-            if not FILE_NAME_PATTERN.match(filename) or ".." in filename:
+            if not FILE_NAME_PATTERN.fullmatch(filename) or ".." in filename:
                 raise ValueError(f"file name {filename!r} is not a plain file name")
         missing = [f for f in ADAPTER_FILES if f not in value]
         if missing:

@@ -192,7 +192,7 @@ def check_name(value: object, what: str = "name") -> str:
         raise BadNameError(f"{what} {value!r} contains control characters")
     if ".." in value or "/" in value or "\\" in value or value.startswith(("~", ".")) or os.path.isabs(value):
         raise BadNameError(f"{what} {value!r} is a path, not a name (no '..', '/', '\\', leading '.' or '~')")
-    if not ALIAS_PATTERN.match(value):
+    if not ALIAS_PATTERN.fullmatch(value):
         raise BadNameError(f"{what} {value!r} must be lower-case letters, digits or '_', starting with a letter (max 40)")
     return value
 
@@ -204,7 +204,7 @@ def check_version(value: object) -> int:
 
 
 def check_file_name(value: str) -> str:
-    if _CONTROL.search(value) or ".." in value or "/" in value or "\\" in value or not FILE_NAME_PATTERN.match(value):
+    if _CONTROL.search(value) or ".." in value or "/" in value or "\\" in value or not FILE_NAME_PATTERN.fullmatch(value):
         raise BadNameError(f"file name {value!r} is not a plain file name", path=value)
     return value
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
-from exaone_lora.spec import DeploymentSpec, MergedReplicaSpec
+from exaone_lora.spec import CUDA_ONLY_VLLM_ENV, DeploymentSpec, MergedReplicaSpec
 from service.layout import DEFAULT_LAYOUT, HostLayout
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
@@ -57,7 +57,7 @@ def vllm_launch(
     kv_cache_gib: int = 1,
 ) -> VllmLaunch:
     """argv and environment of replica `replica` (one per GPU) for this spec."""
-    on_cpu = spec.target == "local"
+    on_cpu = runs_on_cpu(spec, layout)
     if port is None:
         port = spec.replica_port(replica)
     if host is None:
@@ -70,7 +70,7 @@ def vllm_launch(
         "--max-loras", str(spec.max_loras),
         "--max-cpu-loras", str(spec.max_cpu_loras),
     ]
-    placement_args, placement_env = _placement(spec, gpu_share=spec.gpu_memory_utilization,
+    placement_args, placement_env = _placement(on_cpu, gpu_share=spec.gpu_memory_utilization,
                                                gpu=replica if spec.gpus_per_node > 1 else None,
                                                kv_cache_gib=kv_cache_gib)
     args += placement_args
@@ -96,8 +96,8 @@ def merged_launch(spec: DeploymentSpec, merged: MergedReplicaSpec, *, version_na
     systemd test host) it takes a KV-cache size instead of a GPU share.
     """
     host = "127.0.0.1"
-    placement_args, placement_env = _placement(spec, gpu_share=merged.gpu_memory_utilization, gpu=merged.gpu,
-                                               kv_cache_gib=kv_cache_gib)
+    placement_args, placement_env = _placement(runs_on_cpu(spec, layout), gpu_share=merged.gpu_memory_utilization,
+                                               gpu=merged.gpu, kv_cache_gib=kv_cache_gib)
     args = _common_args(spec, model_path, version_name, merged.max_num_seqs, host, merged.port) + placement_args
     for name, value in sorted(spec.server_args.items()):
         args += _flag(name, value)
@@ -105,11 +105,21 @@ def merged_launch(spec: DeploymentSpec, merged: MergedReplicaSpec, *, version_na
     return VllmLaunch(args=tuple(args), env=env, host=host, port=merged.port)
 
 
-def _placement(spec: DeploymentSpec, *, gpu_share: float, gpu: int | None,
+def runs_on_cpu(spec: DeploymentSpec, layout: HostLayout) -> bool:
+    """The CPU build of vLLM serves: the local stack, or a host without a GPU standing in for a GPU VM."""
+    return spec.target == "local" or not layout.cuda
+
+
+def cuda_only_options(spec: DeploymentSpec, layout: HostLayout) -> list[str]:
+    """`serverEnv` options a CPU stand-in leaves out (the spec refuses them outright on the local stack)."""
+    return sorted(CUDA_ONLY_VLLM_ENV & spec.server_env.keys()) if runs_on_cpu(spec, layout) else []
+
+
+def _placement(on_cpu: bool, *, gpu_share: float, gpu: int | None,
                kv_cache_gib: int) -> tuple[list[str], dict[str, str]]:
-    """Where one server computes, as (argv, environment): on the local target (the CPU build of vLLM) a
-    KV-cache size; on GPUs a share of the GPU's memory and, when `gpu` is given, which GPU."""
-    if spec.target == "local":
+    """Where one server computes, as (argv, environment): on the CPU build of vLLM a KV-cache size; on GPUs a
+    share of the GPU's memory and, when `gpu` is given, which GPU."""
+    if on_cpu:
         return [], {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
     return ["--gpu-memory-utilization", str(gpu_share)], {} if gpu is None else {"CUDA_VISIBLE_DEVICES": str(gpu)}
 
@@ -140,7 +150,8 @@ def _common_args(spec: DeploymentSpec, model_path: str, served_name: str, max_nu
 
 def _environment(spec: DeploymentSpec, layout: HostLayout) -> dict[str, str]:
     # The stack's own options first, so the deployment's variables win even over a name the spec check misses.
-    return dict(sorted(spec.server_env.items())) | {
+    dropped = cuda_only_options(spec, layout)
+    return {k: v for k, v in sorted(spec.server_env.items()) if k not in dropped} | {
         # Offline: weights come from the local path, never from a hub at run time.
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",

@@ -26,6 +26,7 @@ class DemoReport:
     console: Console
     steps: list[StepResult] = field(default_factory=list)
     facts: dict[str, object] = field(default_factory=dict)
+    title: str = "Local end-to-end demo"
 
     @contextmanager
     def step(self, name: str) -> Iterator[StepResult]:
@@ -46,7 +47,7 @@ class DemoReport:
             self.console.print(f"{mark} {name} ({result.seconds:.1f} s) {result.detail}")
 
     def table(self) -> Table:
-        table = Table(title="Local end-to-end demo")
+        table = Table(title=self.title)
         table.add_column("step")
         table.add_column("result")
         table.add_column("seconds", justify="right")

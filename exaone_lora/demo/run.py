@@ -209,7 +209,7 @@ def _record_state(options: DemoOptions, pids: dict[str, int], spec: DeploymentSp
 def run_demo(options: DemoOptions, console: Console, report: DemoReport | None = None) -> DemoReport:
     """Run every step; raises on the first failure (the report says which step), stops everything unless --keep."""
     from exaone_lora.local.testhost import boot_testhost
-    from provisioning.adapters import deploy_adapter
+    from provisioning.adapters import RegistryRef, deploy_adapters
     from provisioning.bootstrap import bootstrap
     from provisioning.monitoring import install_monitoring
     from provisioning.service import install_service
@@ -245,9 +245,10 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             changes = bootstrap(conn, spec, wheelhouse=host.wheelhouse, model_path=checkpoint, report=console.print)
             changes += install_service(conn, spec, health_timeout=600)
             changes += install_monitoring(conn, spec)
+            # The registry's alias is the desired state; the reconciler on the host pulls and switches.
+            ref = RegistryRef(blob.connection_string, spec.storage.container)
             for domain in DOMAINS:
-                registry.set_alias(domain, 1)
-                changes.append(deploy_adapter(conn, spec, registry, domain, version=1, report=console.print))
+                changes += deploy_adapters(conn, spec, ref, [domain], version=1, report=console.print)
             result.detail = f"{sum(c.changed for c in changes)} changes"
 
         api = f"http://127.0.0.1:{spec.port}/v1"
@@ -262,11 +263,9 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             models = [spec.model.served_name, *DOMAINS]
             with BoundedTraffic(api, "demo-no-key", models, workers=options.traffic_workers,
                                 max_requests=2000, max_seconds=options.traffic_seconds) as traffic:
-                registry.set_alias("medical", 2)
-                deploy_adapter(conn, spec, registry, "medical", version=2, report=console.print)
+                deploy_adapters(conn, spec, ref, ["medical"], version=2, report=console.print)
                 time.sleep(2)
-                registry.rollback("medical")
-                deploy_adapter(conn, spec, registry, "medical", rollback=True, report=console.print)
+                deploy_adapters(conn, spec, ref, ["medical"], rollback=True, report=console.print)
                 time.sleep(2)
             outcome = traffic.result
             report.facts["traffic"] = {"ok": dict(outcome.ok), "failed": dict(outcome.failed), "errors": outcome.errors,

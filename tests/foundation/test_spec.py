@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from exaone_lora.spec import STACKS, SpecError, build_spec, load_spec, read_config, stack_file
+from exaone_lora.spec import (
+    MODEL_LICENSE,
+    MODEL_LICENSE_ACK,
+    STACKS,
+    SpecError,
+    build_spec,
+    load_spec,
+    operator_cidr_problem,
+    read_config,
+    ssh_key_problem,
+    stack_file,
+)
+from tests.support.operator import operator_settings
 from tests.support.processes import REPO
 
 
@@ -78,6 +93,8 @@ def test_secrets_do_not_belong_in_the_spec(tmp_path: Path) -> None:
         ({"maxLoras": 9, "maxCpuLoras": 4}, "maxCpuLoras: must be >= maxLoras (9)"),
         ({"api": {"exposure": "public"}}, "exaone-lora:api: exposure 'public' needs allowedCidrs"),
         ({"api": {"exposure": "public", "allowedCidrs": ["0.0.0.0/0"]}}, "exaone-lora:api.allowedCidrs: 0.0.0.0/0 opens the API"),
+        ({"api": {"exposure": "public", "allowedCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}},
+         "exaone-lora:api.allowedCidrs: sources cover the whole IPv4 Internet"),
         ({"gpuMemoryUtilizaton": 0.5}, "exaone-lora:gpuMemoryUtilizaton: unknown key (typo?)"),
         ({"model": {"revision": "main"}}, "exaone-lora:model.revision: must be a full 40-hex-digit commit id"),
         ({"serverEnv": {"CUDA_LAUNCH_BLOCKING": "1"}}, "exaone-lora:serverEnv: 'CUDA_LAUNCH_BLOCKING' is not a vLLM"),
@@ -97,9 +114,72 @@ def test_a_cuda_only_option_switched_off_is_allowed_on_the_local_target() -> Non
     assert build_spec("poc", values, "Pulumi.poc.yaml").server_env == {"VLLM_LORA_ENABLE_DUAL_STREAM": "0"}
 
 
-def test_ssh_needs_an_operator_cidr_on_vm_targets() -> None:
-    values = {k: v for k, v in poc_values().items() if k != "operatorCidr"}
-    assert "exaone-lora:operatorCidr: required for target 'vm'" in refused(values)
+def test_unset_operator_settings_load_but_block_a_deploy(tmp_path: Path) -> None:
+    """The shipped stack files leave the operator's settings to `pulumi config set`: plans and previews work,
+    `pulumi up` and bootstrap are told exactly what to set."""
+    spec = build_spec("poc", {k: v for k, v in poc_values().items() if k not in ("operatorCidr", "sshPublicKey")},
+                      "Pulumi.poc.yaml")
+    blockers = "\n".join(spec.deploy_blockers())
+    assert "exaone-lora:operatorCidr: not set" in blockers and "exaone-lora:sshPublicKey: not set" in blockers
+    assert f"exaone-lora:acceptModelLicense {MODEL_LICENSE_ACK}" in blockers and MODEL_LICENSE in blockers
+    ready = build_spec("poc", poc_values() | {k.split(":", 1)[1]: v for k, v in operator_settings(tmp_path).items()},
+                       "Pulumi.poc.yaml")
+    assert ready.deploy_blockers() == []
+    assert load_spec("dev", REPO).deploy_blockers() == [], "the local stack needs no operator settings"
+
+
+@pytest.mark.parametrize(("cidr", "problem"), [
+    ("203.0.113.7/32", "documentation range"), ("198.51.100.0/28", "documentation range"),
+    ("2001:db8::1/128", "documentation range"), ("127.0.0.1/32", "not a routable operator address"),
+    ("169.254.10.1/32", "not a routable operator address"), ("240.0.0.1/32", "not a routable operator address"),
+    ("20.41.6.7/32", None), ("10.20.0.0/16", None),
+])
+def test_operator_cidr_examples_and_reserved_ranges_block_a_deploy(cidr: str, problem: str | None) -> None:
+    result = operator_cidr_problem(cidr)
+    if problem is None:
+        assert result is None
+    else:
+        assert result is not None and problem in result
+
+
+def test_ssh_keys_must_parse(tmp_path: Path) -> None:
+    real = operator_settings(tmp_path)["exaone-lora:sshPublicKey"]
+    assert ssh_key_problem(real) is None
+    kind, blob, *_ = real.split()
+    assert "not valid base64" in (ssh_key_problem(f"{kind} {blob[:-3]}!!! x") or "")
+    assert "starting with one of" in (ssh_key_problem(f"ssh-dss {blob}") or "")
+    assert "does not match its type" in (ssh_key_problem(f"ssh-rsa {blob}") or "")
+    example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleReplaceWithYourOwnPublicKeyXXXXXXXXXXXX operator@example"
+    assert ssh_key_problem(example) is not None
+
+
+SHELL_CHARACTERS = st.sampled_from(list(" ;|&$`'\"\\()<>*?!{}[]#~\n\t"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefix=st.from_regex(r"/[a-z]{1,8}", fullmatch=True), bad=SHELL_CHARACTERS,
+       rest=st.text(alphabet=st.characters(codec="utf-8"), max_size=12))
+def test_hostile_model_paths_are_refused_naming_the_key(prefix: str, bad: str, rest: str) -> None:
+    values = poc_values() | {"model": {**poc_values()["model"], "path": prefix + bad + rest}}
+    assert "exaone-lora:model.path: must be an absolute path of letters" in refused(values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(name=st.text(min_size=1, max_size=40))
+def test_admin_user_names_are_plain_linux_names(name: str) -> None:
+    values = poc_values() | {"adminUsername": name}
+    try:
+        spec = build_spec("poc", values, "Pulumi.poc.yaml")
+    except SpecError as exc:
+        assert "exaone-lora:adminUsername:" in str(exc)
+        return
+    assert spec.admin_username == shlex.quote(spec.admin_username), "an accepted name needs no quoting in a shell"
+    assert spec.admin_username not in ("root", "vllm")
+
+
+def test_an_azure_vm_stack_serves_through_the_gateway() -> None:
+    assert "exaone-lora:gateway.enabled: Azure VM stacks serve through the gateway" in refused(
+        poc_values() | {"gateway": {"enabled": False}})
 
 
 def pin(**overrides: Any) -> dict[str, Any]:

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from exaone_lora.spec import DeploymentSpec, build_spec, load_spec, read_config, stack_file
+from exaone_lora.spec import ApiSpec, DeploymentSpec, build_spec, load_spec, read_config, stack_file
 from infra.mocks import ProgramRun
 from infra.preview import run_program
+from tests.support.operator import OPERATOR_VALUES
 from tests.support.processes import REPO
 
 ADAPTERS = [
@@ -18,9 +19,22 @@ ADAPTERS = [
 
 
 def variant(stack: str, **overrides: Any) -> DeploymentSpec:
-    """A shipped stack with some keys replaced, validated like a stack file."""
-    values = {**read_config(stack_file(stack, REPO)), **overrides}
+    """A shipped stack with the operator's settings (as `pulumi config set` adds them) and some keys replaced,
+    validated like a stack file."""
+    values = {**read_config(stack_file(stack, REPO)), **OPERATOR_VALUES, **overrides}
     return build_spec(stack, values, f"Pulumi.{stack}.yaml (variant)")
+
+
+def open_api(stack: str, cidrs: list[str], **overrides: Any) -> DeploymentSpec:
+    """A public API open to `cidrs` past the spec loader (which refuses broad unions itself), so that the policy
+    pack's own judgement is what is tested: defence in depth against a stack edited around the loader."""
+    spec = variant(stack, **overrides)
+    return spec.model_copy(update={"api": ApiSpec.model_construct(exposure="public", allowed_cidrs=tuple(cidrs))})
+
+
+def configured(stack: str) -> DeploymentSpec:
+    """A shipped stack as `pulumi up` sees it once the operator has run `pulumi config set`."""
+    return variant(stack) if load_spec(stack, REPO).target != "local" else load_spec(stack, REPO)
 
 
 class Runs:
@@ -29,7 +43,7 @@ class Runs:
 
     def stack(self, name: str) -> ProgramRun:
         if name not in self._cache:
-            self._cache[name] = run_program(load_spec(name, REPO))
+            self._cache[name] = run_program(configured(name))
         return self._cache[name]
 
     def spec(self, key: str, spec: DeploymentSpec) -> ProgramRun:

@@ -48,8 +48,18 @@ def test_preview_library_and_cli() -> None:
 
 
 def test_cli_preview_refuses_a_bad_stack_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    text = (REPO / "Pulumi.poc.yaml").read_text().replace("operatorCidr: 203.0.113.7/32", "operatorCidr: 0.0.0.0/0")
+    text = (REPO / "Pulumi.poc.yaml").read_text() + "  exaone-lora:operatorCidr: 0.0.0.0/0\n"
     (tmp_path / "Pulumi.poc.yaml").write_text(text)
     result = CliRunner().invoke(app, ["preview", "--stack", "poc", "--root", str(tmp_path)])
     assert result.exit_code == 2
     assert "0.0.0.0/0 would open SSH to the whole Internet" in " ".join(result.output.split())
+
+
+def test_cli_preview_says_what_blocks_pulumi_up() -> None:
+    """The shipped poc file previews (offline), and names every setting `pulumi up` will still refuse without."""
+    result = CliRunner().invoke(app, ["preview", "--stack", "poc", "--root", str(REPO)], env={"COLUMNS": "400"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "`pulumi up -s poc` will refuse until these are set" in text
+    for key in ("operatorCidr: not set", "sshPublicKey: not set", "acceptModelLicense exaone-3.5-nc"):
+        assert key in text, key

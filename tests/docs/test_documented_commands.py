@@ -1,0 +1,134 @@
+"""Every command the README and docs show must work exactly as written.
+
+- `fab ...` lines: the task exists and takes every flag shown, and the stack is always named (no default stack).
+- `pulumi config set` lines: the key is one the spec (`exaone-lora:`) or the program (`ops:`) reads.
+- `exaone-lora ...` lines that need neither Azure nor a running stack are run here and must succeed.
+The same fab lines run end to end in `tests/rehearsal/` (as `exaone-lora rehearse --stack poc` runs them).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+import fabfile
+from exaone_lora.spec import DeploymentSpec
+from tests.support.processes import REPO
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"```(?:bash|console|sh)?\n(.*?)```", re.DOTALL)
+# exaone-lora commands that read only stack files and run offline: run them as written.
+OFFLINE = re.compile(r"^(\.venv/bin/)?exaone-lora (plan|infra (preview|quota|costs)|[a-z]+ --help|--help)\b")
+
+
+@dataclass(frozen=True)
+class Line:
+    doc: str
+    before: str  # the doc's command blocks up to this line's (what a reader has exported by then)
+    text: str
+
+
+def _lines() -> list[Line]:
+    found = []
+    for doc in DOCS:
+        before = ""
+        for block in FENCE.findall(doc.read_text()):
+            joined = re.sub(r"\\\n\s*", " ", block)
+            before += joined
+            for raw in joined.splitlines():
+                text = raw.split("  #")[0].strip().removeprefix("$ ")
+                if text and not text.startswith("#"):
+                    found.append(Line(doc.name, before, text))
+    return found
+
+
+LINES = _lines()
+
+
+def _tasks() -> dict[str, inspect.Signature]:
+    tasks = {}
+    for value in vars(fabfile).values():
+        body = getattr(value, "body", None)
+        if body is not None and hasattr(value, "name"):
+            tasks[value.name] = inspect.signature(body)
+    return tasks
+
+
+FAB_LINES = [line for line in LINES if line.text.startswith("fab ")]
+
+
+def test_the_docs_show_the_fab_path() -> None:
+    shown = " ".join(line.text for line in FAB_LINES)
+    assert "fab deploy-adapters" in shown and "fab bootstrap" in shown
+
+
+@pytest.mark.parametrize("line", FAB_LINES, ids=lambda line: f"{line.doc}:{line.text[:60]}")
+def test_fab_lines_name_a_task_its_flags_and_the_stack(line: Line) -> None:
+    words = shlex.split(line.text)[1:]
+    tasks = _tasks()
+    if words[:1] == ["--list"]:
+        return
+    if words[:1] == ["--help"]:
+        assert words[1] in tasks, line
+        return
+    while words[:1] and words[0] in ("-H", "-i", "-F"):
+        words = words[2:]
+    assert words and words[0] in tasks, f"{line.doc}: `{line.text}`: no task {words[:1]} ({sorted(tasks)})"
+    params = tasks[words[0]].parameters
+    for word in words[1:]:
+        if word.startswith("--"):
+            name = word[2:].split("=")[0].replace("-", "_")
+            assert name in params, f"{line.doc}: `{line.text}`: {words[0]} has no option --{name.replace('_', '-')}"
+    exported = "EXAONE_LORA_STACK=" in line.before
+    assert "--stack" in words or exported, f"{line.doc}: `{line.text}` names no stack (no task has a default)"
+    # Fabric gives a task's flags to that task alone: several tasks on one line need the stack from the environment.
+    several = [w for w in words[1:] if w in tasks]
+    assert not several or exported, \
+        f"{line.doc}: `{line.text}`: --stack reaches the last task only; {words[0]} would run without it"
+
+
+CONFIG_LINES = [line for line in LINES if line.text.startswith("pulumi config set")]
+
+
+@pytest.mark.parametrize("line", CONFIG_LINES, ids=lambda line: f"{line.doc}:{line.text[:70]}")
+def test_config_keys_shown_are_read_by_the_spec_or_the_program(line: Line) -> None:
+    words = [w for w in shlex.split(line.text)[3:] if w != "--secret"]
+    if words[:1] == ["-s"]:
+        words = words[2:]
+    namespace, _, key = words[0].partition(":")
+    if namespace == "exaone-lora":
+        fields = {info.alias or name for name, info in DeploymentSpec.model_fields.items()}
+        assert key in fields, f"{line.doc}: exaone-lora:{key} is not a spec key"
+    else:
+        assert namespace == "ops", line
+        program = (REPO / "infra" / "__main__.py").read_text()
+        assert f'"{key}"' in program, f"{line.doc}: ops:{key} is not read by infra/__main__.py"
+
+
+OFFLINE_LINES = sorted({line.text for line in LINES if OFFLINE.match(line.text)})
+
+
+@pytest.mark.parametrize("command", OFFLINE_LINES)
+def test_offline_exaone_lora_commands_run_as_written(command: str) -> None:
+    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", "COLUMNS": "200"}
+    done = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"`{command}` exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+
+def test_azure_page_says_where_a_subscription_is_needed() -> None:
+    text = (REPO / "docs" / "azure.md").read_text()
+    before = text.split("**A real subscription is needed from here.**")[0]
+    assert before != text, "docs/azure.md must mark where a real subscription is needed"
+    # Everything before the mark runs here: only offline exaone-lora commands and `pulumi config set`.
+    for block in FENCE.findall(before):
+        for raw in block.splitlines():
+            text_line = raw.split("  #")[0].strip()
+            if text_line and not text_line.startswith("#"):
+                assert OFFLINE.match(text_line) or text_line.startswith(("pulumi config set", "pulumi stack select")), \
+                    f"`{text_line}` comes before the subscription mark but needs more than this machine"

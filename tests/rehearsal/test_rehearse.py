@@ -1,0 +1,48 @@
+"""`exaone-lora rehearse --stack poc`, exactly as a user types it: the Azure VM path with the poc spec against the
+stand-ins (mock runtime, systemd test host over SSH as `azureuser`, Azurite with Entra ID tokens, the host's own
+identity, the CPU vLLM), on a clean working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.testhost, pytest.mark.azurite, pytest.mark.vllm]
+CLI = REPO / ".venv" / "bin" / "exaone-lora"
+
+
+def test_rehearse_refuses_the_local_stack(tmp_path: Path) -> None:
+    done = subprocess.run([str(CLI), "rehearse", "--stack", "dev", "--workdir", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2 and "has target local" in done.stdout, done.stdout + done.stderr
+
+
+def test_rehearse_poc_end_to_end(tmp_path: Path) -> None:
+    done = subprocess.run([str(CLI), "rehearse", "--stack", "poc", "--workdir", str(tmp_path), "--traffic-seconds", "30"],
+                          cwd=REPO, capture_output=True, text=True, timeout=2400, env={**os.environ, "COLUMNS": "200"})
+    output = done.stdout + done.stderr
+    log = (tmp_path / "logs" / "fab.log").read_text() if (tmp_path / "logs" / "fab.log").exists() else ""
+    assert done.returncode == 0, output[-6000:] + "\n--- fab.log ---\n" + log[-6000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["ok"] is True and [s["name"].split()[0] for s in report["steps"]] == [str(i) for i in range(1, 8)]
+    traffic = report["facts"]["traffic"]
+    assert not traffic["failed"] and sum(traffic["ok"].values()) > 0, traffic
+    # The client loop saw both versions of medical while the deploy and the rollback ran.
+    assert {"medical-v1", "medical-v2"} <= set(traffic["served_by"]), traffic
+    # Every Fabric task ran as the user types it: the poc stack, the outputs file, as the VM's admin user.
+    ran = re.findall(r"^\$ fab (.*)$", log, flags=re.MULTILINE)
+    for task in ("bootstrap", "install-service", "install-monitoring", "deploy-adapters"):
+        assert any(f" {task} --stack poc --outputs " in f" {line}" for line in ran), (task, ran)
+    # The GPU and Azure steps are named with the command they would run.
+    skipped = "\n".join(report["facts"]["skipped"])
+    assert "pulumi up -s poc" in skipped
+    assert "apt-get install -y nvidia-driver-580-server-open" in skipped
+    assert "pip install -c constraints/vllm-0.26.0.txt vllm==0.26.0" in skipped
+    assert "VLLM_LORA_ENABLE_DUAL_STREAM" in skipped  # the poc stack's CUDA-only option, left out on the CPU
