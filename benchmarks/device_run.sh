@@ -6,6 +6,10 @@
 #   bg V [V...]      start a detached runner doing `cycle` for each variant (outlives the call's 10-minute limit)
 #   poll [SECONDS]   wait for the runner (at most SECONDS), print its log tail, copy results to $OUT
 #   cycle V [V...]   for each variant: cold start, suites, stop, warm restart (what the runner does)
+#   sbs V [V...]     start a detached side-by-side run (benchmarks/sidebyside.py): every variant's server up at
+#                    once at one utilization, passes in alternating order; a *lora-tuned variant gets its
+#                    tiles restored from benchmarks/results/$BENCH_TILES (benchmarks/restore_tiles.py)
+#   sbspoll [SECONDS] wait for it, print the pass lines, copy sidebyside.json, the runner log and the server logs
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/root/site:/root/repo HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 ROOT=/root/bench
@@ -21,8 +25,8 @@ case "$step" in
     python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site whl/*.whl 2>&1 | tail -3
     cd /root/repo
     python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
-    python3 -m vllm.entrypoints.openai.api_server --help=all > "$OUT/vllm-help.txt" 2>&1 || true
-    grep -E -- "--(async-scheduling|compilation-config|cudagraph|max-cudagraph|enable-prefix|max-num-batched|specialize|max-cpu-loras|disable-uvicorn|stream-interval|fully-sharded)" "$OUT/vllm-help.txt" | head -30 || true
+    [ -n "${BENCH_NO_HELP:-}" ] || python3 -m vllm.entrypoints.openai.api_server --help=all > "$OUT/vllm-help.txt" 2>&1 || true
+    [ -n "${BENCH_NO_HELP:-}" ] || grep -E -- "--(async-scheduling|compilation-config|cudagraph|max-cudagraph|enable-prefix|max-num-batched|specialize|max-cpu-loras|disable-uvicorn|stream-interval|fully-sharded)" "$OUT/vllm-help.txt" | head -30 || true
     mkdir -p $ROOT $RES && python3 -m benchmarks.device prepare --root $ROOT
     nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv ;;
   tune)
@@ -39,6 +43,29 @@ case "$step" in
       ${BENCH_TRAIN:+bash benchmarks/device_run.sh train $BENCH_TRAIN;} touch $ROOT/runner.done" \
       > $ROOT/runner.log 2>&1 < /dev/null &
     sleep 2; echo "runner started for: $*" ;;
+  sbs)
+    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
+    rm -f $ROOT/runner.done; cd /root/repo
+    for v in "$@"; do case "$v" in *lora-tuned)
+      python3 -m benchmarks.restore_tiles --report "benchmarks/results/${BENCH_TILES:-lora-tune-h200.json}" \
+        --model-dir $ROOT/model --out $ROOT/cache/$v/lora-kernels \
+        || echo "TILES NOT RESTORED: $v runs on vLLM's default tiles" ;; esac; done
+    variants=$(IFS=,; echo "$*")
+    # BENCH_SBS_ARGS: more sidebyside options (--passes, --levels, --rounds, --utilization, ...), word-split.
+    setsid nohup bash -c "python3 -m benchmarks.sidebyside run --root $ROOT --out $RES --variants $variants \
+      ${BENCH_SBS_ARGS:-}; touch $ROOT/runner.done" > $ROOT/runner.log 2>&1 < /dev/null &
+    sleep 2; echo "side-by-side started for: $variants" ;;
+  sbspoll)
+    limit=${1:-560}; t=0
+    while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
+    [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
+    grep -E "^pass |started |Error|error|Traceback|wrote " $ROOT/runner.log | tail -40 || true
+    tail -5 $ROOT/runner.log
+    for f in $RES/sbs-*.log; do [ -e "$f" ] && echo "$(basename "$f"): $(grep -aEo "(Available KV cache memory|GPU KV cache size|init engine|Graph capturing finished)[^\r]{0,80}" "$f" | tr '\n' ' ')"; done
+    cp $RES/sidebyside*.json "$OUT/" 2>/dev/null || true
+    tail -c 2000000 $ROOT/runner.log > "$OUT/runner.log"
+    tar czf "$OUT/server-logs.tgz" -C $RES $(cd $RES && ls sbs-*.log 2>/dev/null) 2>/dev/null || true
+    nvidia-smi --query-gpu=name,memory.used,utilization.gpu,clocks.sm --format=csv,noheader; ls -la "$OUT" ;;
   poll)
     limit=${1:-560}; t=0
     while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done

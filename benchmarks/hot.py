@@ -168,7 +168,7 @@ def run_hot(root: Path, out: Path, sizes: SuiteSizes, domains: tuple[str, ...]) 
             result["suites"]["test2"] = await suite_test2(via_gateway, sizes)
             result["suites"]["saturation"] = await suite_saturation(via_gateway, sizes)
             print("suite saturation done", flush=True)
-            result["gateway_routes"] = await gateway_routes(gw_url)
+            result["gateway_routes"] = await gateway_routes(f"http://127.0.0.1:{ADMIN_PORT}")  # metrics: admin listener
             if profiled:
                 result["profile"] = [await profile_one(lora_url, m, trace_dir) for m in ("exaone", names["legal"])]
                 print("profiles done", flush=True)

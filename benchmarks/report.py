@@ -49,7 +49,8 @@ def load_runs(results: Path) -> list[Run]:
     runs = []
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
-        if "meta" in data and data["meta"].get("variant") not in SPECIAL:
+        # A side-by-side run (benchmarks/sidebyside.py, with "passes") has its own section.
+        if "meta" in data and data["meta"].get("variant") not in SPECIAL and "passes" not in data:
             runs.append(Run(str(data["meta"].get("variant", path.stem)), path, data))
     if not runs:
         raise FileNotFoundError(f"no benchmark result JSON (with a 'meta' block) in {results}")
@@ -166,6 +167,135 @@ def render_dual(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Issue 23's side-by-side run: the shipped poc config (capture sizes + dual-stream + tuned tiles) and the
+# candidate tier default, each divided by the reference variant measured in the same passes.
+SHIPPED = "capture-dual-stream-lora-tuned"
+CANDIDATE = "dual-stream-lora-tuned"
+# (summary key, label, digits): the rows of issue 23's table; "every row >= reference" covers the tok/s rows.
+SBS_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("base_1", "base, one stream (tok/s)", 1),
+    ("adapter_1", "adapter, one stream (tok/s)", 1),
+    ("adapter_over_base_1", "adapter / base, one stream", 2),
+    ("all_models_per_stream", "5 models at once, per stream (tok/s)", 1),
+    ("base_8", "8 streams base-only (tok/s)", 0),
+    ("mixed_8", "8 streams mixed (tok/s)", 0),
+    ("base_32", "32 streams base-only (tok/s)", 0),
+    ("mixed_32", "32 streams mixed (tok/s)", 0),
+    ("base_128", "128 streams base-only (tok/s)", 0),
+    ("mixed_128", "128 streams mixed (tok/s)", 0),
+    ("mixed_over_base_128", "128 streams mixed / base-only", 2),
+    ("base_itl_p50_ms_32", "32 streams base-only ITL p50 (ms, lower is better)", 2),
+    ("base_itl_p50_ms_128", "128 streams base-only ITL p50 (ms, lower is better)", 2),
+    ("mixed_itl_p50_ms_128", "128 streams mixed ITL p50 (ms, lower is better)", 2),
+)
+SBS_THROUGHPUT_ROWS = ("base_1", "adapter_1", "all_models_per_stream", "base_8", "mixed_8", "base_32", "mixed_32",
+                       "base_128", "mixed_128")
+
+
+def _stat(summary: dict[str, Any], variant: str, key: str) -> dict[str, Any]:
+    return dict((summary.get(variant) or {}).get(key) or {})
+
+
+def _ratio_cell(st: dict[str, Any]) -> str:
+    if st.get("over_reference_median") is None:
+        return "–"
+    return (f"{_fmt(st['over_reference_median'])} ({_fmt(st['over_reference_min'])}–"
+            f"{_fmt(st['over_reference_max'])})")
+
+
+def _value_cell(st: dict[str, Any], digits: int) -> str:
+    if st.get("median") is None:
+        return "–"
+    return f"{_fmt(st['median'], digits)} ({_fmt(st['min'], digits)}–{_fmt(st['max'], digits)})"
+
+
+def sbs_targets(summary: dict[str, Any], variant: str) -> list[tuple[str, str, str]]:
+    """(target id, value, verdict) of issue 23's targets for one variant of a side-by-side run."""
+    below = [key for key in SBS_THROUGHPUT_ROWS
+             if (_stat(summary, variant, key).get("over_reference_median") or 0.0) < 1.0]
+    every = ("all rows ≥ 1.00" if not below else
+             "below on " + ", ".join(f"{k} {_fmt(_stat(summary, variant, k).get('over_reference_median'))}"
+                                     for k in below))
+    adapter = _stat(summary, variant, "adapter_over_base_1").get("median")
+    mixed = _stat(summary, variant, "mixed_over_base_128").get("median")
+    return [("every_row", every, "**met**" if not below else "missed"),
+            ("adapter_over_base", _fmt(adapter), _met(adapter, ">=", 0.90)),
+            ("mixed_over_base_128", _fmt(mixed), _met(mixed, ">=", 0.90)),
+            ("gateway_128", "–", "not measured"), ("ready", "–", "not measured"), ("merged_hot", "–", "not measured"),
+            ("adapter_scaling", "–", "not measured")]
+
+
+SBS_TARGET_LABELS = {
+    "every_row": "shipped / reference ≥ 1.00 on every tok/s row (medians of per-pass ratios)",
+    "adapter_over_base": "adapter one stream ≥ 0.90× base (LoRA replica)",
+    "mixed_over_base_128": "mixed / base-only at 128 streams ≥ 0.90",
+    "gateway_128": "through the gateway, 128 streams ≥ 0.95× direct",
+    "ready": "ready after restart ≤ 45 s, cold ≤ 150 s with tuned tiles restored",
+    "merged_hot": "hot adapter through the gateway and its merged replica ≥ 1.0× base",
+    "adapter_scaling": "128 streams over 64 adapters ≥ 0.8× of 4 adapters",
+}
+
+
+def render_sidebyside(data: dict[str, Any], path: Path, limits: dict[str, str]) -> list[str]:
+    meta, summary = data.get("meta", {}), data.get("summary") or {}
+    variants = list(summary)
+    reference = meta.get("reference", variants[0] if variants else "reference")
+    passes = data.get("passes") or []
+    lines = ["## Reference vs shipped config, same machine (issue 23)", "",
+             f"One run of `benchmarks/sidebyside.py` (`{path.name}`): GPU {str(meta.get('gpu')).split(',')[0]}, "
+             f"vLLM {meta.get('vllm_version')}, commit `{meta.get('git_commit')}`, {meta.get('utc')}. Every variant's "
+             f"server up at once on the one GPU, each at `--gpu-memory-utilization {meta.get('utilization')}` and "
+             "`--max-num-seqs 256` (same KV capacity for all; "
+             + ", ".join(f"`{v}` {_fmt(s.get('preemptions'), 0)}" for v, s in (data.get("servers") or {}).items())
+             + " preemptions), only the measured one loaded; "
+             f"{len(passes)} passes, each measuring every variant, in reverse order every other pass "
+             f"({' → '.join(passes[0]['order']) if passes else ''} first). Per variant and pass: "
+             f"{meta.get('single_requests')} sequential requests to the base and to the adapters in turn, the 5 models "
+             f"at once, and base-only / mixed (4 adapters) at {', '.join(map(str, meta.get('levels', [])))} streams "
+             f"({meta.get('rounds')} × streams requests, {meta.get('client_processes')} client processes, the two "
+             f"modes alternating which goes first); {meta.get('max_tokens')} forced output tokens. Cells: median "
+             "(min–max) over passes; ratios are medians of the per-pass ratio to the reference (min–max).", ""]
+    if reference in summary and SHIPPED in summary:
+        extra = CANDIDATE in summary
+        lines += [f"| measure | reference (`{reference}`) | shipped (`{SHIPPED}`) | shipped / reference |"
+                  + (f" candidate (`{CANDIDATE}`) | candidate / reference |" if extra else ""),
+                  "|---|---|---|---|" + ("---|---|" if extra else "")]
+        for key, label, digits in SBS_ROWS:
+            ref, ship = _stat(summary, reference, key), _stat(summary, SHIPPED, key)
+            row = f"| {label} | {_value_cell(ref, digits)} | {_value_cell(ship, digits)} | {_ratio_cell(ship)} |"
+            if extra:
+                cand = _stat(summary, CANDIDATE, key)
+                row += f" {_value_cell(cand, digits)} | {_ratio_cell(cand)} |"
+            lines.append(row)
+        lines += ["", "### Targets of issue 23", "",
+                  f"| target | shipped (`{SHIPPED}`) | candidate (`{CANDIDATE}`) | what limits it |", "|---|---|---|---|"]
+        shipped = sbs_targets(summary, SHIPPED)
+        cand_targets = dict((t, (v, m)) for t, v, m in sbs_targets(summary, CANDIDATE)) if extra else {}
+        for target, value, verdict in shipped:
+            cv, cm = cand_targets.get(target, ("–", "not measured"))
+            lines.append(f"| {SBS_TARGET_LABELS[target]} | {value} ({verdict}) | {cv} ({cm}) | "
+                         f"{limits.get(target, '')} |")
+        lines.append("")
+    lines += ["### One factor at a time", "",
+              "Median over passes (and the median per-pass ratio to the reference).", "",
+              "| measure | " + " | ".join(f"`{v}`" for v in variants) + " |", "|---|" + "---|" * len(variants)]
+    for key, label, digits in SBS_ROWS:
+        cells = []
+        for v in variants:
+            st = _stat(summary, v, key)
+            ratio = st.get("over_reference_median")
+            cells.append(f"{_fmt(st.get('median'), digits)}" + ("" if v == reference or ratio is None
+                                                                 else f" (×{_fmt(ratio)})"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "<details><summary>Server argv and environment of each variant</summary>", ""]
+    for v, server in (data.get("servers") or {}).items():
+        env = {k: val for k, val in (server.get("env") or {}).items() if k.startswith("VLLM_L")}
+        lines += [f"- `{v}`: {server.get('description', '')}; env {env}", "", "```",
+                  " ".join(map(str, server.get("argv", []))), "```", ""]
+    lines += ["</details>", ""]
+    return lines
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -275,13 +405,16 @@ def plot_ttft(runs: list[Run], img: Path) -> Path:
 
 
 def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "",
-           dual: dict[str, Any] | None = None) -> str:
+           dual: dict[str, Any] | None = None,
+           sidebyside: list[tuple[Path, dict[str, Any]]] | None = None, limits: dict[str, str] | None = None) -> str:
     rel = [os.path.relpath(p, doc.parent) for p in images]
     lines = ["# Serving benchmarks", "",
              "Generated by `python -m benchmarks.report` from the JSON in `benchmarks/results/`; do not edit by hand.",
              ""]
     if preface:
         lines += [preface.strip(), ""]
+    for path, data in sidebyside or []:
+        lines += render_sidebyside(data, path, limits or {})
 
     # One row per run: the runs outnumber the targets, and a row reads as one configuration's verdict.
     lines += ["## Targets (issue 9)", "",
@@ -411,7 +544,11 @@ def generate(results: Path, doc: Path, img: Path, preface_file: Path | None = No
     doc.parent.mkdir(parents=True, exist_ok=True)
     dual_path = results / "dual.json"
     dual = json.loads(dual_path.read_text()) if dual_path.exists() else None
-    doc.write_text(render(runs, images, doc, preface, dual))
+    sidebyside = [(p, data) for p in sorted(results.glob("*.json"))
+                  if "passes" in (data := json.loads(p.read_text())) and "meta" in data]
+    limits_path = Path(__file__).with_name("sidebyside_limits.json")
+    limits = json.loads(limits_path.read_text()) if limits_path.exists() else {}
+    doc.write_text(render(runs, images, doc, preface, dual, sidebyside, limits))
     return doc
 
 

@@ -35,6 +35,11 @@ def _reference(**fields: Any) -> dict[str, Any]:
 # name -> (stack, spec field updates, description)
 VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "poc-shipped": ("poc", {}, "Pulumi.poc.yaml exactly as shipped (tier poc defaults)"),
+    # Issue 23's reference: the reference design's command (`--max-loras 4 --max-cpu-loras 8`, vLLM defaults
+    # otherwise) plus `--max-num-seqs 256 --gpu-memory-utilization 0.9`, the KV capacity every variant here has.
+    "reference": ("poc", _reference(),
+                  "the reference design's command: --max-loras 4 --max-cpu-loras 8, vLLM defaults otherwise "
+                  "(plus --max-num-seqs 256 --gpu-memory-utilization 0.9 like every variant)"),
     "seed": ("poc", _reference(),
              "the reference design's settings: utilization 0.9, 4 GPU LoRA slots, vLLM defaults otherwise"),
     "capture": ("poc", _reference(server_args=CAPTURE_ARGS),
@@ -59,6 +64,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
         "poc", _reference(server_args=CAPTURE_ARGS, server_env=DUAL_STREAM_ENV),
         "capture-dual-stream + LoRA shrink/expand tiles tuned on this GPU for EXAONE's shapes "
         "(service.lora_kernels in the layout's cache/lora-kernels, read through VLLM_TUNED_CONFIG_FOLDER)"),
+    # Issue 23's candidate: the poc config's LoRA levers (dual-stream, tuned tiles) on vLLM's default capture
+    # sizes, in case the limited sizes are what costs base-only throughput under load.
+    "dual-stream-lora-tuned": (
+        "poc", _reference(server_env=DUAL_STREAM_ENV),
+        "reference + dual-stream LoRA + LoRA tiles tuned on this GPU, vLLM's default CUDA-graph capture sizes"),
     # The LoRA replica of the merged-replica run (`python -m benchmarks.device hot`): half the GPU, the other
     # share goes to a merged replica of the hot adapter (service.merge) on the same GPU.
     "hot-lora": ("poc", _reference(gpu_memory_utilization=0.5, server_args=CAPTURE_ARGS),

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -246,10 +247,160 @@ class MergedReplicaSpec(_Model):
     max_num_seqs: int = Field(default=64, ge=1)
 
 
+EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+SMARTHOST_PATTERN = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
+
+
+class AlertEmailSpec(_Model):
+    """Alertmanager's e-mail receiver. The SMTP password never sits here: with `authUsername` set, Alertmanager
+    reads it from the host file `service.observability.alertmanager.SMTP_PASSWORD_FILE` (mode 0600)."""
+
+    to: str
+    from_: str = Field(alias="from")
+    smarthost: str = Field(description="SMTP server as host:port, e.g. smtp.office365.com:587")
+    auth_username: str | None = None
+    require_tls: bool = True
+
+    @field_validator("to", "from_")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not EMAIL_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not one e-mail address (name@domain, no spaces or line breaks)")
+        return value
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, value: str) -> str:
+        if not SMARTHOST_PATTERN.fullmatch(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+            raise ValueError(f"{value!r} must be host:port, e.g. smtp.example.com:587")
+        return value
+
+
+class AlertmanagerSpec(_Model):
+    """Where Alertmanager on the serving host sends alerts (it listens on loopback only)."""
+
+    port: int = Field(default=9093, ge=1024, le=65535)
+    webhook_url: str | None = None
+    webhook_bearer_token: bool = Field(default=False, description="send `Authorization: Bearer` with the token from "
+                                       "the host file `service.observability.alertmanager.WEBHOOK_TOKEN_FILE`")
+    email: AlertEmailSpec | None = None
+    group_wait_seconds: int = Field(default=30, ge=1, le=600)
+    repeat_interval_hours: int = Field(default=4, ge=1, le=168)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or any(c in value for c in " \t\r\n"):
+            raise ValueError(f"{value!r} must be an http(s) URL")
+        if url.username is not None or url.password is not None:
+            raise ValueError("must not hold credentials (user:password@); set webhookBearerToken and put the token "
+                             "in the host's secrets file")
+        if any(hint in name.upper() for name, _ in parse_qsl(url.query, keep_blank_values=True) for hint in SECRET_HINTS):
+            raise ValueError("its query holds a secret; stack files hold no secrets (set webhookBearerToken instead)")
+        loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+        if url.scheme == "http" and not loopback:
+            raise ValueError("must be https (plain http only to a receiver on the host itself)")
+        return value
+
+    @model_validator(mode="after")
+    def _token_needs_webhook(self) -> AlertmanagerSpec:
+        if self.webhook_bearer_token and self.webhook_url is None:
+            raise ValueError("webhookBearerToken: needs webhookUrl")
+        return self
+
+
 class MonitoringSpec(_Model):
     prometheus_port: int = Field(default=9090, ge=1024, le=65535)
     scrape_interval_seconds: int = Field(default=15, ge=5, le=300)
-    azure_monitor: bool = Field(default=False, description="export to Azure Monitor managed Prometheus")
+    alertmanager: AlertmanagerSpec = AlertmanagerSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict) and ({"azureMonitor", "azure_monitor"} & set(values)):
+            raise ValueError("the key azureMonitor was removed (it created billed Azure Monitor resources that received "
+                             "no metrics); alerts go through Alertmanager on the host (monitoring.alertmanager), "
+                             "see docs/observability.md")
+        return values
+
+    @model_validator(mode="after")
+    def _ports(self) -> MonitoringSpec:
+        if self.alertmanager.port == self.prometheus_port:
+            raise ValueError("alertmanager.port: must differ from prometheusPort")
+        return self
+
+
+# AKS images are pinned: our tools image by digest (it runs the validator), the extension's EPP by exact tag or digest.
+DIGEST_PIN_PATTERN = re.compile(r"^[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$")
+TAG_OR_DIGEST_PIN_PATTERN = re.compile(r"^[a-z0-9][a-z0-9./_-]*(:v\d+\.\d+\.\d+)?(@sha256:[0-9a-f]{64})?$")
+K8S_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class CanaryPin(AdapterPin):
+    """A second version of a pinned alias taking `weight` percent of the alias's traffic (AKS: the alias's
+    InferenceModelRewrite splits `medical` between `medical-v3` and `medical-v4`). Pods serve both versions
+    whatever the weight, so 0 (warm, no traffic) and 100 (all traffic, the pin still served) are the safe first and
+    last steps of a deploy (docs/aks.md)."""
+
+    weight: int = Field(ge=0, le=100)
+
+
+class AksAutoscaling(_Model):
+    """KEDA scales the vLLM Deployment on vLLM's own queue (`vllm:num_requests_waiting`, summed over the pods)."""
+
+    min_replicas: int | None = Field(default=None, ge=1, description="default: the GPU pool's GPUs")
+    max_replicas: int | None = Field(default=None, ge=1, description="default: min_replicas (no autoscaling)")
+    queue_target: int = Field(default=8, ge=1, description="waiting requests per replica that add a replica")
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc.cluster.local:9090"
+
+
+class AksSpec(_Model):
+    """Settings of the AKS path only (ignored by the VM and local targets)."""
+
+    private_cluster: bool = Field(default=False, description="API server on a private endpoint (then operatorCidr may be unset)")
+    admin_group_object_ids: tuple[str, ...] = Field(default=(), description="Entra ID groups that administer the cluster")
+    tools_image: str | None = Field(default=None, description="this project's image (python -m service.registry_cli), "
+                                    "pinned by digest; its init containers validate every adapter before vLLM sees it")
+    epp_image: str = "registry.k8s.io/gateway-api-inference-extension/epp:v1.2.1"
+    gateway_class: str = "istio"
+    monitoring_namespace: str = "monitoring"
+    epp_scorer_weights: dict[str, int] = Field(default_factory=lambda: {
+        "queue-scorer": 2, "kv-cache-utilization-scorer": 2, "prefix-cache-scorer": 3, "lora-affinity-scorer": 3})
+    autoscaling: AksAutoscaling = AksAutoscaling()
+    canaries: tuple[CanaryPin, ...] = ()
+
+    @field_validator("tools_image")
+    @classmethod
+    def _tools_image(cls, value: str | None) -> str | None:
+        if value is not None and not DIGEST_PIN_PATTERN.match(value):
+            raise ValueError("must be pinned by digest, e.g. myregistry.azurecr.io/exaone-lora:0.1.0@sha256:<64 hex>")
+        return value
+
+    @field_validator("epp_image")
+    @classmethod
+    def _epp_image(cls, value: str) -> str:
+        if not TAG_OR_DIGEST_PIN_PATTERN.match(value) or not ("@sha256:" in value or ":v" in value):
+            raise ValueError("must be pinned by an exact release tag (:v1.2.1) or a digest (@sha256:...)")
+        return value
+
+    @field_validator("gateway_class", "monitoring_namespace")
+    @classmethod
+    def _k8s_name(cls, value: str) -> str:
+        if not K8S_NAME_PATTERN.match(value):
+            raise ValueError("must be a Kubernetes name (lower-case letters, digits, '-', at most 63)")
+        return value
+
+    @field_validator("admin_group_object_ids")
+    @classmethod
+    def _groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for group in value:
+            if not UUID_PATTERN.match(group):
+                raise ValueError(f"{group!r} is not an Entra ID object id (a lower-case UUID)")
+        return value
 
 
 class DeploymentSpec(_Model):
@@ -292,6 +443,7 @@ class DeploymentSpec(_Model):
     registry: RegistryRef = RegistryRef()
     gateway: GatewaySpec = GatewaySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    aks: AksSpec = AksSpec()
     os_disk_gb: int = Field(default=256, ge=64, le=4095)
     data_disk_gb: int = Field(default=256, ge=32, le=32767, description="managed data disk mounted at /data")
     tags: dict[str, str] = Field(default_factory=dict)

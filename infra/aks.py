@@ -1,45 +1,111 @@
-"""The AKS path: a cluster with a system pool and a tainted GPU pool, workload identity for Blob, and the
-vLLM Deployment whose container is rendered by `service.vllm_config.kubernetes_container` (same argv as the
-VM's systemd unit)."""
+"""The AKS path: a cluster (Entra ID with Azure RBAC, no local accounts, Calico network policy, API server limited to
+the operator or private) with a system pool and a tainted GPU pool, workload identity for Blob, and the manifests of
+`infra/k8s` (vLLM pods behind validating init containers, the Gateway API Inference Extension, NetworkPolicies,
+PDB, KEDA), handed to pulumi-kubernetes."""
 
 from __future__ import annotations
 
 import base64
-import shlex
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi_azure_native import containerservice, managedidentity
+import yaml
+from pulumi_azure_native import authorization, containerservice, managedidentity
 
 from exaone_lora.spec import DeploymentSpec
-from infra.common import COMPONENT_PREFIX, InfraOptions, prefix
-from service.layout import DEFAULT_LAYOUT, HostLayout
-from service.vllm_config import kubernetes_container
+from infra.common import COMPONENT_PREFIX, InfraOptions, prefix, role_definition_id
+from infra.k8s.common import (
+    API_KEY_CONFIG,
+    API_KEY_SECRET,
+    NAMESPACE,
+    SERVICE_ACCOUNT,
+    VLLM_LABELS,
+    obj,
+)
+from infra.k8s.inference import epp_objects, gateway, http_route, inference_pool, model_rewrites
+from infra.k8s.network import network_policies
+from infra.k8s.workload import (
+    GPU_POOL,
+    MODELS_CONTAINER,
+    deployment_spec,
+    disruption_budget,
+    gpu_pool_max_nodes,
+    pod_template,
+    replica_bounds,
+    scaled_object,
+)
+
+__all__ = ["GPU_TAINT", "MODELS_CONTAINER", "SYSTEM_POOL_COUNT", "SYSTEM_POOL_SIZE", "AksCluster", "AksStackError",
+           "azurecli_kubeconfig", "check_aks_stack"]
 
 GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
-GPU_POOL = "gpu"
 SYSTEM_POOL = "system"
 SYSTEM_POOL_SIZE = "Standard_D4ds_v5"
 SYSTEM_POOL_COUNT = 2
-NAMESPACE = "exaone-lora"
-SERVICE_ACCOUNT = "vllm"
-APP_LABELS = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/part-of": "exaone-lora"}
-# Pinned images: the Azure CLI fetches from Blob with the workload identity; NVIDIA's plugin exposes nvidia.com/gpu.
-AZURE_CLI_IMAGE = "mcr.microsoft.com/azure-cli:2.67.0"
 DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
-MODELS_CONTAINER = "models"
-API_KEY_SECRET = "exaone-lora-api-key"
+# Built-in role: full Kubernetes access through Azure RBAC (local accounts are off, so this is how the operator and
+# Pulumi's kubernetes provider get in).
+AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
+# pulumi-kubernetes classes of the core kinds; every other kind (the extension's, Gateway API's, KEDA's) is a CR.
+CORE_KINDS: dict[str, Any] = {
+    "Namespace": k8s.core.v1.Namespace, "ServiceAccount": k8s.core.v1.ServiceAccount, "Secret": k8s.core.v1.Secret,
+    "ConfigMap": k8s.core.v1.ConfigMap, "Service": k8s.core.v1.Service, "Deployment": k8s.apps.v1.Deployment,
+    "DaemonSet": k8s.apps.v1.DaemonSet, "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
+    "NetworkPolicy": k8s.networking.v1.NetworkPolicy, "Role": k8s.rbac.v1.Role, "RoleBinding": k8s.rbac.v1.RoleBinding,
+}
+ARG_NAMES = {"roleRef": "role_ref", "stringData": "string_data"}
 
 
-def manifest(value: dict[str, Any]) -> Any:
-    """Kubernetes objects are written in the API's own camelCase (as `kubernetes_container` renders them), which
-    pulumi-kubernetes passes through unchanged; its typed dicts expect snake_case, so hand them over untyped."""
-    return value
+class AksStackError(ValueError):
+    """An AKS stack that would deploy something broken or open; the message names the setting to fix."""
+
+
+def check_aks_stack(spec: DeploymentSpec, options: InfraOptions) -> None:
+    """Refuse, before any resource is registered, an AKS stack that lacks what its pods or its fences need."""
+    where = f"stack {spec.stack} (target aks)"
+    if options.api_key is None:
+        raise AksStackError(f"{where}: no API key. vLLM pods read it from a Secret and would fail without one; run "
+                            f"`{API_KEY_CONFIG} <key>` and try again")
+    if spec.operator_cidr is None and not spec.aks.private_cluster:
+        raise AksStackError(f"{where}: operatorCidr is required so the API server admits only the operator's network; "
+                            "set it (e.g. 203.0.113.7/32) or make the cluster private with aks.privateCluster: true")
+    if spec.aks.tools_image is None:
+        raise AksStackError(f"{where}: aks.toolsImage is required: this project's image, pinned by digest, runs the "
+                            "adapter validator in every vLLM pod's init containers")
+    if not spec.gateway.enabled:
+        raise AksStackError(f"{where}: gateway.enabled must stay true: pods serve immutable version names and the "
+                            "InferenceModelRewrite maps each alias onto them")
+    pinned = {pin.alias: pin for pin in spec.adapters}
+    for key, pin in [*((f"adapters[{i}]", p) for i, p in enumerate(spec.adapters)),
+                     *((f"aks.canaries[{i}]", c) for i, c in enumerate(spec.aks.canaries))]:
+        if pin.blob_path != f"{pin.alias}/v{pin.version}":
+            raise AksStackError(f"{where}: {key}.blobPath is {pin.blob_path!r}; the registry keeps {pin.name} under "
+                                f"'{pin.alias}/v{pin.version}', where the pods' validator fetches it")
+    seen: set[str] = set()
+    for i, canary in enumerate(spec.aks.canaries):
+        key = f"aks.canaries[{i}]"
+        if canary.alias not in pinned:
+            raise AksStackError(f"{where}: {key}.alias: {canary.alias} is not one of the pinned adapters")
+        if canary.version == pinned[canary.alias].version:
+            raise AksStackError(f"{where}: {key}.version: {canary.name} is already the pinned version")
+        if canary.rank > spec.max_lora_rank:
+            raise AksStackError(f"{where}: {key}.rank: {canary.rank} is above maxLoraRank {spec.max_lora_rank}")
+        if canary.alias in seen:
+            raise AksStackError(f"{where}: {key}.alias: {canary.alias} has two canaries")
+        seen.add(canary.alias)
+    try:
+        replica_bounds(spec)
+    except ValueError as exc:
+        raise AksStackError(f"{where}: {exc}") from None
 
 
 def agent_pools(spec: DeploymentSpec, subnet_id: pulumi.Input[str]) -> list[containerservice.ManagedClusterAgentPoolProfileArgs]:
-    """System pool for cluster services; GPU pool of the tier's SKU, tainted so only GPU workloads land there."""
+    """System pool for cluster services; GPU pool of the tier's SKU, tainted so only GPU workloads land there, and
+    allowed to grow to the autoscaler's largest replica count."""
+    low_nodes, high_nodes = spec.node_count, gpu_pool_max_nodes(spec)
+    scaling: dict[str, Any] = ({"enable_auto_scaling": True, "min_count": low_nodes, "max_count": high_nodes}
+                               if high_nodes > low_nodes else {})
     return [
         containerservice.ManagedClusterAgentPoolProfileArgs(
             name=SYSTEM_POOL, mode="System", vm_size=SYSTEM_POOL_SIZE, count=SYSTEM_POOL_COUNT, os_type="Linux",
@@ -48,162 +114,148 @@ def agent_pools(spec: DeploymentSpec, subnet_id: pulumi.Input[str]) -> list[cont
             name=GPU_POOL, mode="User", vm_size=spec.vm_sku, count=spec.node_count, os_type="Linux", os_sku="Ubuntu",
             type="VirtualMachineScaleSets", vnet_subnet_id=subnet_id, enable_encryption_at_host=True,
             os_disk_size_gb=spec.os_disk_gb, node_taints=[GPU_TAINT], node_labels={"exaone-lora/pool": GPU_POOL},
-            tags=spec.resource_tags()),
+            tags=spec.resource_tags(), **scaling),
     ]
 
 
-def fetch_script(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> str:
-    """Init container script: log in with the federated token, download the model and every pinned adapter
-    version from Blob, and check each manifest against the sha256 pinned in the stack before vLLM starts."""
-    model_prefix = f"{spec.model.name}/{spec.model.revision}"
-    lines = [
-        "set -euo pipefail",
-        'az login --service-principal -u "$AZURE_CLIENT_ID" -t "$AZURE_TENANT_ID" '
-        '--federated-token "$(cat "$AZURE_FEDERATED_TOKEN_FILE")" --allow-no-subscriptions --output none',
-        f'az storage blob download-batch --auth-mode login --account-name "$STORAGE_ACCOUNT" -s {MODELS_CONTAINER} '
-        f"--pattern {shlex.quote(model_prefix + '/*')} -d /tmp/model --only-show-errors --output none",
-        f"mkdir -p {shlex.quote(spec.model.path)}",
-        f"cp -r /tmp/model/{shlex.quote(model_prefix)}/. {shlex.quote(spec.model.path)}/",
-    ]
-    for pin in spec.adapters:
-        dest = str(layout.adapter_dir(pin.name if spec.gateway.enabled else pin.alias))
-        lines += [
-            f'az storage blob download-batch --auth-mode login --account-name "$STORAGE_ACCOUNT" -s {spec.storage.container} '
-            f"--pattern {shlex.quote(pin.blob_path + '/*')} -d /tmp/adapters --only-show-errors --output none",
-            f"echo {pin.sha256}  /tmp/adapters/{shlex.quote(pin.blob_path)}/manifest.json | sha256sum -c -",
-            f"mkdir -p {shlex.quote(dest)} && cp /tmp/adapters/{shlex.quote(pin.blob_path)}/* {shlex.quote(dest)}/",
-        ]
-    return "\n".join(lines) + "\n"
+def api_server_access(spec: DeploymentSpec) -> containerservice.ManagedClusterAPIServerAccessProfileArgs:
+    if spec.aks.private_cluster:
+        return containerservice.ManagedClusterAPIServerAccessProfileArgs(enable_private_cluster=True)
+    assert spec.operator_cidr is not None  # check_aks_stack refuses this case first
+    return containerservice.ManagedClusterAPIServerAccessProfileArgs(authorized_ip_ranges=[spec.operator_cidr])
 
 
-def pod_template(spec: DeploymentSpec, storage_account: str, layout: HostLayout = DEFAULT_LAYOUT) -> dict[str, Any]:
-    """The pod: one GPU per vLLM replica, tolerating the GPU taint, adapters fetched by an init container."""
-    vllm = kubernetes_container(spec, layout, api_key_secret=API_KEY_SECRET)
-    # vLLM's workers share tensors through /dev/shm, which is 64 MiB in a default pod.
-    vllm = {**vllm, "volumeMounts": [*vllm["volumeMounts"], {"name": "dshm", "mountPath": "/dev/shm"}]}
-    init = {
-        "name": "fetch-from-blob",
-        "image": AZURE_CLI_IMAGE,
-        "command": ["bash", "-c", fetch_script(spec, layout)],
-        "env": [{"name": "STORAGE_ACCOUNT", "value": storage_account}],
-        "volumeMounts": [{"name": "models", "mountPath": str(layout.models)},
-                         {"name": "adapters", "mountPath": str(layout.adapters)}],
-    }
-    return {
-        "metadata": {"labels": {**APP_LABELS, "azure.workload.identity/use": "true"}},
-        "spec": {
-            "serviceAccountName": SERVICE_ACCOUNT,
+def device_plugin() -> dict[str, Any]:
+    labels = {"name": "nvidia-device-plugin"}
+    return obj("apps/v1", "DaemonSet", "nvidia-device-plugin", {
+        "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": {
             "nodeSelector": {"exaone-lora/pool": GPU_POOL},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}],
-            "initContainers": [init],
-            "containers": [vllm],
-            "terminationGracePeriodSeconds": 60,
-            "volumes": [
-                {"name": "models", "emptyDir": {}},
-                {"name": "adapters", "emptyDir": {}},
-                {"name": "cache", "emptyDir": {}},
-                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
-            ],
-        },
-    }
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "system-node-critical",
+            "containers": [{"name": "nvidia-device-plugin", "image": DEVICE_PLUGIN_IMAGE,
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                          "limits": {"cpu": "200m", "memory": "256Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": [{"name": "dp", "mountPath": "/var/lib/kubelet/device-plugins"}]}],
+            "volumes": [{"name": "dp", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}]}},
+    }, namespace="kube-system")
 
 
-def disruption_budget(replicas: int) -> dict[str, Any]:
-    # Keep all but one replica through node drains; a single replica must not block upgrades forever.
-    return {"minAvailable": replicas - 1} if replicas > 1 else {"maxUnavailable": 1}
+def azurecli_kubeconfig(raw: str) -> str:
+    """The cluster's exec kubeconfig with kubelogin switched to the Azure CLI's sign-in (`az login`), which Pulumi can
+    use unattended; AKS hands out device-code sign-in, which waits for a person. Same as `kubelogin convert-kubeconfig
+    -l azurecli`. A kubeconfig without an exec user (a token) is returned unchanged."""
+    config = yaml.safe_load(raw)
+    changed = False
+    for user in config.get("users") or []:
+        exec_ = (user.get("user") or {}).get("exec")
+        if not exec_ or "kubelogin" not in str(exec_.get("command", "")):
+            continue
+        args = [str(a) for a in exec_.get("args") or []]
+        if "--server-id" not in args:
+            raise AksStackError("the cluster's kubeconfig has a kubelogin user without --server-id")
+        server_id = args[args.index("--server-id") + 1]
+        exec_["args"] = ["get-token", "--login", "azurecli", "--server-id", server_id]
+        exec_.pop("env", None)
+        changed = True
+    return yaml.safe_dump(config, sort_keys=False) if changed else raw
 
 
-def service_annotations(spec: DeploymentSpec) -> dict[str, str]:
-    if spec.api.exposure == "private":
-        return {"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}
-    return {}
+def _resource(manifest: dict[str, Any], opts: pulumi.ResourceOptions, name: str | None = None) -> pulumi.CustomResource:
+    """Register one manifest: the typed class for core kinds, a CustomResource for the rest. Bodies stay in the API's
+    camelCase, which pulumi-kubernetes passes through unchanged (its typed args would want snake_case)."""
+    kind = manifest["kind"]
+    logical = name or f"{kind.lower()}-{manifest['metadata']['name']}"
+    body = {ARG_NAMES.get(k, k): v for k, v in manifest.items() if k not in ("apiVersion", "kind")}
+    if kind in CORE_KINDS:
+        return CORE_KINDS[kind](logical, opts=opts, **body)  # type: ignore[no-any-return]
+    return k8s.apiextensions.CustomResource(logical, api_version=manifest["apiVersion"], kind=kind, opts=opts, **body)
 
 
 class AksCluster(pulumi.ComponentResource):
     cluster: containerservice.ManagedCluster
     federated: managedidentity.FederatedIdentityCredential
     provider: k8s.Provider
-    deployment: k8s.apps.v1.Deployment
-    service: k8s.core.v1.Service
-    pdb: k8s.policy.v1.PodDisruptionBudget
+    deployment: pulumi.CustomResource
+    gateway: pulumi.CustomResource
 
     def __init__(self, name: str, spec: DeploymentSpec, *, resource_group_name: pulumi.Input[str],
                  subnet_id: pulumi.Input[str], identity: managedidentity.UserAssignedIdentity,
-                 storage_account: pulumi.Output[str], options: InfraOptions,
+                 storage_account: pulumi.Output[str], options: InfraOptions, subscription_id: pulumi.Input[str],
                  opts: pulumi.ResourceOptions | None = None) -> None:
+        check_aks_stack(spec, options)
         super().__init__(f"{COMPONENT_PREFIX}:infra:AksCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         rg = resource_group_name
+        _, high = replica_bounds(spec)
         self.cluster = containerservice.ManagedCluster(
             "aks", resource_group_name=rg, location=spec.region, tags=spec.resource_tags(), dns_prefix=prefix(spec),
             kubernetes_version=options.kubernetes_version, enable_rbac=True,
+            # Entra ID sign-in with Azure RBAC; no static admin/user certificates (`az aks get-credentials --admin`).
+            disable_local_accounts=True,
+            aad_profile=containerservice.ManagedClusterAADProfileArgs(
+                managed=True, enable_azure_rbac=True, admin_group_object_ids=list(spec.aks.admin_group_object_ids)),
             identity=containerservice.ManagedClusterIdentityArgs(type=containerservice.ResourceIdentityType.SYSTEM_ASSIGNED),
             sku=containerservice.ManagedClusterSKUArgs(name="Base", tier="Standard"),
             agent_pool_profiles=agent_pools(spec, subnet_id),
             oidc_issuer_profile=containerservice.ManagedClusterOIDCIssuerProfileArgs(enabled=True),
             security_profile=containerservice.ManagedClusterSecurityProfileArgs(
                 workload_identity=containerservice.ManagedClusterSecurityProfileWorkloadIdentityArgs(enabled=True)),
+            # Calico enforces the namespace's NetworkPolicies (supported with Azure CNI overlay).
             network_profile=containerservice.ContainerServiceNetworkProfileArgs(
-                network_plugin="azure", network_plugin_mode="overlay", load_balancer_sku="standard"),
-            api_server_access_profile=containerservice.ManagedClusterAPIServerAccessProfileArgs(
-                authorized_ip_ranges=[spec.operator_cidr]) if spec.operator_cidr else None,
+                network_plugin="azure", network_plugin_mode="overlay", network_policy="calico", load_balancer_sku="standard"),
+            api_server_access_profile=api_server_access(spec),
+            workload_auto_scaler_profile=containerservice.ManagedClusterWorkloadAutoScalerProfileArgs(
+                keda=containerservice.ManagedClusterWorkloadAutoScalerProfileKedaArgs(enabled=True))
+            if high > replica_bounds(spec)[0] else None,
             opts=child)
+        admin_roles: list[pulumi.Resource] = []
+        if options.operator_principal_id:
+            admin_roles.append(authorization.RoleAssignment(
+                "operator-aks-rbac-admin", principal_id=options.operator_principal_id,
+                role_definition_id=role_definition_id(subscription_id, AKS_RBAC_CLUSTER_ADMIN),
+                scope=self.cluster.id, opts=child))
         issuer = self.cluster.oidc_issuer_profile.apply(lambda p: (p.issuer_url if p else None) or "")
         # Pods of the service account exchange their token for the identity's: no storage keys in the cluster.
         self.federated = managedidentity.FederatedIdentityCredential(
             "aks-federation", resource_group_name=rg, resource_name_=identity.name, issuer=issuer,
             subject=f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}", audiences=["api://AzureADTokenExchange"],
             opts=child)
+        # With local accounts off the user kubeconfig signs in through kubelogin (Entra ID), as the operator.
         creds = containerservice.list_managed_cluster_user_credentials_output(
-            resource_group_name=rg, resource_name=self.cluster.name)
+            resource_group_name=rg, resource_name=self.cluster.name, format="exec")
         kubeconfig: pulumi.Output[str] = pulumi.Output.secret(
-            creds.kubeconfigs.apply(lambda ks: base64.b64decode(ks[0].value).decode()))  # type: ignore[arg-type]
-        self.provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig, opts=child)
-        kopts = pulumi.ResourceOptions(parent=self, provider=self.provider)
-
-        ns = k8s.core.v1.Namespace("namespace", metadata=manifest({"name": NAMESPACE}), opts=kopts)
-        meta = {"namespace": ns.metadata.name, "labels": APP_LABELS}
-        k8s.apps.v1.DaemonSet(
-            "nvidia-device-plugin",
-            metadata=manifest({"namespace": "kube-system", "name": "nvidia-device-plugin"}),
-            spec=manifest({"selector": {"matchLabels": {"name": "nvidia-device-plugin"}},
-                  "template": {"metadata": {"labels": {"name": "nvidia-device-plugin"}}, "spec": {
-                      "nodeSelector": {"exaone-lora/pool": GPU_POOL},
-                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                      "priorityClassName": "system-node-critical",
-                      "containers": [{"name": "nvidia-device-plugin", "image": DEVICE_PLUGIN_IMAGE,
-                                      "securityContext": {"allowPrivilegeEscalation": False,
-                                                          "capabilities": {"drop": ["ALL"]}},
-                                      "volumeMounts": [{"name": "dp", "mountPath": "/var/lib/kubelet/device-plugins"}]}],
-                      "volumes": [{"name": "dp", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}]}}}),
-            opts=kopts)
-        k8s.core.v1.ServiceAccount(
-            "service-account",
-            metadata=manifest({**meta, "name": SERVICE_ACCOUNT,
-                               "annotations": {"azure.workload.identity/client-id": identity.client_id}}),
-            opts=kopts)
-        if options.api_key is not None:
-            k8s.core.v1.Secret("api-key", metadata=manifest({**meta, "name": API_KEY_SECRET}),
-                               string_data=manifest({"api-key": pulumi.Output.secret(options.api_key)}), opts=kopts)
-        replicas = spec.total_gpus
-        template = storage_account.apply(lambda account: pod_template(spec, account))
-        self.deployment = k8s.apps.v1.Deployment(
-            "vllm",
-            metadata=manifest({**meta, "name": "vllm"}),
-            spec=manifest({"replicas": replicas, "selector": {"matchLabels": APP_LABELS}, "template": template,
-                  # A GPU is never spare: replace pods one at a time instead of surging.
-                  "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}),
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.federated]))
-        self.service = k8s.core.v1.Service(
-            "vllm-service",
-            metadata=manifest({**meta, "name": "vllm", "annotations": service_annotations(spec)}),
-            spec=manifest({"type": "LoadBalancer", "selector": APP_LABELS,
-                  "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
-                  "loadBalancerSourceRanges": list(spec.api.allowed_cidrs) or None}),
-            opts=kopts)
-        self.pdb = k8s.policy.v1.PodDisruptionBudget(
-            "vllm-pdb", metadata=manifest({**meta, "name": "vllm"}),
-            spec=manifest({"selector": {"matchLabels": APP_LABELS}, **disruption_budget(replicas)}), opts=kopts)
-        self.api_host = self.service.status.apply(
-            lambda s: (s.load_balancer.ingress[0].ip if s and s.load_balancer and s.load_balancer.ingress else "") or "")
+            creds.kubeconfigs.apply(lambda ks: azurecli_kubeconfig(base64.b64decode(ks[0].value).decode())))  # type: ignore[arg-type]
+        self.provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig,
+                                     opts=pulumi.ResourceOptions(parent=self, depends_on=admin_roles))
+        popts = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        ns = _resource(obj("v1", "Namespace", NAMESPACE, {}, namespace=None), popts, "namespace")
+        kopts = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[ns])
+        _resource(device_plugin(), popts, "nvidia-device-plugin")
+        _resource(obj("v1", "ServiceAccount", SERVICE_ACCOUNT, {}, labels=VLLM_LABELS,
+                      annotations={"azure.workload.identity/client-id": identity.client_id}),  # type: ignore[dict-item]
+                  kopts, "service-account")
+        assert options.api_key is not None  # check_aks_stack refuses a stack without one
+        _resource(obj("v1", "Secret", API_KEY_SECRET, {"type": "Opaque",
+                      "stringData": {"api-key": pulumi.Output.secret(options.api_key)}}, labels=VLLM_LABELS),
+                  kopts, "api-key")
+        tools_image = spec.aks.tools_image or ""
+        template = storage_account.apply(lambda account: pod_template(spec, account, tools_image))
+        self.deployment = _resource(obj("apps/v1", "Deployment", "vllm", deployment_spec(spec, template),  # type: ignore[arg-type]
+                                        labels=VLLM_LABELS),
+                                    pulumi.ResourceOptions(parent=self, provider=self.provider,
+                                                           depends_on=[ns, self.federated]), "vllm")
+        _resource(disruption_budget(spec), kopts, "vllm-pdb")
+        scaler = scaled_object(spec)
+        if scaler is not None:
+            _resource(scaler, kopts, "vllm-scaler")
+        for manifest in [*epp_objects(spec), inference_pool(spec), http_route(spec), *network_policies(spec)]:
+            _resource(manifest, kopts)
+        # Weights move only once every pod serves the versions they name: pulumi-kubernetes waits for the
+        # Deployment's rollout before it updates anything that depends on it.
+        after_rollout = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[ns, self.deployment])
+        for manifest in model_rewrites(spec):
+            _resource(manifest, after_rollout)
+        self.gateway = _resource(gateway(spec), kopts, "gateway")
         self.register_outputs({"cluster": self.cluster.name})

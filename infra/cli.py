@@ -9,7 +9,15 @@ from rich.console import Console
 from rich.table import Table
 
 from exaone_lora.spec import SpecError, load_spec
-from infra.costs import PRICES_AS_OF, PRICES_SOURCE, cost_lines, hourly_cost
+from infra.costs import (
+    HOURS_PER_MONTH,
+    NoListPrice,
+    NoThroughput,
+    cost_lines,
+    hourly_cost,
+    region_prices,
+    token_cost,
+)
 from infra.quota import check_command, quota_needs, request_command
 
 app = typer.Typer(help="Azure infrastructure: quota, costs, offline preview + policy, stack promotion.",
@@ -47,17 +55,39 @@ def quota(stack: str = typer.Option("poc", "--stack", "-s"), root: Path = ROOT) 
 
 
 @app.command()
-def costs(stack: str = typer.Option("poc", "--stack", "-s"), root: Path = ROOT) -> None:
-    """Estimated hourly list price of the stack while it runs."""
+def costs(stack: str = typer.Option("poc", "--stack", "-s"), root: Path = ROOT,
+          mode: str = typer.Option("mixed_adapters", "--mode", help="benchmark traffic: mixed_adapters or base_only")) -> None:
+    """List price per hour of the stack, and per 1M output tokens at the tier's concurrency (latest benchmark)."""
     spec = _spec(stack, root)
-    table = Table(title=f"Estimated cost of stack {stack} ({spec.tier}) - list prices as of {PRICES_AS_OF}")
+    if spec.target == "local":
+        console.print(f"stack {stack} is target 'local': it runs on this machine, no Azure list price")
+        return
+    try:
+        lines, total = cost_lines(spec), hourly_cost(spec)
+        tokens = token_cost(spec, root, mode=mode)
+    except (NoListPrice, NoThroughput, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    prices = region_prices(spec)
+    table = Table(title=f"List price of stack {stack} ({spec.tier}, {spec.region}) - prices as of {prices.as_of}")
     for col in ("item", "qty", "USD/h each", "USD/h"):
         table.add_column(col, justify="right" if col != "item" else "left")
-    for line in cost_lines(spec):
+    for line in lines:
         table.add_row(line.item, str(line.quantity), f"{line.unit_usd_per_hour:.3f}", f"{line.usd_per_hour:.3f}")
-    table.add_row("[bold]total[/bold]", "", "", f"[bold]{hourly_cost(spec):.2f}[/bold]")
+    table.add_row("[bold]total[/bold]", "", "", f"[bold]{total:.2f}[/bold]")
     console.print(table)
-    console.print(f"source: {PRICES_SOURCE}; about {hourly_cost(spec) * 730:,.0f} USD per month if never stopped")
+    t = tokens.throughput
+    pins = {True: "recorded with the stack's current pins", False: "recorded with OTHER pins than the stack's",
+            None: "not stack evidence"}[t.pins_match]
+    console.print(f"prices: {prices.source}; about {total * HOURS_PER_MONTH:,.0f} USD per month if never stopped",
+                  highlight=False)
+    console.print(f"throughput: {t.tokens_per_second:,.0f} output tokens/s per replica ({t.mode}, concurrency "
+                  f"{t.concurrency}; tier maxNumSeqs {spec.max_num_seqs}) x {tokens.replicas} replica(s) = "
+                  f"{tokens.stack_tokens_per_second:,.0f} tokens/s", highlight=False)
+    console.print(f"benchmark used: {t.source} [{t.origin}; {t.gpu}; {t.recorded_at}; {pins}]", markup=False,
+                  highlight=False)
+    console.print(f"[bold]cost per 1M output tokens: {tokens.usd_per_million_output_tokens:.4f} USD[/bold] "
+                  f"(every replica busy at that concurrency)", highlight=False)
 
 
 @app.command()

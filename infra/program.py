@@ -11,11 +11,10 @@ from typing import Any
 import pulumi
 
 from exaone_lora.spec import DeploymentSpec
-from infra.aks import AksCluster
+from infra.aks import AksCluster, check_aks_stack
 from infra.common import InfraOptions, subscription_id
-from infra.costs import PRICES_AS_OF, hourly_cost
+from infra.costs import PRICES, estimated_hourly_cost
 from infra.gpu_vm import GpuVms
-from infra.monitoring import Monitoring
 from infra.network import Network
 from infra.storage import RegistryAccess
 
@@ -33,6 +32,8 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
         # The embedded stack runs on this machine (systemd test host, Azurite): nothing to create in Azure.
         return {"target": "local", "apiUrl": f"http://127.0.0.1:{spec.port}", "tierSummary": tier_summary(spec),
                 "estimatedHourlyCostUsd": 0.0}
+    if spec.target == "aks":
+        check_aks_stack(spec, options)  # before anything is registered: a refused stack creates nothing
     sub = subscription_id()
     net = Network("network", spec)
     rg = net.resource_group.name
@@ -48,13 +49,13 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
         "identityClientId": store.identity.client_id,
         "identityId": store.identity.id,
         "tierSummary": tier_summary(spec),
-        "estimatedHourlyCostUsd": hourly_cost(spec),
-        "pricesAsOf": PRICES_AS_OF,
+        # None when infra/costs.py has no list prices for the stack's region (never another region's).
+        "estimatedHourlyCostUsd": estimated_hourly_cost(spec),
+        "pricesAsOf": PRICES[spec.region].as_of if spec.region in PRICES else None,
     }
     if options.api_key is not None:
         # Shown only with `pulumi stack output --show-secrets`; Fabric writes it to the host (mode 0600).
         outputs["apiKey"] = pulumi.Output.secret(options.api_key)
-    monitor_targets: list[pulumi.Input[str]] = []
     if spec.target == "vm":
         vms = GpuVms("gpu", spec, resource_group_name=rg, subnet_id=net.subnet.id, nsg_id=net.nsg.id,
                      identity_id=store.identity.id, subscription_id=sub,
@@ -70,16 +71,12 @@ def build(spec: DeploymentSpec, options: InfraOptions | None = None) -> dict[str
             # Private API: reach it through an SSH tunnel (docs/azure.md) or from inside the VNet.
             "apiUrl": api_host.apply(lambda h: f"http://{h}:{spec.port}"),
         }
-        monitor_targets = [vm.id for vm in vms.vms]
     else:
         aks = AksCluster("aks", spec, resource_group_name=rg, subnet_id=net.subnet.id, identity=store.identity,
-                         storage_account=store.account_name, options=options)
+                         storage_account=store.account_name, options=options, subscription_id=sub)
         outputs |= {
             "clusterName": aks.cluster.name,
-            "apiUrl": aks.api_host.apply(lambda h: f"http://{h}:{spec.port}"),
+            # Its address is assigned by the Gateway controller: `kubectl -n exaone-lora get gateway inference-gateway`.
+            "apiGateway": f"exaone-lora/inference-gateway (port {spec.port})",
         }
-        monitor_targets = [aks.cluster.id]
-    if spec.monitoring.azure_monitor:
-        mon = Monitoring("monitoring", spec, resource_group_name=rg, targets=monitor_targets)
-        outputs["azureMonitorWorkspace"] = mon.workspace.name
     return outputs

@@ -46,11 +46,11 @@ vllm() {
 
 testbed() {
   local missing=()
-  for bin in mmdebstrap systemd-nspawn promtool prometheus; do command -v "$bin" >/dev/null || missing+=("$bin"); done
+  for bin in mmdebstrap systemd-nspawn promtool prometheus prometheus-alertmanager amtool; do command -v "$bin" >/dev/null || missing+=("$bin"); done
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing Debian packages for: ${missing[*]}"
     as_root apt-get update -q
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q mmdebstrap systemd-container prometheus uidmap
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q mmdebstrap systemd-container prometheus prometheus-alertmanager uidmap
     as_root apt-get clean  # the downloaded .debs are not needed again; the suite is short of disk on small machines
   else
     say "Debian test-bed packages are installed"

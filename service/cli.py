@@ -67,17 +67,29 @@ def gateway(
     served_name: Annotated[str | None, typer.Option(help="the base model's served name")] = None,
     alias: Annotated[list[str] | None, typer.Option(help="initial ALIAS=VERSION_NAME, e.g. medical=medical-v3")] = None,
     admin_key_file: Annotated[Path | None, typer.Option(help="admin bearer key file (else $EXAONE_GATEWAY_ADMIN_KEY)")] = None,
-    api_key_file: Annotated[Path | None, typer.Option(help="public API key file (else $EXAONE_API_KEY; none: open)")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="public API key file (else $EXAONE_API_KEY); required "
+                                                          "unless --host is loopback")] = None,
+    require_api_key: Annotated[bool, typer.Option("--require-api-key", help="refuse to start without a public API key "
+                                                  "even on a loopback --host (behind a TLS proxy on the same host)")] = False,
     engine_key_file: Annotated[Path | None, typer.Option(help="file with vLLM's API key (else $VLLM_API_KEY)")] = None,
     adapter_root: Annotated[str | None, typer.Option(help="directory of deployed versions (<root>/<domain>-vN) as vLLM "
-                                                          "sees it: alias targets a restarted replica lost are reloaded")] = None,
+                                                          "sees it: alias targets a restarted replica lost are reloaded, "
+                                                          "and /admin/versions loads only from under it")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(min=1024, help="largest request body the public API reads (413 "
+                                                                      "beyond; default 1 MiB)")] = None,
 ) -> None:
-    """Run the gateway: public OpenAI API (aliases, streaming, /metrics) and the authenticated admin API."""
-    import ipaddress
+    """Run the gateway: public OpenAI API (aliases, streaming) and the admin listener (/metrics, keyed /admin/*).
+
+    The public API needs a key (at least 16 characters) whenever it listens beyond loopback, or with
+    --require-api-key; the admin listener binds to loopback or one private address only."""
+    import logging
 
     from service.gateway import create_gateway
+    from service.gateway.body import DEFAULT_MAX_BODY_BYTES
+    from service.gateway.guards import GuardError, check_admin_host, is_loopback
     from service.gateway.server import ADMIN_KEY_ENV, API_KEY_ENV, ENGINE_KEY_ENV, serve
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = _spec(stack, root)
     if not upstream:
         if spec is None:
@@ -85,24 +97,34 @@ def gateway(
         from service.replicas import replica_endpoints
 
         upstream = [e.url for e in replica_endpoints(spec)]
-    if admin_host not in ("localhost",):
-        try:
-            if not ipaddress.ip_address(admin_host).is_private:
-                raise typer.BadParameter(f"the admin listener must bind to loopback or a private address, not {admin_host}")
-        except ValueError:
-            raise typer.BadParameter(f"--admin-host must be an IP address, got {admin_host!r}") from None
+    try:
+        check_admin_host(admin_host)
+    except GuardError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--admin-host") from None
     admin_key = _secret(ADMIN_KEY_ENV, admin_key_file)
     if not admin_key:
         raise typer.BadParameter(f"no admin key: set ${ADMIN_KEY_ENV} (secrets.env) or --admin-key-file")
-    apps = create_gateway(
-        upstream, admin_key=admin_key, api_key=_secret(API_KEY_ENV, api_key_file),
-        engine_api_key=_secret(ENGINE_KEY_ENV, engine_key_file),
-        served_name=served_name or (spec.model.served_name if spec else "exaone"),
-        initial_aliases=_pairs(alias, "--alias"), adapter_root=adapter_root,
-    )
+    # Beyond loopback a key is required whatever the flags say; --require-api-key extends that to loopback.
+    key_required = require_api_key or not is_loopback(host)
+    api_key = _secret(API_KEY_ENV, api_key_file)
+    if key_required and not api_key:
+        why = "--require-api-key" if require_api_key else f"--host {host} is not loopback"
+        raise typer.BadParameter(f"no public API key ({why}): set ${API_KEY_ENV} (at least 16 characters) or "
+                                 "--api-key-file")
+    try:
+        apps = create_gateway(
+            upstream, admin_key=admin_key, api_key=api_key, require_api_key=key_required,
+            engine_api_key=_secret(ENGINE_KEY_ENV, engine_key_file),
+            served_name=served_name or (spec.model.served_name if spec else "exaone"),
+            initial_aliases=_pairs(alias, "--alias"), adapter_root=adapter_root,
+            max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+        )
+    except GuardError as exc:
+        raise typer.BadParameter(str(exc)) from None
     public_port = port or (spec.port if spec else 8080)
     private_port = admin_port or (spec.gateway.admin_port if spec else 8082)
-    err.print(f"gateway: public http://{host}:{public_port}, admin http://{admin_host}:{private_port}, upstreams {upstream}")
+    err.print(f"gateway: public http://{host}:{public_port}, admin and /metrics http://{admin_host}:{private_port}, "
+              f"upstreams {upstream}")
     asyncio.run(serve(apps, (host, public_port), (admin_host, private_port)))
 
 

@@ -195,8 +195,7 @@ Type=exec
 User={layout.service_user}
 Group={layout.service_user}
 WorkingDirectory={layout.data}
-{env_lines}
-EnvironmentFile=-{layout.env_file}{extra_env}
+{env_lines}{extra_env}
 ExecStart={exec_start}
 Restart=always
 RestartSec=5
@@ -221,19 +220,29 @@ WantedBy=multi-user.target
 
 def kubernetes_container(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT,
                          api_key_secret: str = "exaone-lora-api-key") -> dict[str, Any]:
-    """The vLLM container of the AKS Deployment: same argv and environment as the systemd unit."""
+    """The vLLM container of the AKS Deployment: same argv and environment as the systemd unit, except that
+    canary versions are served too and runtime LoRA loading is off (a deploy rolls pods through the validating
+    init containers; no admin endpoint exists on the pod for a client to reach)."""
     launch = vllm_launch(spec, layout, host="0.0.0.0")
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
+    args = list(launch.args)
+    if spec.aks.canaries:
+        end = args.index("--lora-modules") + 1 + len(spec.adapters)
+        args[end:end] = [f"{c.name}={layout.adapter_dir(c.name)}" for c in spec.aks.canaries]
+    runtime_env = {k: v for k, v in launch.env.items() if k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(runtime_env.items())]
     env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": api_key_secret, "key": "api-key"}}})
     probe = {"httpGet": {"path": "/health", "port": launch.port}, "periodSeconds": 10}
     return {
         "name": "vllm",
         "image": f"vllm/vllm-openai:v{spec.vllm_version}",
         "command": ["python3", "-m", VLLM_MODULE],
-        "args": list(launch.args),
+        "args": args,
         "env": env,
         "ports": [{"name": "http", "containerPort": launch.port}],
-        "resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 1}},
+        # One GPU per pod; CPU and memory fit a GPU's share of both tiers' SKUs (NC40ads: 40 vCPU, 320 GiB per GPU;
+        # NC80adis: 40 vCPU, 320 GiB per GPU), /dev/shm (16 GiB, memory-backed) included in the limit.
+        "resources": {"requests": {"nvidia.com/gpu": 1, "cpu": "8", "memory": "48Gi"},
+                      "limits": {"nvidia.com/gpu": 1, "cpu": "16", "memory": "96Gi"}},
         "readinessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 3},
         "startupProbe": {**probe, "failureThreshold": 90},
         "livenessProbe": {**probe, "failureThreshold": 6},

@@ -68,7 +68,8 @@ def _port_free(port: int) -> bool:
 
 
 def check_ports(spec: DeploymentSpec) -> None:
-    ports = [spec.port, spec.gateway.engine_port, spec.gateway.admin_port, spec.monitoring.prometheus_port]
+    ports = [spec.port, spec.gateway.engine_port, spec.gateway.admin_port, spec.monitoring.prometheus_port,
+             spec.monitoring.alertmanager.port]
     busy = [p for p in ports if not _port_free(p)]
     if busy:
         raise DemoError(f"ports {busy} on 127.0.0.1 are in use; the {spec.stack} stack needs {ports} "
@@ -275,7 +276,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
                 raise DemoError(f"requests failed during the deploy: {outcome.errors[:5]}")
 
         with report.step("7 per-alias metrics from the gateway") as result:
-            series = gateway_series(f"http://127.0.0.1:{spec.port}")
+            series = gateway_series(f"http://127.0.0.1:{spec.gateway.admin_port}")
             table = Table(title="exaone_gateway_requests_total")
             table.add_column("alias")
             table.add_column("version")

@@ -81,7 +81,7 @@ def configure_stack(options: RehearsalOptions, project: Path) -> DeploymentSpec:
         # The test host shares this machine's network: ports that are free here.
         "exaone-lora:port": free_port(),
         "exaone-lora:gateway": {"enginePort": free_port(), "adminPort": free_port()},
-        "exaone-lora:monitoring": {"prometheusPort": free_port()},
+        "exaone-lora:monitoring": {"prometheusPort": free_port(), "alertmanager": {"port": free_port()}},
     })
     return load_spec(options.stack, project)
 

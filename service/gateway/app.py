@@ -1,8 +1,9 @@
 """The two gateway listeners: the public OpenAI-compatible API and the authenticated admin API.
 
-The public app forwards only inference paths; vLLM's own admin endpoints (`/v1/load_lora_adapter`,
-`/v1/unload_lora_adapter`, ...) and its `/metrics` do not exist on it. Admin operations live on a
-separate app meant to be bound to 127.0.0.1 (or a private address) and require a bearer key.
+The public app forwards only inference paths, and only allow-listed fields of a size-limited body
+(`service.gateway.body`); vLLM's own admin endpoints (`/v1/load_lora_adapter`, ...) and every `/metrics`
+do not exist on it. Admin operations and the gateway's `/metrics` live on a separate app that may only
+be bound to loopback or a private address (`service.gateway.guards`); its `/admin/*` paths need a bearer key.
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.gateway.body import DEFAULT_MAX_BODY_BYTES, BodyError, read_request
 from service.gateway.core import GatewayCore, RoutingError
 from service.gateway.engine import EngineError
+from service.gateway.guards import API_KEY_ENV, GuardError, adapter_path, check_alias_target, check_key
 from service.gateway.names import parse_version_name, version_name
 from service.gateway.proxy import forward, openai_error
 
@@ -31,6 +37,8 @@ class GatewayApps:
     public: FastAPI
     admin: FastAPI
     core: GatewayCore
+    # Whether the public app checks a bearer key: the server refuses to bind it beyond loopback without one.
+    public_key: bool = False
 
 
 def _bearer_ok(expected: str | None, header: str | None) -> bool:
@@ -43,18 +51,23 @@ def _bearer_ok(expected: str | None, header: str | None) -> bool:
 
 
 def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "exaone", api_key: str | None = None,
-                   engine_api_key: str | None = None, refresh_seconds: float = 5.0,
+                   require_api_key: bool = False, engine_api_key: str | None = None, refresh_seconds: float = 5.0,
                    initial_aliases: dict[str, str] | None = None, core: GatewayCore | None = None,
-                   adapter_root: str | None = None) -> GatewayApps:
+                   adapter_root: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> GatewayApps:
     """Build the public and admin apps over one shared core.
 
     `admin_key` is mandatory (an admin API without a key is refused at construction); `api_key`
-    optionally protects the public API; `engine_api_key` is what vLLM itself expects.
+    protects the public API and must be set when `require_api_key` (a GuardError otherwise); a key
+    shorter than 16 characters is always refused. `engine_api_key` is what vLLM itself expects.
     `initial_aliases` (alias -> version name, e.g. from the registry's alias.json) are switched at
     start-up where every replica has the version loaded; the reconciler does the rest.
     """
-    if not admin_key or len(admin_key) < 16:
-        raise ValueError("the gateway admin key must be set and at least 16 characters long")
+    check_key("the gateway admin key", admin_key, required=True)
+    check_key(f"the public API key (${API_KEY_ENV})", api_key, required=require_api_key)
+    if max_body_bytes < 1024:
+        raise GuardError(f"the request body limit must be at least 1024 bytes, got {max_body_bytes}")
+    for alias, name in (initial_aliases or {}).items():
+        check_alias_target(alias, name)
     core = core or GatewayCore.for_upstreams(served_name, upstreams, engine_api_key=engine_api_key)
     core.adapter_root = adapter_root or core.adapter_root
     upstream_headers = {"Authorization": f"Bearer {engine_api_key}"} if engine_api_key else {}
@@ -81,19 +94,18 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
 
     public = FastAPI(title="EXAONE LoRA gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    def require_api_key(request: Request) -> None:
+    def require_key(request: Request) -> None:
         if not _bearer_ok(api_key, request.headers.get("authorization")):
             raise _Unauthorized()
 
     async def inference(request: Request, path: str) -> Response:
-        require_api_key(request)
+        require_key(request)
+        request_id = uuid.uuid4().hex
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return openai_error(400, "invalid_json", "the request body must be a JSON object")
-        if not isinstance(body, dict):
-            return openai_error(400, "invalid_json", "the request body must be a JSON object")
-        return await forward(core, path, body, upstream_headers)
+            body = await read_request(request, path, max_body_bytes)
+        except BodyError as exc:
+            return openai_error(exc.status, exc.code, exc.message, param=exc.param, request_id=request_id)
+        return await forward(core, path, body, upstream_headers, request_id)
 
     @public.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -105,7 +117,7 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
 
     @public.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        require_api_key(request)
+        require_key(request)
         data = [{"id": core.served_name, "object": "model", "owned_by": "exaone-lora"}]
         data += [{"id": alias, "object": "model", "owned_by": "exaone-lora", "parent": core.served_name}
                  for alias in sorted(core.aliases.targets())]
@@ -116,20 +128,16 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
         ok = bool(core.lora_replicas())  # the base model and every alias are served while one of these is up
         return JSONResponse({"status": "ok" if ok else "no healthy replica"}, status_code=200 if ok else 503)
 
-    @public.get("/metrics")
-    async def metrics() -> Response:
-        return Response(core.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    _install_unauthorized(public)
+    _install_handlers(public)
     admin = _admin_app(core, admin_key)
-    return GatewayApps(public=public, admin=admin, core=core)
+    return GatewayApps(public=public, admin=admin, core=core, public_key=bool(api_key))
 
 
 class _Unauthorized(Exception):
     pass
 
 
-def _install_unauthorized(app: FastAPI) -> None:
+def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(_Unauthorized)
     async def unauthorized(_: Request, __: _Unauthorized) -> Response:
         return JSONResponse({"error": {"message": "missing or wrong bearer key", "type": "authentication_error",
@@ -144,10 +152,26 @@ def _install_unauthorized(app: FastAPI) -> None:
         return JSONResponse({"error": {"message": str(exc), "type": "engine_error", "code": "engine_refused",
                                        "upstream_status": exc.status}}, status_code=502)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        # 404/405 and the like as JSON too, in the same shape as every other error of the gateway.
+        return JSONResponse({"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
+                                       "code": f"http_{exc.status_code}"}}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": {"message": f"{where or 'body'}: {first.get('msg', 'invalid')}",
+                                       "type": "invalid_request_error", "param": where or None,
+                                       "code": "invalid_request"}}, status_code=400)
+
 
 class LoadRequest(BaseModel):
     name: str = Field(description="immutable version name, `domain-vN`")
-    path: str = Field(description="adapter directory on the replica hosts")
+    path: str | None = Field(default=None, description="adapter directory on the replica hosts: under the "
+                             "gateway's --adapter-root and ending in `name` (default `<adapter-root>/<name>`)")
 
 
 class SwitchRequest(BaseModel):
@@ -165,9 +189,16 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
         if not _bearer_ok(admin_key, request.headers.get("authorization")):
             raise _Unauthorized()
 
-    admin = FastAPI(title="EXAONE LoRA gateway admin", dependencies=[Depends(authorized)], docs_url=None,
-                    redoc_url=None, openapi_url=None)
-    _install_unauthorized(admin)
+    app = FastAPI(title="EXAONE LoRA gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_handlers(app)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        # On the admin listener (loopback or private only), without the admin key: Prometheus on the host scrapes
+        # it and must not hold a key that can switch aliases.
+        return Response(core.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    admin = APIRouter(dependencies=[Depends(authorized)])
 
     def check_name(name: str) -> None:
         if parse_version_name(name) is None:
@@ -186,7 +217,11 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
     async def load(body: LoadRequest) -> dict[str, object]:
         # A new immutable name every time, never vLLM's load_inplace (stale prefix cache upstream).
         check_name(body.name)
-        results = await asyncio.gather(*(r.engine.load(body.name, body.path) for r in core.lora_replicas()))
+        try:
+            path = adapter_path(core.adapter_root, body.name, body.path)
+        except GuardError as exc:
+            raise RoutingError(400, "bad_adapter_path", str(exc)) from None
+        results = await asyncio.gather(*(r.engine.load(body.name, path) for r in core.lora_replicas()))
         await core.refresh()
         return {"name": body.name, "loaded_now": sum(results), "state": core.snapshot()}
 
@@ -224,5 +259,6 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
         core.metrics.alias_version.remove(alias)
         return {"alias": alias, "removed": removed.name}
 
-    return admin
+    app.include_router(admin)
+    return app
 

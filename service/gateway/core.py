@@ -15,6 +15,7 @@ import aiohttp
 import httpx
 
 from service.gateway.engine import EngineClient, EngineError
+from service.gateway.guards import GuardError, check_alias_target
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.names import parse_version_name
 from service.gateway.state import AliasTable, Replica, Route, Traffic
@@ -92,7 +93,8 @@ class GatewayCore:
         target = self.aliases.get(model)
         if target is None:
             known = sorted([self.served_name, *self.aliases.targets()])
-            raise RoutingError(404, "model_not_found", f"The model `{model}` does not exist. Available: {', '.join(known)}")
+            shown = model if len(model) <= 64 else f"{model[:64]}..."
+            raise RoutingError(404, "model_not_found", f"The model `{shown}` does not exist. Available: {', '.join(known)}")
         return Route(alias=model, upstream_model=target.name, label=target.name)
 
     def lora_replicas(self) -> list[Replica]:
@@ -153,19 +155,24 @@ class GatewayCore:
                 continue  # the next refresh tries again; routing avoids this replica for `name` meanwhile
 
     def switch_alias(self, alias: str, name: str) -> dict[str, object]:
-        parsed = parse_version_name(name)
-        if parsed is None:
+        if parse_version_name(name) is None:
             raise RoutingError(400, "bad_version_name", f"`{name}` is not an immutable version name (`domain-vN`)")
         if alias == self.served_name:
             raise RoutingError(400, "reserved_alias", f"`{alias}` is the base model's name and cannot be an alias")
+        try:
+            # `medical` -> `medical-vN` only: an alias pointed at another domain's weights would answer legal
+            # questions with a medical adapter (or the reverse) while every metric says `medical`.
+            number = check_alias_target(alias, name)
+        except GuardError as exc:
+            raise RoutingError(400, "alias_domain_mismatch", str(exc)) from None
         # Merged replicas serve one fixed version each and are not part of a switch: until one serving `name`
         # is up, `name`'s traffic goes to the LoRA replicas.
         lora = self.lora_replicas()
         missing = [r.url for r in lora if name not in r.loaded]
         if missing or not lora:
             raise RoutingError(409, "version_not_loaded", f"`{name}` is not loaded on every healthy replica: {missing}")
-        previous = self.aliases.switch(alias, name, parsed[1])
-        self.metrics.alias_version.labels(alias).set(parsed[1])
+        previous = self.aliases.switch(alias, name, number)
+        self.metrics.alias_version.labels(alias).set(number)
         self.metrics.alias_switched.labels(alias).set(time.time())
         return {"alias": alias, "current": name, "previous": previous.name if previous else None}
 

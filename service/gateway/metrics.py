@@ -30,6 +30,9 @@ class GatewayMetrics:
                                   ["alias", "version"], buckets=DURATION_BUCKETS, registry=r)
         self.tokens = Counter("exaone_gateway_generated_tokens", "Completion tokens generated",
                               ["alias", "version"], registry=r)
+        # From vLLM's usage (the final stream chunk, or the body of an answer that is not streamed).
+        self.prompt_tokens = Counter("exaone_gateway_prompt_tokens", "Prompt tokens processed",
+                                     ["alias", "version"], registry=r)
         self.in_flight = Gauge("exaone_gateway_in_flight_requests", "Requests in flight, by alias", ["alias"], registry=r)
         self.alias_version = Gauge("exaone_gateway_alias_version", "Version number an alias points to", ["alias"],
                                    registry=r)

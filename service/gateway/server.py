@@ -13,10 +13,10 @@ from pathlib import Path
 import uvicorn
 
 from service.gateway.app import GatewayApps
+from service.gateway.guards import ADMIN_KEY_ENV, API_KEY_ENV, ENGINE_KEY_ENV, GuardError, check_admin_host, is_loopback
 
-ADMIN_KEY_ENV = "EXAONE_GATEWAY_ADMIN_KEY"
-API_KEY_ENV = "EXAONE_API_KEY"
-ENGINE_KEY_ENV = "VLLM_API_KEY"
+__all__ = ["ADMIN_KEY_ENV", "API_KEY_ENV", "ENGINE_KEY_ENV", "RunningGateway", "gateway_in_thread", "read_secret",
+           "serve"]
 
 
 def read_secret(env: str, file: Path | None = None) -> str | None:
@@ -26,7 +26,17 @@ def read_secret(env: str, file: Path | None = None) -> str | None:
     return os.environ.get(env) or None
 
 
+def check_listeners(apps: GatewayApps, public_host: str, admin_host: str) -> None:
+    """Refuse a layout that exposes more than it should: the admin app beyond loopback/private addresses, or a
+    public app without a key on anything but loopback (what a VM stack binds: 0.0.0.0)."""
+    check_admin_host(admin_host)
+    if not apps.public_key and not is_loopback(public_host):
+        raise GuardError(f"the public listener binds to {public_host} without an API key: set ${API_KEY_ENV} "
+                         "(at least 16 characters) or bind to loopback")
+
+
 def _servers(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int]) -> list[uvicorn.Server]:
+    check_listeners(apps, public[0], admin[0])
     def server(app: object, host: str, port: int) -> uvicorn.Server:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,  # type: ignore[arg-type]
                                 timeout_keep_alive=30)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,9 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from exaone_lora.spec import DeploymentSpec, SpecError, load_spec
-from service.observability.azure_monitor import azure_monitor_settings
 from service.observability.prometheus import scrape_targets
-from service.observability.render import ALERTS_FILE, PROMETHEUS_FILE, render_stack, write_shipped
+from service.observability.render import ALERTMANAGER_FILE, ALERTS_FILE, PROMETHEUS_FILE, render_stack, write_shipped
 
 app = typer.Typer(help="Prometheus scrape config, alert rules and Grafana dashboard, rendered from a stack.",
                   no_args_is_help=True, rich_markup_mode="rich")
@@ -39,9 +37,9 @@ def render(
     stack: Stack,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to write into (created)")],
     root: Root = Path("."),
-    check: Annotated[bool, typer.Option("--check/--no-check", help="run promtool on the result")] = True,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="run promtool (and amtool if installed)")] = True,
 ) -> None:
-    """Write prometheus.yml, alerts.yml, the Grafana dashboard and its provisioning files for STACK."""
+    """Write prometheus.yml, alerts.yml, alertmanager.yml, the Grafana dashboard and its provisioning files for STACK."""
     spec = _spec(stack, root)
     try:
         written = render_stack(spec, out)
@@ -64,6 +62,18 @@ def render(
                 err_console.print(f"[red]promtool {' '.join(args[:2])} failed:[/red]\n{result.stdout}{result.stderr}")
                 raise typer.Exit(code=1)
         console.print("[green]promtool: config and rules are valid[/green]")
+        amtool = shutil.which("amtool")
+        if (out / ALERTMANAGER_FILE).exists():
+            if amtool is None:
+                console.print("[yellow]amtool not found (apt-get install prometheus-alertmanager): "
+                              "alertmanager.yml not checked[/yellow]")
+                return
+            result = subprocess.run([amtool, "check-config", str(out / ALERTMANAGER_FILE)], capture_output=True,
+                                    text=True, check=False)
+            if result.returncode != 0:
+                err_console.print(f"[red]amtool check-config failed:[/red]\n{result.stdout}{result.stderr}")
+                raise typer.Exit(code=1)
+            console.print("[green]amtool: alertmanager.yml is valid[/green]")
 
 
 @app.command()
@@ -79,17 +89,6 @@ def targets(stack: Stack, root: Root = Path(".")) -> None:
     for target in scrape_targets(spec):
         table.add_row(target.job, target.address, ", ".join(f"{k}={v}" for k, v in target.labels.items()))
     console.print(table)
-
-
-@app.command("azure-monitor")
-def azure_monitor(stack: Stack, root: Root = Path(".")) -> None:
-    """Print the Azure Monitor export settings infra uses (`{"enabled": false}` unless monitoring.azureMonitor)."""
-    spec = _spec(stack, root)
-    try:
-        console.print_json(json.dumps(azure_monitor_settings(spec)))
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from None
 
 
 @app.command()

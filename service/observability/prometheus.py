@@ -2,9 +2,12 @@
 
 VM and local targets: one Prometheus per serving host, from the distribution's package, listening on
 127.0.0.1 only (operators reach it through an SSH tunnel; nothing new opens in the NSG). It scrapes every
-vLLM replica on the host (addresses from `vllm_launch`, the one place ports are decided) and the gateway.
-AKS: no prometheus.yml; the cluster's Prometheus (managed Prometheus or kube-prometheus-stack) finds the pods
-through the PodMonitor or the classic `prometheus.io/*` annotations rendered here, under the same job names.
+vLLM replica on the host (addresses from `vllm_launch`, the one place ports are decided) and the gateway's
+admin listener (`127.0.0.1:<gateway.adminPort>/metrics`: loopback only, so per-alias metrics are not public),
+and sends its alerts to the host's Alertmanager (`alertmanager.py`).
+AKS: no prometheus.yml; the cluster's Prometheus (managed Prometheus or kube-prometheus-stack) finds the vLLM
+pods through the PodMonitor or the classic `prometheus.io/*` annotations rendered here, under the same job
+name. The gateway is not deployed on AKS, and its metrics listener is loopback-only, so no gateway endpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from exaone_lora.spec import DeploymentSpec
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.observability import metrics as m
 from service.observability._yaml import dump
+from service.observability.alertmanager import ALERTMANAGER_HOST
 from service.replicas import replica_endpoints
 
 PROMETHEUS_HOST = "127.0.0.1"
@@ -39,7 +43,7 @@ def scrape_targets(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) ->
     for endpoint in replica_endpoints(spec, layout):
         targets.append(ScrapeTarget(m.VLLM_JOB, endpoint.url.removeprefix("http://"), {"replica": str(endpoint.index)}))
     if spec.gateway.enabled:
-        targets.append(ScrapeTarget(m.GATEWAY_JOB, f"127.0.0.1:{spec.port}", {}))
+        targets.append(ScrapeTarget(m.GATEWAY_JOB, f"127.0.0.1:{spec.gateway.admin_port}", {}))
     return targets
 
 
@@ -55,10 +59,10 @@ def _static_jobs(targets: list[ScrapeTarget]) -> list[dict[str, Any]]:
 
 def prometheus_config(spec: DeploymentSpec, *, targets: list[ScrapeTarget] | None = None,
                       rule_files: tuple[str, ...] = ("alerts.yml",), scrape_interval_seconds: int | None = None,
-                      layout: HostLayout = DEFAULT_LAYOUT, remote_write: list[dict[str, Any]] | None = None,
-                      prometheus_port: int | None = None) -> dict[str, Any]:
-    """The prometheus.yml document. `targets` overrides the spec's (tests point it at their own servers);
-    `remote_write` takes `azure_monitor.remote_write_config(...)` entries when the export is on."""
+                      layout: HostLayout = DEFAULT_LAYOUT, prometheus_port: int | None = None,
+                      alertmanager_port: int | None = None) -> dict[str, Any]:
+    """The prometheus.yml document. `targets`, `prometheus_port` and `alertmanager_port` override the spec's
+    (tests point them at their own servers)."""
     interval = f"{scrape_interval_seconds or spec.monitoring.scrape_interval_seconds}s"
     if spec.target == "aks" and targets is None:
         raise ValueError(f"stack {spec.stack} runs on AKS: the cluster's Prometheus finds the pods through `pod_monitor` "
@@ -73,11 +77,11 @@ def prometheus_config(spec: DeploymentSpec, *, targets: list[ScrapeTarget] | Non
             # Kept on every series, so a federated or Azure Monitor view can tell stacks apart.
             "external_labels": {"project": spec.project, "stack": spec.stack, "tier": spec.tier},
         },
+        "alerting": {"alertmanagers": [{"static_configs": [
+            {"targets": [f"{ALERTMANAGER_HOST}:{alertmanager_port or spec.monitoring.alertmanager.port}"]}]}]},
         "rule_files": list(rule_files),
         "scrape_configs": jobs,
     }
-    if remote_write:
-        config["remote_write"] = remote_write
     return config
 
 
@@ -112,26 +116,20 @@ def pod_labels(component: Literal["vllm", "gateway"]) -> dict[str, str]:
 
 
 def kubernetes_scrape_annotations(spec: DeploymentSpec) -> dict[str, dict[str, str]]:
-    """Annotations for the AKS pods, by component: vLLM's port from `kubernetes_container`, the gateway's public port."""
-    vllm_port = spec.replica_port(0)
-    result = {"vllm": scrape_annotations(vllm_port)}
-    if spec.gateway.enabled:
-        result["gateway"] = scrape_annotations(spec.port)
-    return result
+    """Annotations for the AKS pods, by component: vLLM's port from `kubernetes_container`."""
+    return {"vllm": scrape_annotations(spec.replica_port(0))}
 
 
 def pod_monitor(spec: DeploymentSpec, *, namespace: str = "exaone-lora", managed: bool = True) -> dict[str, Any]:
-    """A PodMonitor for the vLLM and gateway containers (port name `http` for vLLM, `api` for the gateway).
+    """A PodMonitor for the vLLM containers (port name `http`).
 
     `managed=True` renders Azure managed Prometheus's CRD group (`azmonitoring.coreos.com`);
     `managed=False` the Prometheus Operator's (`monitoring.coreos.com`), e.g. kube-prometheus-stack.
     """
     group = "azmonitoring.coreos.com" if managed else "monitoring.coreos.com"
     interval = f"{spec.monitoring.scrape_interval_seconds}s"
-    # The same job names as on the VM path, so the alerts and the dashboard work unchanged.
+    # The same job name as on the VM path, so the alerts and the dashboard work unchanged.
     endpoints = [_endpoint("http", m.VLLM_JOB, interval)]
-    if spec.gateway.enabled:
-        endpoints.append(_endpoint("api", m.GATEWAY_JOB, interval))
     return {
         "apiVersion": f"{group}/v1",
         "kind": "PodMonitor",

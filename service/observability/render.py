@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 from exaone_lora.spec import DeploymentSpec
-from service.observability import dashboard, prometheus, rules
+from service.observability import alertmanager, dashboard, prometheus, rules
 from service.observability._yaml import dump
-from service.observability.azure_monitor import azure_monitor_settings
 
 ALERTS_FILE = "alerts.yml"
 PROMETHEUS_FILE = "prometheus.yml"
+ALERTMANAGER_FILE = "alertmanager.yml"
+PROMETHEUS_DEFAULTS = "prometheus.defaults"
+ALERTMANAGER_DEFAULTS = "alertmanager.defaults"
 
 
 def render_stack(spec: DeploymentSpec, out: Path) -> list[Path]:
@@ -20,7 +22,9 @@ def render_stack(spec: DeploymentSpec, out: Path) -> list[Path]:
     files: dict[str, str] = {ALERTS_FILE: rules.render_alerts_yml()}
     if spec.target != "aks":
         files[PROMETHEUS_FILE] = prometheus.render_prometheus_yml(spec, rule_files=(ALERTS_FILE,))
-        files["prometheus.defaults"] = prometheus.debian_defaults(spec)
+        files[PROMETHEUS_DEFAULTS] = prometheus.debian_defaults(spec)
+        files[ALERTMANAGER_FILE] = alertmanager.render_alertmanager_yml(spec)
+        files[ALERTMANAGER_DEFAULTS] = alertmanager.debian_defaults(spec)
     files |= {
         "grafana/exaone-lora.json": dashboard.render_dashboard_json(),
         "grafana/provisioning/dashboards/exaone-lora.yml": dashboard.dashboard_provider_yaml(),
@@ -29,9 +33,6 @@ def render_stack(spec: DeploymentSpec, out: Path) -> list[Path]:
     if spec.target == "aks":
         files["kubernetes/pod-monitor.yaml"] = dump(prometheus.pod_monitor(spec))
         files["kubernetes/scrape-annotations.json"] = json.dumps(prometheus.kubernetes_scrape_annotations(spec), indent=2) + "\n"
-    settings = azure_monitor_settings(spec)
-    if settings["enabled"]:
-        files["azure-monitor.json"] = json.dumps(settings, indent=2) + "\n"
     written = []
     for name, text in files.items():
         path = out / name

@@ -9,6 +9,7 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -143,3 +144,75 @@ def test_a_start_on_a_kept_compile_cache_is_recorded_as_warm(tmp_path: Path) -> 
     assert compile_cache_kept(env) is True
     other = variant_launch("capture", str(tmp_path / "model"), str(tmp_path)).env
     assert compile_cache_kept(other) is False  # each variant has its own cache
+
+
+def test_side_by_side_measures_each_variant_per_pass_and_divides_by_the_reference(
+        vllm: RunningProcess, tiny_adapters: dict[str, Path]) -> None:
+    import argparse
+
+    from benchmarks.client_pool import client_pool
+    from benchmarks.sidebyside import measure, summary
+    from benchmarks.suites import load_domain_adapters, unload_all
+
+    adapters = {d: str(p) for d, p in list(tiny_adapters.items())[:2]}
+    target = Target(url=vllm.url, base_model="exaone", adapter_dirs=adapters, name_prefix="sbs-")
+    asyncio.run(load_domain_adapters(target))
+    args = argparse.Namespace(single_requests=2, max_tokens=4, levels=[2], rounds=1, client_processes=2)
+    try:
+        with client_pool(2) as pool:
+            # The same server under two names stands in for two variants; pass 1 runs them in reverse order.
+            passes = [{"order": order, "variants": {v: measure(target, args, pool, p) for v in order}}
+                      for p, order in enumerate((["ref", "other"], ["other", "ref"]))]
+    finally:
+        asyncio.run(unload_all(target))
+    one = passes[0]["variants"]["ref"]
+    assert one["single"]["base"]["ok"] == 2 and one["single"]["adapter"]["ok"] == 2
+    assert one["single"]["adapter_over_base"] > 0 and one["all_models"]["per_stream_decode_tok_s_mean"] > 0
+    lv = one["levels"]["2"]
+    assert lv["base_only"]["ok"] == lv["mixed_adapters"]["ok"] == 2 and lv["base_only"]["client_processes"] == 2
+    assert lv["mixed_over_base"] == pytest.approx(
+        lv["mixed_adapters"]["aggregate_tok_s"] / lv["base_only"]["aggregate_tok_s"])
+    # Which mode goes first alternates between passes.
+    assert {passes[0]["variants"]["ref"]["levels"]["2"]["first"],
+            passes[1]["variants"]["ref"]["levels"]["2"]["first"]} == {"base_only", "mixed_adapters"}
+    table = summary(["ref", "other"], passes, "ref")
+    assert table["ref"]["base_2"]["n"] == 2 and table["ref"]["base_2"]["over_reference_median"] == 1.0
+    ratios = [passes[p]["variants"]["other"]["levels"]["2"]["base_only"]["aggregate_tok_s"]
+              / passes[p]["variants"]["ref"]["levels"]["2"]["base_only"]["aggregate_tok_s"] for p in (0, 1)]
+    assert table["other"]["base_2"]["over_reference_median"] == pytest.approx(sum(ratios) / 2)
+    assert table["other"]["base_2"]["over_reference_min"] == pytest.approx(min(ratios))
+
+
+def _sbs_summary(ratio: float) -> dict[str, Any]:
+    from benchmarks.report import SBS_ROWS
+
+    def stat(value: float, over: float) -> dict[str, float]:
+        return {"median": value, "min": value, "max": value, "n": 3, "over_reference_median": over,
+                "over_reference_min": over, "over_reference_max": over}
+
+    return {"reference": {key: stat(100.0, 1.0) for key, _, _ in SBS_ROWS},
+            "shipped": {key: stat(100.0 * ratio, ratio) for key, _, _ in SBS_ROWS}}
+
+
+@pytest.mark.parametrize(("ratio", "verdict"), [(1.02, "**met**"), (0.95, "missed")])
+def test_the_report_marks_issue_23_targets_from_the_side_by_side_json(tmp_path: Path, ratio: float,
+                                                                      verdict: str) -> None:
+    from benchmarks import report
+    from benchmarks.report import SBS_TARGET_LABELS, generate
+
+    summary_table = _sbs_summary(ratio)
+    summary_table[report.SHIPPED] = summary_table.pop("shipped")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "run.json").write_text(json.dumps({"meta": {"variant": "plain"}, "suites": {}}))
+    (results / "sbs.json").write_text(json.dumps({
+        "meta": {"variant": "sidebyside", "reference": "reference", "gpu": "NVIDIA H200, 1 MiB", "levels": [128]},
+        "servers": {}, "passes": [{"order": ["reference", report.SHIPPED], "variants": {}}],
+        "summary": summary_table}))
+    text = generate(results, tmp_path / "docs" / "benchmarks.md", tmp_path / "img").read_text()
+    assert "## Reference vs shipped config, same machine (issue 23)" in text
+    every_row = next(line for line in text.splitlines() if line.startswith(f"| {SBS_TARGET_LABELS['every_row']}"))
+    assert f"({verdict})" in every_row, every_row
+    # The side-by-side file is not read as a plain run: the issue-9 table lists only `plain`.
+    issue9 = text.split("## Targets (issue 9)")[1].split("##")[0]
+    assert "| plain |" in issue9 and "sidebyside" not in issue9

@@ -26,7 +26,7 @@ def stack_root(tmp_path: Path) -> Path:
     dev = yaml.safe_load((root / "Pulumi.dev.yaml").read_text())
     dev["config"]["exaone-lora:port"] = free_port()
     dev["config"]["exaone-lora:gateway"] = {"enginePort": free_port(), "adminPort": free_port()}
-    dev["config"]["exaone-lora:monitoring"] = {"prometheusPort": free_port()}
+    dev["config"]["exaone-lora:monitoring"] = {"prometheusPort": free_port(), "alertmanager": {"port": free_port()}}
     (root / "Pulumi.dev.yaml").write_text(yaml.safe_dump(dev))
     return root
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from exaone_lora.spec import ApiSpec, DeploymentSpec, build_spec, load_spec, read_config, stack_file
+from infra.common import InfraOptions
 from infra.mocks import ProgramRun
 from infra.preview import run_program
 from tests.support.operator import OPERATOR_VALUES
@@ -16,6 +17,10 @@ ADAPTERS = [
     {"alias": "medical", "version": 3, "blobPath": "medical/v3", "sha256": "a" * 64},
     {"alias": "legal", "version": 1, "blobPath": "legal/v1", "sha256": "b" * 64},
 ]
+
+
+# `pulumi config set --secret ops:apiKey ...`: every Azure stack has one.
+OPS = InfraOptions(api_key="k" * 32)
 
 
 def variant(stack: str, **overrides: Any) -> DeploymentSpec:
@@ -43,12 +48,12 @@ class Runs:
 
     def stack(self, name: str) -> ProgramRun:
         if name not in self._cache:
-            self._cache[name] = run_program(configured(name))
+            self._cache[name] = run_program(configured(name), OPS)
         return self._cache[name]
 
     def spec(self, key: str, spec: DeploymentSpec) -> ProgramRun:
         if key not in self._cache:
-            self._cache[key] = run_program(spec)
+            self._cache[key] = run_program(spec, OPS)
         return self._cache[key]
 
 
@@ -59,10 +64,11 @@ def runs() -> Runs:
 
 @pytest.fixture(scope="session")
 def aks_spec() -> DeploymentSpec:
-    return variant("poc", target="aks", adapters=ADAPTERS)
+    return variant("poc", target="aks", adapters=ADAPTERS,
+                   aks={"toolsImage": "example.azurecr.io/exaone-lora:0.1.0@sha256:" + "d" * 64})
 
 
 @pytest.fixture(scope="session")
 def large_spec() -> DeploymentSpec:
     return variant("prod", tier="prod-large", nodeCount=3, adapters=ADAPTERS,
-                   api={"exposure": "public", "allowedCidrs": ["198.51.100.0/24"]}, monitoring={"azureMonitor": True})
+                   api={"exposure": "public", "allowedCidrs": ["198.51.100.0/24"]})

@@ -237,10 +237,9 @@ def test_aks_api_server_open_by_coverage_is_refused(pack: PolicyPackServer, runs
 
 
 def test_the_rendered_aks_cluster_today(pack: PolicyPackServer, runs: Runs, aks_spec: DeploymentSpec) -> None:
-    """What infra/aks.py renders is judged by the same rules; the operator CIDR keeps the API server restricted."""
-    found = policies_hit(pack.analyze(*one(runs.spec("aks", aks_spec), CLUSTER)))
-    assert "aks-api-server-restricted" not in found
-    assert found <= {"aks-local-accounts-off", "aks-entra-rbac", "aks-network-policy"}
+    """What infra/aks.py renders passes every AKS rule: no local accounts, Entra ID RBAC, network policy, and the
+    API server restricted to the operator."""
+    assert policies_hit(pack.analyze(*one(runs.spec("aks", aks_spec), CLUSTER))) == set()
 
 
 # ---- role assignments ---------------------------------------------------------------------------------------------
@@ -261,9 +260,11 @@ def test_offline_preview_and_enforced_pack_agree(pack: PolicyPackServer, runs: R
     """`exaone-lora infra preview` runs the same rules in-process: same verdicts, resource by resource."""
     from infra.policy.rules import evaluate
 
+    urn, typ, cluster = _cluster(runs, aks_spec)
     hostile = [
         *resources(runs.spec("pilot-halves", open_api("pilot", HALVES))),
         *resources(runs.spec("aks", aks_spec)),
+        (urn, typ, AKS_HOSTILE["aks-local-accounts-off"](cluster)),
         _open_account(one(registry_run, ACCOUNT), "pilot"),
         changed(one(runs.stack("poc"), VM), hardwareProfile={"vmSize": "standard_nc80adis_h100_v5"}),
     ]

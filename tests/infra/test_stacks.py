@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import shlex
 from collections import Counter
 
 import pytest
 
 from exaone_lora.spec import DeploymentSpec, load_spec
-from infra.aks import GPU_TAINT
 from infra.common import STORAGE_BLOB_DATA_READER
 from infra.gpu_vm import DATA_DISK_LUN
 from infra.mocks import SUBSCRIPTION, ProgramRun, RecordedResource
 from infra.policy.rules import open_rule_violations
 from infra.preview import policy_verdict, rows
 from infra.registry import load_registry_config, registry_outputs
-from service.vllm_config import systemd_unit, vllm_launch
 from tests.infra.conftest import Runs, configured, variant
 from tests.support.processes import REPO
 
@@ -189,13 +186,15 @@ def test_data_disk_size_is_a_stack_key(runs: Runs, large_spec: DeploymentSpec) -
 def test_outputs_for_later_tools(runs: Runs, stack: str) -> None:
     out = runs.stack(stack).outputs
     for key in ("hostIps", "hostFqdns", "sshUser", "apiUrl", "storageAccount", "storageContainer", "identityClientId",
-                "tierSummary", "estimatedHourlyCostUsd"):
+                "tierSummary"):
         assert out.get(key) not in (None, "", []), f"stack {stack}: output {key} missing"
     assert out["sshUser"] == "azureuser" and out["storageContainer"] == "adapters"
     assert out["storageBlobUrl"] == f"https://{out['storageAccount']}.blob.core.windows.net"
     assert isinstance(out["hostIps"], list) and isinstance(out["identityClientId"], str)
     assert out["apiUrl"] == f"http://{out['hostIps'][0]}:8080"
-    assert out["estimatedHourlyCostUsd"] > 6.9
+    # The shipped stacks run in koreacentral, which infra/costs.py has no list prices for: no figure rather than
+    # another region's (see tests/infra/test_cli_quota_costs.py for priced regions).
+    assert out["estimatedHourlyCostUsd"] is None and out["pricesAsOf"] is None
 
 
 def test_prod_large_puts_n_vms_behind_a_load_balancer(runs: Runs, large_spec: DeploymentSpec) -> None:
@@ -211,73 +210,13 @@ def test_prod_large_puts_n_vms_behind_a_load_balancer(runs: Runs, large_spec: De
     pools = [n.inputs["ipConfigurations"][0]["loadBalancerBackendAddressPools"][0]["id"] for n in nics]
     assert all(p.endswith("/backendAddressPools/vllm-replicas") for p in pools), "every NIC must join the LB backend pool"
     assert len(run.outputs["hostIps"]) == 3
-    # Azure Monitor is on in this variant: workspace, endpoint, rule, one association per VM.
-    assert len(run.of_type("azure-native:monitor:DataCollectionRuleAssociation")) == 3
-    assert len(run.of_type("azure-native:monitor:AzureMonitorWorkspace")) == 1
     assert policy_verdict(rows(run), large_spec).passed
 
 
-def test_azure_monitor_is_off_by_default(runs: Runs) -> None:
-    assert not [r for r in runs.stack("prod").resources if r.type.startswith("azure-native:monitor:")]
-
-
-def test_aks_pools_and_workload_identity(runs: Runs, aks_spec: DeploymentSpec) -> None:
-    run = runs.spec("aks", aks_spec)
-    assert not run.of_type(VM), "target aks must not create VMs"
-    cluster = run.one(CLUSTER)
-    pools = {p["name"]: p for p in cluster.inputs["agentPoolProfiles"]}
-    assert pools["system"]["mode"] == "System" and "nodeTaints" not in pools["system"]
-    gpu = pools["gpu"]
-    assert (gpu["mode"], gpu["vmSize"], gpu["count"]) == ("User", "Standard_NC40ads_H100_v5", 1)
-    assert gpu["nodeTaints"] == [GPU_TAINT] == ["nvidia.com/gpu=present:NoSchedule"]
-    assert gpu["enableEncryptionAtHost"] is True
-    assert cluster.inputs["oidcIssuerProfile"]["enabled"] is True
-    assert cluster.inputs["securityProfile"]["workloadIdentity"]["enabled"] is True
-    fic = run.one("azure-native:managedidentity:FederatedIdentityCredential")
-    assert fic.inputs["subject"] == "system:serviceaccount:exaone-lora:vllm"
-    assert fic.inputs["issuer"].startswith("https://oidc.mock.invalid/")
-    sa = run.one("kubernetes:core/v1:ServiceAccount")
-    assert sa.inputs["metadata"]["annotations"]["azure.workload.identity/client-id"] == run.outputs["identityClientId"]
-    provider = run.one("pulumi:providers:kubernetes")
-    kubeconfig = provider.inputs["kubeconfig"]
-    # Sent as a secret (the wire format wraps it), taken from the cluster's listed user credentials.
-    assert isinstance(kubeconfig, dict) and "mock-aks.invalid" in kubeconfig["value"], \
-        "the k8s provider must use the cluster's kubeconfig"
-    assert not [r for r in rules_of(run.one(NSG)) if r["destinationPortRange"] == "22"], "no SSH rule on the AKS path"
-    models_reader = [r for r in run.of_type(ROLE) if r.inputs["scope"] == registry()["modelsContainerId"]]
-    assert len(models_reader) == 1, "AKS pods read the model from the registry's models container"
-    verdict = policy_verdict(rows(run), aks_spec)
-    assert {v.rule for v in verdict.violations} <= AKS_HARDENING_RULES, verdict.summary()
-
-
-def test_aks_container_args_equal_the_vm_unit_args(runs: Runs, aks_spec: DeploymentSpec) -> None:
-    run = runs.spec("aks", aks_spec)
-    deployment = run.one(DEPLOYMENT)
-    pod = deployment.inputs["spec"]["template"]["spec"]
-    vllm = pod["containers"][0]
-    assert vllm["image"] == f"vllm/vllm-openai:v{aks_spec.vllm_version}"
-    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {"readinessProbe", "livenessProbe"} <= set(vllm)
-    pod_args = list(vllm["args"])
-    vm_args = list(vllm_launch(aks_spec).args)
-    # The one intended difference: on the VM vLLM listens on loopback behind the gateway on the same host; in a
-    # pod, kubelet probes and the Service reach the pod IP, so it must bind 0.0.0.0 (the pod network is the fence).
-    host_at = vm_args.index("--host") + 1
-    assert (vm_args[host_at], pod_args[host_at]) == ("127.0.0.1", "0.0.0.0")
-    assert pod_args[:host_at] + pod_args[host_at + 1:] == vm_args[:host_at] + vm_args[host_at + 1:]
-    exec_start = next(line for line in systemd_unit(aks_spec).splitlines() if line.startswith("ExecStart="))
-    assert shlex.split(exec_start.removeprefix("ExecStart="))[3:] == vm_args, "the unit must run the same argv"
-    assert "--lora-modules" in pod_args and "medical-v3=/data/lora-adapters/medical-v3" in pod_args
-    init = pod["initContainers"][0]
-    script = init["command"][-1]
-    assert f"echo {'a' * 64}  /tmp/adapters/medical/v3/manifest.json | sha256sum -c -" in script
-    assert pod["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
-    assert deployment.inputs["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
-    pdb = run.one("kubernetes:policy/v1:PodDisruptionBudget")
-    assert pdb.inputs["spec"]["maxUnavailable"] == 1
-    service = run.one("kubernetes:core/v1:Service")
-    assert service.inputs["spec"]["ports"][0]["port"] == 8080
-    assert service.inputs["metadata"]["annotations"] == {"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}
+def test_no_stack_creates_azure_monitor_resources(runs: Runs, large_spec: DeploymentSpec) -> None:
+    # monitoring.azureMonitor was removed: nothing may bill for a workspace that receives no metrics.
+    for run in (runs.stack("prod"), runs.spec("large", large_spec)):
+        assert not [r for r in run.resources if r.type.startswith("azure-native:monitor:")]
 
 
 @pytest.mark.parametrize("stack", ["dev", "poc", "pilot", "prod"])

@@ -78,20 +78,24 @@ def live(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path_factory:
          logs_dir: Path) -> Iterator[LiveStack]:
     admin_key = secrets.token_urlsafe(24)
     auth = {"Authorization": f"Bearer {admin_key}"}
-    apps = create_gateway([vllm.url], admin_key=admin_key, served_name="exaone", refresh_seconds=1.0)
+    # The gateway loads versions only from under its adapter root, from a folder named after the version.
+    adapter_root = tmp_path_factory.mktemp("lora-adapters")
+    shutil.copytree(tiny_adapters["medical"], adapter_root / VERSION_NAME)
+    apps = create_gateway([vllm.url], admin_key=admin_key, served_name="exaone", refresh_seconds=1.0,
+                          adapter_root=str(adapter_root))
     workdir = tmp_path_factory.mktemp("prometheus")
     try:
         with gateway_in_thread(apps, ("127.0.0.1", free_port()), ("127.0.0.1", free_port())) as gw:
             loaded = httpx.post(f"{gw.admin_url}/admin/versions", headers=auth, timeout=60,
-                                json={"name": VERSION_NAME, "path": str(tiny_adapters["medical"])})
+                                json={"name": VERSION_NAME, "path": str(adapter_root / VERSION_NAME)})
             assert loaded.status_code == 200, loaded.text
             switched = httpx.put(f"{gw.admin_url}/admin/aliases/{ALIAS}", headers=auth, json={"version": 1}, timeout=120)
             assert switched.status_code == 200, switched.text
 
             port = free_port()
-            gw_port = int(gw.public_url.rsplit(":", 1)[1])
+            # The gateway's metrics are on its admin listener (loopback only), as `scrape_targets` renders.
             targets = [ScrapeTarget(m.VLLM_JOB, vllm.url.removeprefix("http://"), {"replica": "0"}),
-                       ScrapeTarget(m.GATEWAY_JOB, f"127.0.0.1:{gw_port}", {})]
+                       ScrapeTarget(m.GATEWAY_JOB, gw.admin_url.removeprefix("http://"), {})]
             spec = load_spec("dev", REPO)
             shutil.copy(SHIPPED_ALERTS, workdir / "alerts.yml")
             (workdir / "prometheus.yml").write_text(
@@ -194,7 +198,7 @@ def test_every_metric_name_in_rules_and_dashboard_is_exported(live: LiveStack) -
     """Names come from the servers themselves: vLLM's /metrics after requests, the gateway's /metrics
     (which declares every family, observed or not)."""
     exported = exposed_names(httpx.get(f"{live.vllm.url}/metrics", timeout=10).text)
-    gateway = exposed_names(httpx.get(f"{live.gateway.public_url}/metrics", timeout=10).text)
+    gateway = exposed_names(httpx.get(f"{live.gateway.admin_url}/metrics", timeout=10).text)
     assert {m.GW_REQUESTS, m.GW_ERRORS, m.GW_ALIAS_SWITCH, m.bucket(m.GW_TTFT)} <= gateway
     known = exported | gateway | {"up"}
     used: dict[str, str] = {}

@@ -43,7 +43,9 @@ def test_every_vllm_replica_and_the_gateway_are_targets() -> None:
     vllm = [t for t in targets if t.job == m.VLLM_JOB]
     assert [t.address for t in vllm] == [f"127.0.0.1:{vllm_launch(spec, replica=i).port}" for i in range(2)]
     assert [t.labels["replica"] for t in vllm] == ["0", "1"]
-    assert [t.address for t in targets if t.job == m.GATEWAY_JOB] == [f"127.0.0.1:{spec.port}"]
+    # The gateway's metrics live on its loopback-only admin listener, never on the public API port.
+    assert [t.address for t in targets if t.job == m.GATEWAY_JOB] == [f"127.0.0.1:{spec.gateway.admin_port}"]
+    assert spec.gateway.admin_port != spec.port
     config = prometheus_config(spec)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {m.VLLM_JOB, m.GATEWAY_JOB, m.PROMETHEUS_JOB}
@@ -82,7 +84,7 @@ def test_aks_renders_a_pod_monitor_and_annotations_instead_of_a_static_config(tm
     container_port = kubernetes_container(spec)["ports"][0]["containerPort"]
     assert annotations["vllm"] == {"prometheus.io/scrape": "true", "prometheus.io/port": str(container_port),
                                    "prometheus.io/path": "/metrics"}
-    assert annotations["gateway"]["prometheus.io/port"] == str(spec.port)
+    assert set(annotations) == {"vllm"}  # no gateway on AKS, and its metrics listener is loopback-only
 
 
 def test_pod_monitor_keeps_the_vm_job_names_so_alerts_work_unchanged() -> None:
@@ -91,5 +93,5 @@ def test_pod_monitor_keeps_the_vm_job_names_so_alerts_work_unchanged() -> None:
     assert managed["apiVersion"] == "azmonitoring.coreos.com/v1" and managed["kind"] == "PodMonitor"
     assert pod_monitor(spec, managed=False)["apiVersion"] == "monitoring.coreos.com/v1"
     jobs = {e["port"]: e["relabelings"][0]["replacement"] for e in managed["spec"]["podMetricsEndpoints"]}
-    assert jobs == {"http": m.VLLM_JOB, "api": m.GATEWAY_JOB}
+    assert jobs == {"http": m.VLLM_JOB}
     assert {e["interval"] for e in managed["spec"]["podMetricsEndpoints"]} == {"15s"}

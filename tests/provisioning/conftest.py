@@ -37,7 +37,7 @@ def stack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
     data["config"]["exaone-lora:port"] = free_port()
     data["config"]["exaone-lora:gateway"] = {"enginePort": free_port(), "adminPort": free_port()}
-    data["config"]["exaone-lora:monitoring"] = {"prometheusPort": free_port()}
+    data["config"]["exaone-lora:monitoring"] = {"prometheusPort": free_port(), "alertmanager": {"port": free_port()}}
     (root / "Pulumi.dev.yaml").write_text(yaml.safe_dump(data))
     return root
 

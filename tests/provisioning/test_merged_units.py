@@ -20,7 +20,8 @@ def _poc(**updates: Any) -> DeploymentSpec:
 
 
 def test_poc_with_a_merged_replica_renders_its_unit_and_gateway_upstream() -> None:
-    spec = _poc(gpuMemoryUtilization=0.5, mergedReplicas=[{"alias": "medical", "gpuMemoryUtilization": 0.35}])
+    spec = _poc(gpuMemoryUtilization=0.5, mergedReplicas=[{"alias": "medical", "gpuMemoryUtilization": 0.35}],
+                serverArgs={"max-num-batched-tokens": 8192})
     units = rendered_units(spec)
     unit = units[merged_unit_name("medical")]
     assert "--served-model-name ${MERGED_VERSION} " in unit
@@ -34,7 +35,7 @@ def test_poc_with_a_merged_replica_renders_its_unit_and_gateway_upstream() -> No
     assert "VLLM_CACHE_ROOT=/var/cache/exaone-lora/merged-medical/vllm" in unit
     assert "exaone-lora/merged-medical/vllm" in unit.split("CacheDirectory=")[1].splitlines()[0]
     # The same tuning flags as the LoRA replica.
-    assert "cudagraph_capture_sizes" in unit
+    assert "--max-num-batched-tokens 8192" in unit
     assert "--upstream http://127.0.0.1:8081 --upstream http://127.0.0.1:8071" in units[GATEWAY_UNIT]
     assert [e.url for e in merged_endpoints(spec)] == ["http://127.0.0.1:8071"]
     # Deploys wait for the LoRA replica and the gateway only; the merged replica is a fast path.

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.gateway import create_gateway
+from service.gateway.server import gateway_in_thread
 from service.reconciler import desired_from_mapping
 from tests.serving.conftest import GatewayFactory, TrafficLoop, reconcile, unload_all
-from tests.support.processes import RunningProcess
+from tests.support.processes import RunningProcess, free_port
 
 pytestmark = pytest.mark.vllm
 
@@ -90,9 +93,11 @@ def test_public_app_routes_aliases_and_hides_engine_admin(vllm: RunningProcess, 
             for path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/admin/state", "/admin/versions"):
                 response = httpx.post(f"{pub}{path}", json={"lora_name": "x", "lora_path": "/tmp"})
                 assert response.status_code in (404, 405), path
-            metrics = httpx.get(f"{pub}/metrics").text
+            # The gateway's metrics are on the admin listener (loopback), not on the public one.
+            assert httpx.get(f"{pub}/metrics").status_code == 404
+            metrics = httpx.get(f"{gw.admin_url}/metrics").text
             assert "exaone_gateway_requests_total" in metrics
-            assert "vllm:" not in metrics  # vLLM's own metrics are never exposed publicly
+            assert "vllm:" not in metrics  # vLLM's own metrics are never exposed through the gateway
             bad = httpx.post(f"{pub}/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
             assert bad.status_code == 400
     finally:
@@ -119,16 +124,21 @@ def test_admin_listener_requires_the_key(vllm: RunningProcess, gateway_factory: 
         assert httpx.get(f"{adm}/admin/state", headers={"Authorization": f"Bearer {admin_key}"}).json()["aliases"] == {}
 
 
-def test_per_alias_metrics_after_requests(vllm: RunningProcess, gateway_factory: GatewayFactory, admin_key: str,
-                                          medical_versions: dict[str, Path]) -> None:
+def test_per_alias_metrics_after_requests(vllm: RunningProcess, admin_key: str, medical_versions: dict[str, Path],
+                                          tmp_path: Path) -> None:
     upstreams = [vllm.url]
     auth = {"Authorization": f"Bearer {admin_key}"}
+    # The admin API loads versions only from under the gateway's adapter root, from a folder named after the version.
+    root = tmp_path / "lora-adapters"
+    shutil.copytree(medical_versions["medical-v2"], root / "medical-v2")
+    apps = create_gateway(upstreams, admin_key=admin_key, refresh_seconds=1.0, adapter_root=str(root))
     try:
-        with gateway_factory(upstreams) as gw:
+        with gateway_in_thread(apps, ("127.0.0.1", free_port()), ("127.0.0.1", free_port())) as gw:
             # Admin API path: load then switch (with warm-up), as an operator would by hand.
-            loaded = httpx.post(f"{gw.admin_url}/admin/versions", headers=auth, timeout=60,
-                                json={"name": "medical-v2", "path": str(medical_versions["medical-v2"])})
+            loaded = httpx.post(f"{gw.admin_url}/admin/versions", headers=auth, timeout=60, json={"name": "medical-v2"})
             assert loaded.status_code == 200, loaded.text
+            assert {m["id"]: m["root"] for m in httpx.get(f"{vllm.url}/v1/models").json()["data"]}["medical-v2"] \
+                == str(root / "medical-v2")
             switched = httpx.put(f"{gw.admin_url}/admin/aliases/medical", json={"version": 2}, headers=auth, timeout=60)
             assert switched.status_code == 200 and switched.json()["current"] == "medical-v2"
             body = {"model": "medical", "prompt": "hello", "max_tokens": 3, "stream": True}
@@ -136,14 +146,18 @@ def test_per_alias_metrics_after_requests(vllm: RunningProcess, gateway_factory:
                 lines = [line for line in response.iter_lines() if line.startswith("data:")]
             assert lines[-1] == "data: [DONE]"
             assert all('"usage"' not in line for line in lines)  # the injected usage chunk is not passed on
-            httpx.post(f"{gw.public_url}/v1/completions", json={"model": "medical", "prompt": "x", "max_tokens": 2}, timeout=60)
+            plain = httpx.post(f"{gw.public_url}/v1/completions", json={"model": "medical", "prompt": "x", "max_tokens": 2},
+                               timeout=60)
             httpx.post(f"{gw.public_url}/v1/completions", json={"model": "nope", "prompt": "x", "max_tokens": 2})
-            text = httpx.get(f"{gw.public_url}/metrics").text
+            text = httpx.get(f"{gw.admin_url}/metrics").text
             labels = {"alias": "medical", "version": "medical-v2"}
             assert sample(text, "exaone_gateway_requests_total", {**labels, "status": "200"}) == 2
             assert sample(text, "exaone_gateway_ttft_seconds_count", labels) == 1
             assert sample(text, "exaone_gateway_request_duration_seconds_count", labels) == 2
             assert sample(text, "exaone_gateway_generated_tokens_total", labels) == 5  # 3 streamed + 2
+            # vLLM's own count of the prompts: "hello" streamed, then "x" (its usage in the plain answer).
+            streamed_prompt = sample(text, "exaone_gateway_prompt_tokens_total", labels) - plain.json()["usage"]["prompt_tokens"]
+            assert streamed_prompt >= 1 and plain.json()["usage"]["prompt_tokens"] >= 1
             assert sample(text, "exaone_gateway_in_flight_requests", {"alias": "medical"}) == 0
             assert sample(text, "exaone_gateway_alias_version", {"alias": "medical"}) == 2
             assert sample(text, "exaone_gateway_alias_switch_timestamp_seconds", {"alias": "medical"}) > 1.7e9

@@ -126,7 +126,7 @@ def test_a_replica_dying_mid_stream_is_counted_as_unreachable() -> None:
         assert received == -1
         deadline = time.monotonic() + 10
         while True:  # the gateway closes its books when the stream's generator ends, just after the client sees it
-            families = list(text_string_to_metric_families(client.get(f"{gateway.public_url}/metrics").text))
+            families = list(text_string_to_metric_families(client.get(f"{gateway.admin_url}/metrics").text))
             errors = {s.labels["reason"]: s.value for f in families for s in f.samples
                       if s.name == "exaone_gateway_request_errors_total"}
             in_flight = [s.value for f in families for s in f.samples

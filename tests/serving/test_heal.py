@@ -40,7 +40,7 @@ def test_gateway_reloads_an_alias_target_a_replica_lost(vllm: RunningProcess, ad
             reply = httpx.post(f"{gw.public_url}/v1/completions", json={"model": "healme", "prompt": "hi", "max_tokens": 2},
                                timeout=60)
             assert reply.status_code == 200 and reply.json()["model"] == "healme"
-            assert 'exaone_gateway_healed_loads_total{version="healme-v1"} 1.0' in httpx.get(f"{gw.public_url}/metrics").text
+            assert 'exaone_gateway_healed_loads_total{version="healme-v1"} 1.0' in httpx.get(f"{gw.admin_url}/metrics").text
     finally:
         unload_all([vllm.url], ["healme-v1"])
 

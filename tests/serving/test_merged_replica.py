@@ -71,7 +71,7 @@ def test_gateway_prefers_the_merged_replica_and_falls_back_to_lora(
                 assert r.headers[VERSION_HEADER] == "medical-v1"
             assert httpx.post(f"{gw.public_url}/v1/completions", timeout=60,
                               json={"model": "exaone", "prompt": "Hi", "max_tokens": 2}).status_code == 200
-            routes = _routes(gw.public_url)
+            routes = _routes(gw.admin_url)
             assert routes.get('alias="medical",path="merged"') == 5
             assert 'alias="medical",path="lora"' not in routes
             assert routes.get('alias="exaone",path="base"') == 1  # the base never goes to a merged replica
@@ -82,7 +82,7 @@ def test_gateway_prefers_the_merged_replica_and_falls_back_to_lora(
             r = httpx.post(f"{gw.public_url}/v1/completions", json={"model": "medical", "prompt": "Hi", "max_tokens": 2},
                            timeout=60)
             assert r.status_code == 200 and r.headers[VERSION_HEADER] == "medical-v2"
-            assert _routes(gw.public_url).get('alias="medical",path="lora"') == 1
+            assert _routes(gw.admin_url).get('alias="medical",path="lora"') == 1
 
             # Back to v1, then the merged replica goes away: nothing fails, LoRA takes over at once.
             assert httpx.put(f"{gw.admin_url}/admin/aliases/medical", json={"name": "medical-v1"}, headers=auth,
@@ -92,7 +92,7 @@ def test_gateway_prefers_the_merged_replica_and_falls_back_to_lora(
                 r = httpx.post(f"{gw.public_url}/v1/completions", timeout=60,
                                json={"model": "medical", "prompt": "Hi", "max_tokens": 2})
                 assert r.status_code == 200 and r.headers[VERSION_HEADER] == "medical-v1"
-            assert _routes(gw.public_url).get('alias="medical",path="lora"') == 4
+            assert _routes(gw.admin_url).get('alias="medical",path="lora"') == 4
             assert httpx.get(f"{gw.public_url}/health").status_code == 200
     finally:
         unload_all([vllm.url], ["medical-v1", "medical-v2"])

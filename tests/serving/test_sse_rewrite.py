@@ -26,9 +26,9 @@ def test_token_chunks_get_the_alias_and_keep_everything_else() -> None:
 
 def test_the_usage_chunk_is_counted_and_dropped_unless_the_client_asked() -> None:
     dropped = rewrite_chunk(USAGE, "medical-v3", "medical", client_wants_usage=False)
-    assert (dropped.out, dropped.tokens, dropped.has_choices) == (None, 8, False)
+    assert (dropped.out, dropped.tokens, dropped.has_choices, dropped.prompt_tokens) == (None, 8, False, 8)
     kept = rewrite_chunk(USAGE, "medical-v3", "medical", client_wants_usage=True)
-    assert kept.tokens == 8 and kept.out is not None
+    assert (kept.tokens, kept.prompt_tokens) == (8, 8) and kept.out is not None
     assert json.loads(kept.out)["model"] == "medical" and json.loads(kept.out)["usage"]["completion_tokens"] == 8
 
 
@@ -36,3 +36,14 @@ def test_unexpected_layout_falls_back_to_parsing() -> None:
     spaced = json.dumps(json.loads(TOKEN))  # `"model": "medical-v3"` with a space: the fast path does not match
     chunk = rewrite_chunk(spaced, "medical-v3", "medical", client_wants_usage=False)
     assert chunk.out is not None and json.loads(chunk.out)["model"] == "medical" and chunk.has_choices
+
+
+def test_prompt_and_completion_tokens_are_read_apart() -> None:
+    usage = json.loads(USAGE)
+    usage["usage"] = {"prompt_tokens": 21, "total_tokens": 24, "completion_tokens": 3}
+    chunk = rewrite_chunk(json.dumps(usage, separators=(",", ":")), "medical-v3", "medical", client_wants_usage=False)
+    assert (chunk.prompt_tokens, chunk.tokens) == (21, 3)
+    # A usage value that is not a count is not counted (and does not end the stream).
+    usage["usage"] = {"prompt_tokens": "21", "completion_tokens": -3}
+    odd = rewrite_chunk(json.dumps(usage, separators=(",", ":")), "medical-v3", "medical", client_wants_usage=False)
+    assert (odd.prompt_tokens, odd.tokens) == (0, 0)
