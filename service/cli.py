@@ -21,8 +21,6 @@ app = typer.Typer(help="Gateway, lifecycle test, swap benchmark, reconciler.", n
                   rich_markup_mode="rich")
 err = Console(stderr=True)
 
-REGISTRY_CONN_ENV = "EXAONE_REGISTRY_CONNECTION_STRING"
-
 
 def _print(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -254,7 +252,21 @@ def reconcile(
     admin_key_file: Annotated[Path | None, typer.Option(help="admin key file (else $EXAONE_GATEWAY_ADMIN_KEY)")] = None,
     desired: Annotated[list[str] | None, typer.Option(help="ALIAS=VERSION (repeat) instead of the registry")] = None,
     adapter: Annotated[list[str] | None, typer.Option(help="NAME=DIR of a local version, e.g. medical-v2=/data/x")] = None,
-    registry_url: Annotated[str | None, typer.Option(help="Blob account URL (managed identity)")] = None,
+    registry_location: Annotated[str | None, typer.Option(
+        "--registry", "--registry-url",
+        help="Blob account URL, read with this host's managed identity (or the dev stack's Azurite connection string); "
+             "default $EXAONE_LORA_REGISTRY")] = None,
+    container: Annotated[str | None, typer.Option(
+        help="registry container; default $EXAONE_LORA_REGISTRY_CONTAINER, else adapters")] = None,
+    client_id: Annotated[str | None, typer.Option(
+        help="client id of the host's user-assigned identity (stack output identityClientId); default $AZURE_CLIENT_ID")]
+        = None,
+    ca_file: Annotated[Path | None, typer.Option(
+        help="PEM CA bundle for the Blob endpoint (Azurite's self-signed certificate); default "
+             "$EXAONE_LORA_REGISTRY_CA_FILE")] = None,
+    registry_env_file: Annotated[Path | None, typer.Option(
+        help="KEY=VALUE file setting the above (e.g. /etc/exaone-lora/registry.env; IDENTITY_ENDPOINT/IDENTITY_HEADER "
+             "only for the local identity stand-in)")] = None,
     cache_dir: Annotated[Path, typer.Option(help="where registry versions are downloaded")] = Path("/data/lora-adapters"),
     base_config: Annotated[Path | None, typer.Option(help="base model dir or config.json, to validate adapters")] = None,
     max_cpu_loras: Annotated[int | None, typer.Option(min=1, help="default: the stack's, else 4")] = None,
@@ -287,19 +299,31 @@ def reconcile(
         engine = [e.url for e in replica_endpoints(spec)]
     rank = max_rank or (spec.max_lora_rank if spec else None)
     config = str(base_config) if base_config else None
-    registry = None
-    conn = os.environ.get(REGISTRY_CONN_ENV)
-    if registry_url or conn:
-        from service.registry import AdapterRegistry
+    from service.registry import RegistryError
+    from service.registry_location import REGISTRY_ENV, RegistryLocationError, read_env_file, resolve_settings
 
-        registry = (AdapterRegistry.from_account_url(registry_url) if registry_url
-                    else AdapterRegistry.from_connection_string(conn or ""))
+    registry = None
+    try:
+        if registry_env_file is not None:
+            # Process start-up: azure-identity reads IDENTITY_ENDPOINT/AZURE_CLIENT_ID from the environment.
+            os.environ.update(read_env_file(registry_env_file))
+        needed = not (desired and adapter)  # both given: the registry is not read at all
+        if needed and (registry_location or os.environ.get(REGISTRY_ENV)):
+            # The host reads with its own managed identity: IMDS on Azure, the stand-in's endpoint locally.
+            registry = resolve_settings(registry=registry_location, container=container, client_id=client_id,
+                                        ca_file=ca_file).open("host")
+    except RegistryLocationError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if desired:
         wanted = desired_from_mapping({a: int(v) for a, v in _pairs(desired, "--desired").items()})
     elif registry is not None:
-        wanted = desired_from_registry(registry)
+        try:
+            wanted = desired_from_registry(registry)
+        except RegistryError as exc:
+            _print({"ok": False, "error": str(exc)})
+            raise typer.Exit(1) from None
     else:
-        raise typer.BadParameter(f"give --desired ALIAS=VERSION, --registry-url or ${REGISTRY_CONN_ENV}")
+        raise typer.BadParameter(f"give --desired ALIAS=VERSION, --registry or ${REGISTRY_ENV}")
     source: AdapterSource
     if adapter:
         source = LocalSource({k: Path(v) for k, v in _pairs(adapter, "--adapter").items()}, config, rank)

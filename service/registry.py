@@ -16,6 +16,7 @@ compare-and-swap on its ETag, so concurrent switches are applied one after the o
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -27,11 +28,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import EllipsisType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
+from azure.storage.blob import ContainerClient, ContentSettings, ExponentialRetry
 from pydantic import BaseModel, ConfigDict, Field
 
 from exaone_lora.model_shape import SHAPES, ModelShape
@@ -47,16 +56,32 @@ from service.manifest import (
     parse_manifest,
     version_name,
 )
+from service.registry_location import (
+    CLIENT_ID_ENV,
+    DEFAULT_CONTAINER,
+    ConnectionString,
+    Identity,
+    RegistryLocationError,
+    RegistrySettings,
+    check_ca_file,
+    check_client_id,
+    check_container,
+    parse_location,
+)
 from service.validation import ValidatedAdapter, check_file_name, check_name, check_version, validate_adapter
 
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
 ALIAS_FILE = "alias.json"
-DEFAULT_CONTAINER = "adapters"
 # Bounded retries: compare-and-swap loops and version claims give up rather than spin forever.
 MAX_ATTEMPTS = 25
 STALE_PARTIAL_SECONDS = 3600
 _CHUNK = 4 * 1024 * 1024
 
 BaseConfig = Path | str | dict[str, Any] | ModelShape
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 # ---------------------------------------------------------------- errors
@@ -92,6 +117,52 @@ class IntegrityError(RegistryError):
 
 class ConcurrencyError(RegistryError):
     code = "too-much-contention"
+
+
+class RegistryAccessError(RegistryError):
+    """Blob storage refused us (token, role, TLS) or could not be reached; says which and what to check."""
+
+    code = "access-denied"
+
+
+def _access_message(exc: AzureError) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("authenticationerrordetail:")),
+                  None)
+    response = getattr(exc, "response", None)
+    if isinstance(exc, ClientAuthenticationError) and response is None:
+        # azure-identity could not get a token at all (no IMDS, no az login, the endpoint refused the client id);
+        # its message repeats itself once per credential in the chain: keep the first statement.
+        first = re.split(r"\w+Credential\.get_token(?:_info)? failed", lines[0] if lines else "")[0].strip()
+        return f"could not get an Entra ID token for Blob storage: {first or type(exc).__name__}"
+    if isinstance(exc, ServiceRequestError):
+        hint = (" (TLS: a self-signed Azurite certificate needs --ca-file / $EXAONE_LORA_REGISTRY_CA_FILE)"
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc) else "")
+        return f"cannot reach the registry: {lines[0] if lines else type(exc).__name__}{hint}"
+    status = getattr(response, "status_code", "?")
+    code = getattr(exc, "error_code", None) or "?"
+    code = getattr(code, "value", code)  # the SDK gives a StorageErrorCode enum
+    reason = (detail or (lines[0] if lines else type(exc).__name__)).rstrip(".")
+    return (f"Blob storage refused the request (HTTP {status} {code}): {reason}. A token must be issued for "
+            "https://storage.azure.com by the stack's tenant and still be valid, and the identity needs a Storage Blob "
+            "Data role on the container (Reader for hosts, Contributor for publishers)")
+
+
+def _access_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Storage's authentication and transport errors become RegistryAccessError with one readable line."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (ClientAuthenticationError, ServiceRequestError) as exc:
+            raise RegistryAccessError(_access_message(exc)) from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise RegistryAccessError(_access_message(exc)) from exc
+            raise
+
+    return wrapper
 
 
 # ---------------------------------------------------------------- alias state
@@ -173,23 +244,26 @@ class AdapterRegistry:
 
     @classmethod
     def from_connection_string(cls, conn: str, container: str = DEFAULT_CONTAINER) -> AdapterRegistry:
-        return cls(ContainerClient.from_connection_string(conn, container_name=container))
+        """Kept for callers not yet moved to `open_registry` (same checks: loopback Azurite only)."""
+        return open_registry(conn, container)
 
     @classmethod
     def from_account_url(cls, url: str, container: str = DEFAULT_CONTAINER, credential: Any = None) -> AdapterRegistry:
-        """`credential=None` uses DefaultAzureCredential: the VM's or pod's managed identity on Azure."""
-        if credential is None:
-            from azure.identity import DefaultAzureCredential
+        """Kept for callers not yet moved to `open_registry`; the operator's DefaultAzureCredential by default."""
+        return open_registry(url, container, credential=credential)
 
-            credential = DefaultAzureCredential()
-        return cls(ContainerClient(account_url=url, container_name=container, credential=credential))
-
+    @_access_errors
     def ensure_container(self) -> None:
+        """Create the container when missing (Azurite). On Azure the stack made it, and a publisher's role is scoped
+        to it: asking first avoids a create call that role may not be allowed to make."""
+        if self.container.exists():
+            return
         with contextlib.suppress(ResourceExistsError):
             self.container.create_container()
 
     # ------------------------------------------------------------ reading
 
+    @_access_errors
     def domains(self) -> list[str]:
         names = []
         for item in self.container.walk_blobs(delimiter="/"):
@@ -207,11 +281,13 @@ class AdapterRegistry:
                 found.setdefault(int(match[1]), set()).add(match[2])
         return found
 
+    @_access_errors
     def versions(self, domain: str) -> list[int]:
         """Complete versions (their manifest exists), ascending; a crashed publish's leftovers are not listed."""
         check_name(domain, "domain")
         return sorted(v for v, names in self._version_blobs(domain).items() if MANIFEST_FILE in names)
 
+    @_access_errors
     def manifest_bytes(self, domain: str, version: int) -> bytes:
         check_name(domain, "domain")
         check_version(version)
@@ -241,6 +317,7 @@ class AdapterRegistry:
 
     # ------------------------------------------------------------ publishing
 
+    @_access_errors
     def publish(
         self,
         domain: str,
@@ -311,6 +388,7 @@ class AdapterRegistry:
 
     # ------------------------------------------------------------ downloading
 
+    @_access_errors
     def download(self, domain: str, version: int, dest_dir: Path | str, *, expected_manifest_sha256: str | None = None,
                  base_config: BaseConfig | None = None, max_rank: int | None = None) -> Path:
         """Download a version into `dest_dir` (the version's own directory, e.g. /data/lora-adapters/medical-v3).
@@ -407,6 +485,7 @@ class AdapterRegistry:
             raise IntegrityError(f"{domain}/{ALIAS_FILE} names domain {state.domain!r}")
         return state, stream.properties.etag
 
+    @_access_errors
     def alias(self, domain: str) -> AliasState:
         return self._read_alias(domain)[0]
 
@@ -436,6 +515,7 @@ class AdapterRegistry:
                 _sleep_backoff(attempt)
         raise ConcurrencyError(f"alias {domain!r} changed under us {MAX_ATTEMPTS} times in a row; try again")
 
+    @_access_errors
     def set_alias(self, domain: str, version: int, *, expected_current: int | EllipsisType | None = ...) -> AliasState:
         """Point `domain` at `version` (which must exist). With `expected_current`, refuse if someone moved it first."""
         check_version(version)
@@ -449,12 +529,77 @@ class AdapterRegistry:
 
         return self._update_alias(domain, change)
 
+    @_access_errors
     def rollback(self, domain: str) -> int:
         """Move `current` back to the previous version in the history; returns that version."""
         state = self._update_alias(domain, lambda s: s.rolled_back())
         assert state.current is not None  # rolled_back() never leaves it empty
         return state.current
 
+
+
+# ---------------------------------------------------------------- opening
+
+
+class _RetryWhatCanHeal(ExponentialRetry):
+    """Storage's retries (15 s, 18 s, 24 s apart) minus the failures that retrying cannot fix: a credential that
+    has no token (no identity, wrong client id) and a certificate that does not verify. Those surface at once
+    as RegistryAccessError instead of after a minute; the reconciler's next run is the retry."""
+
+    def increment(self, settings: dict[str, Any], request: Any, response: Any = None, error: AzureError | None = None
+                  ) -> bool:
+        if isinstance(error, ClientAuthenticationError) or (
+                isinstance(error, ServiceRequestError) and "CERTIFICATE_VERIFY_FAILED" in str(error)):
+            return False
+        return bool(super().increment(settings, request, response, error))
+
+
+def registry_credential(identity: Identity, client_id: str | None = None) -> TokenCredential:
+    """The Entra ID credential of who is calling.
+
+    `operator`: DefaultAzureCredential (az login, environment, workload identity, ...) on a person's or CI's machine.
+    `host`: ManagedIdentityCredential of the host's user-assigned identity (`client_id`, the stack output
+    identityClientId). azure-identity picks the transport from the environment: IMDS on an Azure VM, the App
+    Service protocol (IDENTITY_ENDPOINT + IDENTITY_HEADER) under the local stand-in; the code is the same.
+    """
+    if identity == "host":
+        if client_id is None:
+            raise RegistryLocationError(f"the host identity needs its client id (--client-id, ${CLIENT_ID_ENV}, or the "
+                                        "stack output identityClientId): a VM may hold several identities")
+        from azure.identity import ManagedIdentityCredential
+
+        return ManagedIdentityCredential(client_id=check_client_id(client_id))
+    if identity == "operator":
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+    raise RegistryLocationError(f"identity must be 'operator' or 'host', got {identity!r}")
+
+
+def open_registry(location: str, container: str = DEFAULT_CONTAINER, *, identity: Identity = "operator",
+                  client_id: str | None = None, ca_file: Path | str | None = None,
+                  credential: TokenCredential | None = None) -> AdapterRegistry:
+    """The one way to open the registry.
+
+    `location`: an account URL (https://<account>.blob.core.windows.net, or https://127.0.0.1:PORT/<account> for
+    Azurite over HTTPS), signed in with `credential` or else `identity`'s (see `registry_credential`); or a
+    connection string, accepted for a loopback Azurite only (`identity` and `client_id` are then unused).
+    `ca_file`: a PEM bundle that replaces the system's CAs for Blob requests (Azurite's self-signed certificate).
+    Nothing is contacted here; errors in the arguments raise RegistryLocationError naming what is wrong.
+    """
+    parsed = parse_location(location)
+    check_container(container)
+    verify: str | bool = str(check_ca_file(ca_file)) if ca_file is not None else True
+    if isinstance(parsed, ConnectionString):
+        try:
+            client = ContainerClient.from_connection_string(parsed.value, container_name=container,
+                                                            connection_verify=verify, retry_policy=_RetryWhatCanHeal())
+        except ValueError as exc:
+            raise RegistryLocationError(f"connection string refused by azure-storage-blob: {exc}") from None
+        return AdapterRegistry(client)
+    token = credential if credential is not None else registry_credential(identity, client_id)
+    return AdapterRegistry(ContainerClient(account_url=parsed.url, container_name=container, credential=token,
+                                           connection_verify=verify, retry_policy=_RetryWhatCanHeal()))
 
 __all__ = [
     "ALIAS_FILE",
@@ -463,9 +608,14 @@ __all__ = [
     "AliasState",
     "ConcurrencyError",
     "IntegrityError",
+    "RegistryAccessError",
     "RegistryError",
+    "RegistryLocationError",
+    "RegistrySettings",
     "RollbackError",
     "VersionExistsError",
     "VersionNotFoundError",
+    "open_registry",
+    "registry_credential",
     "resolve_base_config",
 ]

@@ -1,13 +1,17 @@
 """`exaone-lora adapters ...`: publish, list, show, alias, rollback, validate and download adapter versions.
 
-Connection: `--connection-string` (or env EXAONE_LORA_BLOB_CONNECTION_STRING; Azurite and shared-key
-accounts) or `--account-url` (or env EXAONE_LORA_BLOB_ACCOUNT_URL) with DefaultAzureCredential, the
-managed identity on Azure. Errors print their stable code and exit non-zero; nothing is half-written.
+Where the registry is: `--registry` (an account URL, or the dev stack's Azurite connection string), else
+`--outputs FILE` (what `pulumi stack output --json` writes), else $EXAONE_LORA_REGISTRY. Who signs in:
+`--identity operator` (DefaultAzureCredential: az login, CI's workload identity) or `--identity host` (the
+host's managed identity, `--client-id`). See service.registry.open_registry. Errors print their stable code
+and exit non-zero; nothing is half-written.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from service.manifest import manifest_sha256, parse_manifest
-from service.registry import DEFAULT_CONTAINER, AdapterRegistry, RegistryError, resolve_base_config
+from service.registry import AdapterRegistry, RegistryError, resolve_base_config
+from service.registry_location import REGISTRY_ENV, RegistryLocationError, read_env_file, resolve_settings
 from service.validation import AdapterValidationError, BaseConfigError, validate_adapter
 
 app = typer.Typer(
@@ -28,13 +33,34 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-ConnectionString = Annotated[str | None, typer.Option(
-    "--connection-string", envvar="EXAONE_LORA_BLOB_CONNECTION_STRING", show_envvar=True,
-    help="Blob connection string (Azurite, shared-key accounts)")]
-AccountUrl = Annotated[str | None, typer.Option(
-    "--account-url", envvar="EXAONE_LORA_BLOB_ACCOUNT_URL", show_envvar=True,
-    help="https://<account>.blob.core.windows.net, signed in with DefaultAzureCredential (managed identity)")]
-Container = Annotated[str, typer.Option("--container", help="container holding the adapters")]
+
+class IdentityChoice(StrEnum):
+    operator = "operator"
+    host = "host"
+
+
+Registry = Annotated[str | None, typer.Option(
+    "--registry", "--account-url", show_default=False,  # --account-url: the AKS validator's argv (infra/k8s/workload.py)
+    help=f"account URL (https://<account>.blob.core.windows.net) or the dev stack's Azurite connection string; "
+         f"default ${REGISTRY_ENV}")]
+Outputs = Annotated[Path | None, typer.Option(
+    "--outputs", help="stack outputs JSON (`pulumi stack output --json`): storageBlobUrl, storageContainer, "
+                      "identityClientId")]
+Container = Annotated[str | None, typer.Option(
+    "--container", show_default=False,
+    help="container holding the adapters; default: the outputs' storageContainer, $EXAONE_LORA_REGISTRY_CONTAINER, "
+         "else adapters")]
+IdentityOpt = Annotated[IdentityChoice, typer.Option(
+    "--identity", help="operator: DefaultAzureCredential (az login, CI); host: the host's managed identity")]
+ClientId = Annotated[str | None, typer.Option(
+    "--client-id", show_default=False,
+    help="the host identity's client id; default: the outputs' identityClientId, $AZURE_CLIENT_ID")]
+EnvFile = Annotated[Path | None, typer.Option(
+    "--registry-env-file", help="KEY=VALUE file of the registry settings (a host's /etc/exaone-lora/registry.env: "
+                                "EXAONE_LORA_REGISTRY, ..._CONTAINER, AZURE_CLIENT_ID, ..._CA_FILE)")]
+CaFile = Annotated[Path | None, typer.Option(
+    "--ca-file", help="PEM CA bundle for the Blob endpoint (Azurite's self-signed certificate); default "
+                      "$EXAONE_LORA_REGISTRY_CA_FILE")]
 Domain = Annotated[str, typer.Argument(help="adapter domain = the alias clients call, e.g. medical")]
 JsonOut = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
 BaseConfigOpt = Annotated[Path | None, typer.Option(
@@ -45,14 +71,18 @@ EXIT_INVALID = 2
 EXIT_REGISTRY = 1
 
 
-def _registry(connection_string: str | None, account_url: str | None, container: str) -> AdapterRegistry:
-    if connection_string:
-        return AdapterRegistry.from_connection_string(connection_string, container)
-    if account_url:
-        return AdapterRegistry.from_account_url(account_url, container)
-    err_console.print("[red]error:[/red] give --connection-string (env EXAONE_LORA_BLOB_CONNECTION_STRING) or "
-                      "--account-url (env EXAONE_LORA_BLOB_ACCOUNT_URL)")
-    raise typer.Exit(code=EXIT_INVALID)
+def _registry(registry: str | None, outputs: Path | None, container: str | None, identity: IdentityChoice,
+              client_id: str | None, ca_file: Path | None, env_file: Path | None) -> AdapterRegistry:
+    try:
+        if env_file is not None:
+            # Process start-up: azure-identity reads AZURE_CLIENT_ID / IDENTITY_ENDPOINT from the environment.
+            os.environ.update(read_env_file(env_file))
+        settings = resolve_settings(registry=registry, outputs=outputs, container=container, client_id=client_id,
+                                    ca_file=ca_file)
+        return settings.open(identity.value)
+    except RegistryLocationError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=EXIT_INVALID) from None
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -90,13 +120,17 @@ def publish(
     training_json: Annotated[Path | None, typer.Option(help="JSON file with training metadata")] = None,
     metrics_json: Annotated[Path | None, typer.Option(help="JSON file with evaluation metrics")] = None,
     activate: Annotated[bool, typer.Option(help="also point the alias at the new version")] = False,
-    connection_string: ConnectionString = None,
-    account_url: AccountUrl = None,
-    container: Container = DEFAULT_CONTAINER,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Validate an adapter and publish it as the next immutable version {domain}-v{N}."""
-    registry = _registry(connection_string, account_url, container)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     training, metrics = _load_json_file(training_json, "training metadata"), _load_json_file(metrics_json, "metrics")
     try:
         registry.ensure_container()
@@ -119,20 +153,24 @@ def publish(
 @app.command("list")
 def list_command(
     domain: Annotated[str | None, typer.Argument(help="show this domain's versions; all domains when left out")] = None,
-    connection_string: ConnectionString = None,
-    account_url: AccountUrl = None,
-    container: Container = DEFAULT_CONTAINER,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """List domains with their current version, or one domain's versions."""
-    registry = _registry(connection_string, account_url, container)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         if domain is None:
             rows = [(d, registry.alias(d).current, registry.versions(d)) for d in registry.domains()]
             if as_json:
                 _print_json([{"domain": d, "current": current, "versions": versions} for d, current, versions in rows])
                 return
-            table = Table(title=f"Adapters in container {container}")
+            table = Table(title=f"Adapters in container {registry.container.container_name}")
             for column in ("domain", "current", "versions"):
                 table.add_column(column)
             for d, current, versions in rows:
@@ -160,12 +198,16 @@ def list_command(
 def show(
     domain: Domain,
     version: Annotated[int | None, typer.Argument(help="version number; the alias's current one when left out")] = None,
-    connection_string: ConnectionString = None,
-    account_url: AccountUrl = None,
-    container: Container = DEFAULT_CONTAINER,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
 ) -> None:
     """Print a version's manifest (JSON) and its sha256 (the value a stack file pins)."""
-    registry = _registry(connection_string, account_url, container)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         if version is None:
             version = registry.alias(domain).current
@@ -184,13 +226,17 @@ def alias(
     domain: Domain,
     version: Annotated[int | None, typer.Argument(help="point the alias at this version; show it when left out")] = None,
     expected_current: Annotated[int | None, typer.Option(help="refuse unless the alias currently points here")] = None,
-    connection_string: ConnectionString = None,
-    account_url: AccountUrl = None,
-    container: Container = DEFAULT_CONTAINER,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Show an alias, or switch it to another version (the deploy)."""
-    registry = _registry(connection_string, account_url, container)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         if version is None:
             state = registry.alias(domain)
@@ -209,13 +255,17 @@ def alias(
 @app.command()
 def rollback(
     domain: Domain,
-    connection_string: ConnectionString = None,
-    account_url: AccountUrl = None,
-    container: Container = DEFAULT_CONTAINER,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Point the alias back at the version that was current before (the rollback)."""
-    registry = _registry(connection_string, account_url, container)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         registry.rollback(domain)
         state = registry.alias(domain)
@@ -267,12 +317,16 @@ def download(
     base_config: BaseConfigOpt = None,
     max_rank: Annotated[int | None, typer.Option(help="also validate against this max rank (needs --base-config)")] =
         None,
-    connection_string: ConnectionString = None,
-    account_url: AccountUrl = None,
-    container: Container = DEFAULT_CONTAINER,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
 ) -> None:
     """Download a version, verifying every sha256; the directory appears complete or not at all."""
-    registry = _registry(connection_string, account_url, container)
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
     try:
         path = registry.download(domain, version, dest, expected_manifest_sha256=expected_sha256,
                                  base_config=base_config, max_rank=max_rank)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -150,24 +149,30 @@ def sft(
                   f"{s['samples_per_s']} samples/s")
 
 
-def _registry(connection_string_env: str | None, account_url: str | None) -> Any:
-    from service.registry import AdapterRegistry
-
-    if connection_string_env:
-        value = os.environ.get(connection_string_env)
-        if not value:
-            raise _fail(f"environment variable {connection_string_env} is not set")
-        registry = AdapterRegistry.from_connection_string(value)
-    elif account_url:
-        registry = AdapterRegistry.from_account_url(account_url)
-    else:
+def _registry(publish: bool, location: str | None, outputs: Path | None, container: str | None) -> Any:
+    """The registry to publish to (operator identity: DefaultAzureCredential), or None when not publishing."""
+    if not publish:
+        if location or outputs or container:
+            raise _fail("--registry/--outputs/--container only say where to publish: add --publish")
         return None
+    from service.registry_location import RegistryLocationError, resolve_settings
+
+    try:
+        registry = resolve_settings(registry=location, outputs=outputs, container=container).open("operator")
+    except RegistryLocationError as exc:
+        raise _fail(str(exc), code=2) from None
     registry.ensure_container()
     return registry
 
 
-RegistryEnv = Annotated[str | None, typer.Option(help="Publish: name of the env var holding a storage connection string.")]
-RegistryUrl = Annotated[str | None, typer.Option(help="Publish: blob account URL (managed identity / Azure CLI login).")]
+Publish = Annotated[bool, typer.Option("--publish", help="Also publish to the registry as the next version.")]
+RegistryLocation = Annotated[str | None, typer.Option(
+    "--registry", help="Publish: account URL (or the dev stack's Azurite connection string); default "
+                       "$EXAONE_LORA_REGISTRY.")]
+RegistryOutputs = Annotated[Path | None, typer.Option(
+    "--outputs", help="Publish: stack outputs JSON (`pulumi stack output --json`) naming the registry.")]
+RegistryContainer = Annotated[str | None, typer.Option(
+    "--container", help="Publish: container (default: the outputs', $EXAONE_LORA_REGISTRY_CONTAINER, else adapters).")]
 
 
 @app.command()
@@ -178,8 +183,10 @@ def export(
     version: int = 1,
     max_rank: Annotated[int, typer.Option(help="The server's --max-lora-rank.")] = 32,
     overwrite: bool = False,
-    connection_string_env: RegistryEnv = None,
-    account_url: RegistryUrl = None,
+    publish: Publish = False,
+    registry_location: RegistryLocation = None,
+    outputs: RegistryOutputs = None,
+    container: RegistryContainer = None,
 ) -> None:
     """Export a finished run (refuses +embeddings and anything the serving validator refuses); optionally publish it."""
     from training.export import ExportError, export_run, publish_run
@@ -188,7 +195,7 @@ def export(
         manifest = export_run(run_dir, dest, domain=domain, version=version, max_rank=max_rank, overwrite=overwrite)
         console.print(f"[green]exported[/] {dest}: rank {manifest.rank}, modules {', '.join(manifest.target_modules)}, "
                       f"eval loss {(manifest.metrics or {}).get('eval_loss')}")
-        registry = _registry(connection_string_env, account_url)
+        registry = _registry(publish, registry_location, outputs, container)
         if registry is not None:
             published = publish_run(run_dir, registry, domain=domain, max_rank=max_rank)
             console.print(f"[green]published[/] {published.name}")
@@ -215,8 +222,10 @@ def train_all(
     chunked_ce: bool = False,
     max_steps: int | None = None,
     max_rank: int = 32,
-    connection_string_env: RegistryEnv = None,
-    account_url: RegistryUrl = None,
+    publish: Publish = False,
+    registry_location: RegistryLocation = None,
+    outputs: RegistryOutputs = None,
+    container: RegistryContainer = None,
 ) -> None:
     """Train, export (and optionally publish) one adapter per domain; one summary table at the end."""
     from training.data import DataError
@@ -230,7 +239,7 @@ def train_all(
     config = SFTConfig(rank=rank, alpha=alpha, learning_rate=lr, epochs=epochs, micro_batch=micro_batch, grad_accum=grad_accum,
                        targets=targets, max_length=max_length, packing=packing, padding_free=padding_free,
                        chunked_ce=chunked_ce, max_steps=max_steps)
-    registry = _registry(connection_string_env, account_url)
+    registry = _registry(publish, registry_location, outputs, container)
     table = Table(title="train-all")
     for column in ("domain", "samples", "steps", "first loss", "final loss", "eval loss", "samples/s", "export", "status"):
         table.add_column(column)

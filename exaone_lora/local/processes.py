@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -69,14 +70,15 @@ class RunningProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float,
+              verify: ssl.SSLContext | bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"process exited with {process.returncode} before {url} answered:\n{tail}")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=2, verify=verify).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
@@ -86,7 +88,7 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: fl
 
 @contextmanager
 def run_process(cmd: Sequence[str], log: Path, ready_url: str, timeout: float, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> Iterator[RunningProcess]:
+                cwd: Path | None = None, verify: ssl.SSLContext | bool = True) -> Iterator[RunningProcess]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         # A new session, so that stopping it also stops vLLM's engine core child.
@@ -94,7 +96,7 @@ def run_process(cmd: Sequence[str], log: Path, ready_url: str, timeout: float, e
                                    cwd=cwd, start_new_session=True)
     running = RunningProcess(process, ready_url.rsplit("/", 1)[0] if ready_url.endswith("/health") else ready_url, log)
     try:
-        wait_http(ready_url, process, log, timeout)
+        wait_http(ready_url, process, log, timeout, verify)
         yield running
     finally:
         if not running.detached:
@@ -156,6 +158,7 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 class Azurite:
     blob_url: str
     process: RunningProcess | None = None
+    ca_file: Path | None = None  # set when it serves HTTPS: its self-signed certificate, the clients' CA file
 
     @property
     def pid(self) -> int:
@@ -168,20 +171,41 @@ class Azurite:
         self.process.detached = True
 
     @property
+    def account_url(self) -> str:
+        """The registry location for bearer-token access (HTTPS + OAuth Azurite): `open_registry(account_url, ...)`."""
+        if self.ca_file is None:
+            raise RuntimeError("this Azurite serves plain HTTP with the shared key: bearer tokens need azurite(https_oauth=True)")
+        return self.blob_url
+
+    @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        protocol = "https" if self.ca_file is not None else "http"
+        return (f"DefaultEndpointsProtocol={protocol};AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
                 f"BlobEndpoint={self.blob_url};")
 
 
 @contextmanager
-def azurite(workdir: Path, log: Path) -> Iterator[Azurite]:
-    """Azurite's Blob service on a free loopback port; telemetry off (it would call out otherwise)."""
+def azurite(workdir: Path, log: Path, *, https_oauth: bool = False) -> Iterator[Azurite]:
+    """Azurite's Blob service on a free loopback port; telemetry off (it would call out otherwise).
+
+    Plain (the dev stack): HTTP with the emulator's shared key. `https_oauth=True` (the Azure path's stand-in):
+    HTTPS with a self-signed certificate made in `workdir` and `--oauth basic`, so Entra ID bearer tokens
+    (exaone_lora.local.identity's endpoint) are checked for issuer, audience and lifetime.
+    """
     if shutil.which("node") is None:
         raise RuntimeError(f"node is not installed; {INSTALL_HINT}")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [str(azurite_bin()), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
            "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
-    url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
-    with run_process(cmd, log, f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list", 60) as process:
-        yield Azurite(url, process)
+    ca_file: Path | None = None
+    if https_oauth:
+        from exaone_lora.local.identity import self_signed_cert
+
+        ca_file, key_file = self_signed_cert(workdir / "tls")
+        cmd += ["--oauth", "basic", "--cert", str(ca_file), "--key", str(key_file)]
+    scheme = "https" if https_oauth else "http"
+    url = f"{scheme}://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    with run_process(cmd, log, f"{url}?comp=list", 60, verify=verify) as process:
+        yield Azurite(url, process, ca_file)

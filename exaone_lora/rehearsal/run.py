@@ -71,7 +71,8 @@ def _operator_key(workdir: Path) -> Path:
 def configure_stack(options: RehearsalOptions, project: Path) -> DeploymentSpec:
     """`pulumi config set` of the operator's settings, on a copy of the stack file."""
     project.mkdir(parents=True, exist_ok=True)
-    for name in ("Pulumi.yaml", f"Pulumi.{options.stack}.yaml"):
+    # The serving stack reads the adapter registry's stack (StackReference), so its file travels too.
+    for name in ("Pulumi.yaml", f"Pulumi.{options.stack}.yaml", "Pulumi.registry.yaml"):
         shutil.copy2(options.root / name, project / name)
     public_key = _operator_key(options.workdir).with_suffix(".pub").read_text().strip()
     config_set(project / f"Pulumi.{options.stack}.yaml", {
@@ -143,7 +144,7 @@ def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoRepor
         spec = configure_stack(options, project)
         infra_options = InfraOptions(api_key=api_key)
         check_deployable(spec, infra_options, preview=False)
-        run = run_program(spec, infra_options)
+        run = run_program(spec, infra_options, root=project)
         outputs = dict(run.outputs)
         result.detail = f"{len(run.resources)} resources; outputs {', '.join(sorted(outputs))}"
         options.skipped.append(f"pulumi up -s {options.stack}: needs Azure (the program ran under the mock runtime)")

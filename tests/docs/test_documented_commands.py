@@ -19,12 +19,14 @@ import pytest
 
 import fabfile
 from exaone_lora.spec import DeploymentSpec
+from infra.registry import RegistryConfig
 from tests.support.processes import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"```(?:bash|console|sh)?\n(.*?)```", re.DOTALL)
 # exaone-lora commands that read only stack files and run offline: run them as written.
-OFFLINE = re.compile(r"^(\.venv/bin/)?exaone-lora (plan|infra (preview|quota|costs)|[a-z]+ --help|--help)\b")
+OFFLINE = re.compile(r"^(\.venv/bin/)?exaone-lora (plan|infra (preview|quota|costs)|obs (targets|render)|[a-z]+ --help|"
+                     r"--help)\b")
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,18 @@ CONFIG_LINES = [line for line in LINES if line.text.startswith("pulumi config se
 
 @pytest.mark.parametrize("line", CONFIG_LINES, ids=lambda line: f"{line.doc}:{line.text[:70]}")
 def test_config_keys_shown_are_read_by_the_spec_or_the_program(line: Line) -> None:
-    words = [w for w in shlex.split(line.text)[3:] if w != "--secret"]
-    if words[:1] == ["-s"]:
-        words = words[2:]
+    words, stack = shlex.split(line.text)[3:], None
+    if "-s" in words:
+        stack = words[words.index("-s") + 1]
+        del words[words.index("-s"):words.index("-s") + 2]
+    words = [w for w in words if w not in ("--secret", "--path")]
     namespace, _, key = words[0].partition(":")
+    key = key.split("[")[0].split(".")[0]  # --path 'exaone-lora:publisherCidrs[0]'
     if namespace == "exaone-lora":
-        fields = {info.alias or name for name, info in DeploymentSpec.model_fields.items()}
-        assert key in fields, f"{line.doc}: exaone-lora:{key} is not a spec key"
+        # The registry stack has its own schema (infra/registry.py); every other stack is a DeploymentSpec.
+        model = RegistryConfig if stack == "registry" else DeploymentSpec
+        fields = {info.alias or name for name, info in model.model_fields.items()} | set(model.model_fields)
+        assert key in fields, f"{line.doc}: exaone-lora:{key} is not a key of {model.__name__}"
     else:
         assert namespace == "ops", line
         program = (REPO / "infra" / "__main__.py").read_text()

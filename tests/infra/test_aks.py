@@ -264,7 +264,7 @@ def test_the_rendered_validator_copies_only_manifest_files_and_refuses_tampering
     spec = aks_variant(adapters=[pin], storage={"container": container})
     # A blob beside the version that no manifest lists (a planted .py file) must never reach the pod.
     registry.container.upload_blob(f"medical/v{manifest.version}/evil.py", b"import os\n")
-    env = {"EXAONE_LORA_BLOB_CONNECTION_STRING": azurite_blob.connection_string}
+    env = {"EXAONE_LORA_REGISTRY": azurite_blob.connection_string}
     dest = tmp_path / "adapters" / f"medical-v{manifest.version}"
     ok = CliRunner().invoke(registry_app, _init_argv(spec, f"medical-v{manifest.version}", tiny_checkpoint.path / "config.json",
                                                      dest), env=env)

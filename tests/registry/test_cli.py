@@ -25,21 +25,23 @@ def test_help_lists_every_command() -> None:
         assert command in result.output
     publish_help = runner.invoke(app, ["publish", "--help"], env={"COLUMNS": "250"})
     assert publish_help.exit_code == 0
-    assert "EXAONE_LORA_BLOB_CONNECTION_STRING" in publish_help.output
+    for option in ("EXAONE_LORA_REGISTRY", "--outputs", "--identity", "--client-id", "--ca-file"):
+        assert option in publish_help.output
 
 
-def test_commands_need_a_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EXAONE_LORA_BLOB_CONNECTION_STRING", raising=False)
-    monkeypatch.delenv("EXAONE_LORA_BLOB_ACCOUNT_URL", raising=False)
-    result = runner.invoke(app, ["list"])
+def test_commands_need_a_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXAONE_LORA_REGISTRY", raising=False)
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "250"})
     assert result.exit_code == 2
-    assert "--connection-string" in result.output
+    assert "no registry: give --registry" in result.output and "EXAONE_LORA_REGISTRY" in result.output
+    keyed = runner.invoke(app, ["list", "--registry", "AccountName=adapters01;AccountKey=AAAA"], env={"COLUMNS": "250"})
+    assert keyed.exit_code == 2 and "loopback" in keyed.output
 
 
 @pytest.mark.azurite
 def test_publish_list_alias_rollback_download(azurite_blob: Azurite, tiny_adapters: dict[str, Path],
                                               tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
-    env = {"EXAONE_LORA_BLOB_CONNECTION_STRING": azurite_blob.connection_string}
+    env = {"EXAONE_LORA_REGISTRY": azurite_blob.connection_string}
     container = ["--container", f"cli-{uuid.uuid4().hex[:10]}"]
     publish = ["publish", "medical", str(tiny_adapters["medical"]), "--base-model-name", EXAONE_TINY.name,
                "--base-model-revision", "0" * 40, "--max-rank", "8", *container]

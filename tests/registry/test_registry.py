@@ -19,6 +19,7 @@ from service.registry import (
     RollbackError,
     VersionExistsError,
     VersionNotFoundError,
+    open_registry,
 )
 from service.validation import AdapterValidationError, BadNameError, validate_adapter
 from tests.registry.corpus import build_corpus
@@ -92,7 +93,7 @@ def test_concurrent_publishers_never_share_a_version(azurite_blob: Azurite, cont
 
     def worker() -> None:
         # A client of its own, as a second machine would have.
-        own = AdapterRegistry.from_connection_string(azurite_blob.connection_string, container=container_name)
+        own = open_registry(azurite_blob.connection_string, container_name)
         try:
             for _ in range(2):
                 results.append(_publish(own, "medical", tiny_adapters["medical"]).version)
@@ -148,7 +149,7 @@ def test_concurrent_alias_updates_are_not_lost(azurite_blob: Azurite, container_
         _publish(registry, "legal", tiny_adapters["legal"])
     # Two clients (two machines) switch the alias at the same time: one walks the odd versions, one the even.
     # Every call changes the alias, so every call must appear in the history exactly once.
-    clients = [AdapterRegistry.from_connection_string(azurite_blob.connection_string, container=container_name)
+    clients = [open_registry(azurite_blob.connection_string, container_name)
                for _ in range(2)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
