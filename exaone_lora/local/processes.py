@@ -200,7 +200,7 @@ def azurite(workdir: Path, log: Path, *, https_oauth: bool = False) -> Iterator[
            "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
     ca_file: Path | None = None
     if https_oauth:
-        from exaone_lora.local.identity import self_signed_cert
+        from exaone_lora.local.tls import self_signed_cert
 
         ca_file, key_file = self_signed_cert(workdir / "tls")
         cmd += ["--oauth", "basic", "--cert", str(ca_file), "--key", str(key_file)]
