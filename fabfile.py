@@ -8,7 +8,7 @@ Pick hosts either way:
   fab -H azureuser@20.1.2.3 -i ~/.ssh/id_ed25519 bootstrap --stack poc      # explicit host(s)
   fab bootstrap --stack poc --outputs out.json                                # hosts from `pulumi stack output --json`
 Without -H the task reads `hostIps` and `sshUser` from --outputs (or $EXAONE_LORA_OUTPUTS) and works on all hosts
-in parallel. Fabric's own settings apply either way: `-i`, `-F ssh_config`, `~/.ssh/config`, `--prompt-for-sudo-password`.
+in parallel. Fabric's own settings apply either way: `-i`, `-S ssh_config`, `~/.ssh/config`, `--prompt-for-sudo-password`.
 The logic lives in `provisioning/`; these tasks only parse options.
 """
 
@@ -67,7 +67,7 @@ def _connections(c: Context, spec: DeploymentSpec, outputs: StackOutputs | None)
     except OutputsError as exc:
         raise Exit(f"{exc} (stack {spec.stack} has target {spec.target})") from None
     user = str(outputs.values.get("sshUser") or spec.admin_username)
-    # c.config is Fabric's: -i, -F/ssh_config, connect timeouts and sudo settings reach these connections too.
+    # c.config is Fabric's: -i, -S ssh_config, connect timeouts and sudo settings reach these connections too.
     return [Connection(h, user=user, config=c.config) for h in hosts]
 
 
@@ -156,8 +156,8 @@ def deploy_adapters(c, stack=None, domain=None, version=None, rollback=False, dr
     spec = _spec(stack, root)
     out = _outputs(outputs)
     try:
-        ref = adapters.registry_ref(spec, out)
-        changes = adapters.set_desired(ref.open_for_operator(), spec, list(domain or []), version=int(version) if version
+        ref = adapters.registry_settings(spec, out)
+        changes = adapters.set_desired(ref.open("operator"), spec, list(domain or []), version=int(version) if version
                                        else None, rollback=rollback, dry_run=dry_run)
     except (adapters.DeployError, OutputsError) as exc:
         raise Exit(str(exc)) from None
@@ -174,7 +174,7 @@ def deploy_adapters(c, stack=None, domain=None, version=None, rollback=False, dr
         # A host that could not converge, or Ctrl-C/SIGTERM: the desired state goes back to what is serving.
         # (A SIGKILL leaves it set: the previous version keeps serving until the next run converges the hosts.)
         if not dry_run:
-            adapters.undo_desired(ref.open_for_operator(), changes)
+            adapters.undo_desired(ref.open("operator"), changes)
             print("registry: aliases set back to the versions that were serving", file=sys.stderr)
         raise
 

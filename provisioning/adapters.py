@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fabric import Connection
 
@@ -30,6 +30,16 @@ from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.merge import MERGED_RECORD
 from service.merged_replicas import VERSION_VAR, merged_env_file, merged_root, merged_unit_name
 from service.registry import AdapterRegistry, RegistryError
+from service.registry_location import (
+    REGISTRY_ENV,
+    ConnectionString,
+    RegistryLocationError,
+    RegistrySettings,
+    parse_location,
+    redact,
+    render_env_file,
+    resolve_settings,
+)
 from service.replicas import replica_endpoints
 from service.validation import check_name
 
@@ -37,11 +47,6 @@ Reporter = Callable[[str], None]
 # Fault-injection point for tests and drills: hold the deploy this many seconds at the named phase ("desired":
 # the registry's alias is set, no host has been told yet).
 HOLD_ENV = "EXAONE_LORA_DEPLOY_HOLD"
-REGISTRY_ENV = "EXAONE_LORA_REGISTRY"
-CONTAINER_ENV = "EXAONE_LORA_REGISTRY_CONTAINER"
-CLIENT_ID_ENV = "AZURE_CLIENT_ID"
-
-
 class DeployError(RuntimeError):
     """A deploy was refused or failed; the previous version is still the one served."""
 
@@ -56,52 +61,23 @@ def hold(phase: str, report: Reporter = print) -> None:
         time.sleep(float(seconds or 60))
 
 
-@dataclass(frozen=True)
-class RegistryRef:
-    """Where the stack's adapter registry is: an account URL (bearer tokens: the operator's login, the host's
-    managed identity) or, for the local stack only, an Azurite connection string."""
-
-    location: str
-    container: str
-    host_client_id: str | None = None
-
-    @property
-    def is_connection_string(self) -> bool:
-        return "AccountName=" in self.location or "UseDevelopmentStorage" in self.location
-
-    def open_for_operator(self) -> AdapterRegistry:
-        if self.is_connection_string:
-            return AdapterRegistry.from_connection_string(self.location, self.container)
-        return AdapterRegistry.from_account_url(self.location, self.container)
-
-    def host_env(self) -> bytes:
-        """The host's /etc/exaone-lora/registry.env: where to read, and which identity reads."""
-        lines = {REGISTRY_ENV: self.location, CONTAINER_ENV: self.container}
-        if self.host_client_id:
-            lines[CLIENT_ID_ENV] = self.host_client_id
-        return "".join(f"{k}={shlex.quote(v)}\n" for k, v in lines.items()).encode()
-
-
-def registry_ref(spec: DeploymentSpec, outputs: StackOutputs | None) -> RegistryRef:
-    """The registry from $EXAONE_LORA_REGISTRY, else from the stack's outputs (`storageBlobUrl`)."""
-    import os
-
-    container = spec.storage.container
-    client_id = None
-    if outputs is not None:
-        container = str(outputs.values.get("storageContainer") or container)
-        client_id = outputs.values.get("identityClientId") or None
-    location = os.environ.get(REGISTRY_ENV)
-    if not location and outputs is not None and spec.target != "local":
-        location = str(outputs.require("storageBlobUrl"))
-    if not location:
-        raise DeployError(f"no registry: set ${REGISTRY_ENV} (account URL) or pass --outputs FILE from "
-                          f"`pulumi stack output --json -s {spec.stack}`")
-    ref = RegistryRef(location, container, str(client_id) if client_id else None)
-    if ref.is_connection_string and spec.target != "local":
+def registry_settings(spec: DeploymentSpec, outputs: StackOutputs | None) -> RegistrySettings:
+    """The stack's registry: the outputs file's `storageBlobUrl` (+ container, the host's `identityClientId`), else
+    $EXAONE_LORA_REGISTRY. Azure stacks reach it with Entra ID tokens only: a connection string (an account key)
+    is for the local stack's Azurite."""
+    try:
+        settings = resolve_settings(outputs=outputs.source if outputs and spec.target != "local" else None)
+    except RegistryLocationError as exc:
+        raise DeployError(str(exc)) from None
+    if isinstance(parse_location(settings.location), ConnectionString) and spec.target != "local":
         raise DeployError(f"stack {spec.stack}: a connection string carries an account key; Azure stacks have shared-key "
                           f"access off and reach the registry with Entra ID tokens: set ${REGISTRY_ENV} to the account URL")
-    return ref
+    return settings
+
+
+def host_env(settings: RegistrySettings) -> bytes:
+    """The host's registry.env: where to read and which identity reads (a CA file is the operator's, not the host's)."""
+    return render_env_file(replace(settings, ca_file=None)).encode()
 
 
 @dataclass(frozen=True)
@@ -188,13 +164,14 @@ def undo_desired(registry: AdapterRegistry, changes: list[DesiredChange]) -> Non
 
 
 def reconcile_command(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, *, dry_run: bool = False) -> str:
-    """The one reconciler, as run on a host by root: secrets and the registry's location from the host's files."""
+    """The one reconciler, as run on a host by root: secrets and the registry's location (EXAONE_LORA_REGISTRY and
+    friends, read by the CLI from its environment) from the host's files."""
     config = layout.config
     engines = " ".join(f"--engine {shlex.quote(e.url)}" for e in replica_endpoints(spec, layout))
     src = gateway_src(layout)
     argv = (f"{layout.vllm_python} -m service.cli reconcile {engines} "
-            f"--gateway-admin http://127.0.0.1:{spec.gateway.admin_port} --registry-url \"${REGISTRY_ENV}\" "
-            f"--container \"${CONTAINER_ENV}\" --cache-dir {layout.adapters} --base-config {shlex.quote(spec.model.path)} "
+            f"--gateway-admin http://127.0.0.1:{spec.gateway.admin_port} "
+            f"--cache-dir {layout.adapters} --base-config {shlex.quote(spec.model.path)} "
             f"--max-cpu-loras {spec.max_cpu_loras} --max-rank {spec.max_lora_rank}" + (" --dry-run" if dry_run else ""))
     # identity.env exists only where no Azure instance metadata service is (the rehearsal's token endpoint).
     return (f"set -a; . {config}/secrets.env; . {config}/registry.env; "
@@ -202,13 +179,13 @@ def reconcile_command(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT,
             f"cd {src} && PYTHONPATH={src} {argv}")
 
 
-def reconcile_host(c: Connection, spec: DeploymentSpec, ref: RegistryRef, *, dry_run: bool = False,
+def reconcile_host(c: Connection, spec: DeploymentSpec, ref: RegistrySettings, *, dry_run: bool = False,
                    layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
     if spec.lora_mode == "static" or not spec.gateway.enabled:
         raise DeployError(f"stack {spec.stack}: deploy-adapters switches aliases in the gateway at run time; with "
                           "static LoRA or no gateway, change the stack's pins and run install-service instead")
-    changes = [Change("registry.env", put_bytes(c, ref.host_env(), str(layout.config / "registry.env"), mode="0600"),
-                      ref.location)]
+    changes = [Change("registry.env", put_bytes(c, host_env(ref), str(layout.config / "registry.env"), mode="0600"),
+                      redact(ref.location))]
     report("reconciling with the registry")
     result = sh(c, reconcile_command(spec, layout, dry_run=dry_run), check=False, timeout=1800)
     try:
@@ -233,12 +210,12 @@ def reconcile_host(c: Connection, spec: DeploymentSpec, ref: RegistryRef, *, dry
     return changes
 
 
-def deploy_adapters(c: Connection, spec: DeploymentSpec, ref: RegistryRef, domains: list[str], *,
+def deploy_adapters(c: Connection, spec: DeploymentSpec, ref: RegistrySettings, domains: list[str], *,
                     version: int | None = None, rollback: bool = False, dry_run: bool = False,
                     layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
     """`fab deploy-adapters` for one host: set the desired state, converge the host, undo the former if the
     latter fails (the previous versions never stopped serving)."""
-    registry = ref.open_for_operator()
+    registry = ref.open("operator")
     desired = set_desired(registry, spec, domains, version=version, rollback=rollback, dry_run=dry_run)
     try:
         hold("desired", report)
@@ -323,5 +300,5 @@ def ensure_merged(c: Connection, spec: DeploymentSpec, merged: MergedReplicaSpec
     return Change(f"merged replica {merged.alias}", True, f"{previous or 'nothing'} -> {name}")
 
 
-__all__ = ["DeployError", "RegistryRef", "RemoteError", "deploy_adapters", "reconcile_host", "registry_ref", "set_desired",
+__all__ = ["DeployError", "RemoteError", "deploy_adapters", "reconcile_host", "registry_settings", "set_desired",
            "undo_desired"]

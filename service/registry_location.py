@@ -94,7 +94,7 @@ def _is_loopback(host: str) -> bool:
 _SECRET_PARTS = re.compile(r"(?i)(AccountKey|SharedAccessSignature|sig|password)=[^;&]*")
 
 
-def _redact(value: str) -> str:
+def redact(value: str) -> str:
     """A location as errors may show it: keys, SAS signatures and URL passwords replaced by ***."""
     shown = _SECRET_PARTS.sub(lambda m: f"{m[1]}=***", value)
     shown = re.sub(r"(?<=//)[^/@]*@", "***@", shown)
@@ -119,15 +119,15 @@ def _split_url(value: str, what: str) -> tuple[str, str, str, int | None, str]:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
-        raise RegistryLocationError(f"{what} {_redact(value)!r} is not a valid URL: {exc}") from None
+        raise RegistryLocationError(f"{what} {redact(value)!r} is not a valid URL: {exc}") from None
     if parts.username is not None or parts.password is not None:
-        raise RegistryLocationError(f"{what} {_redact(value)!r} must not carry a user name or password")
+        raise RegistryLocationError(f"{what} {redact(value)!r} must not carry a user name or password")
     if parts.query or parts.fragment or value.endswith(("?", "#")):
-        raise RegistryLocationError(f"{what} {_redact(value)!r} must not carry a query (a SAS token) or a fragment: the registry "
+        raise RegistryLocationError(f"{what} {redact(value)!r} must not carry a query (a SAS token) or a fragment: the registry "
                                     "signs in with Entra ID tokens")
     host = (parts.hostname or "").lower()
     if not host:
-        raise RegistryLocationError(f"{what} {_redact(value)!r} has no host")
+        raise RegistryLocationError(f"{what} {redact(value)!r} has no host")
     return parts.scheme.lower(), host, parts.netloc, port, parts.path
 
 
@@ -135,24 +135,24 @@ def parse_account_url(value: str, what: str = "registry URL") -> AccountUrl:
     value = _check_text(value, what)
     scheme, host, netloc, _port, path = _split_url(value, what)
     if scheme != "https":
-        raise RegistryLocationError(f"{what} {_redact(value)!r} must use https: bearer tokens are never sent in clear text "
+        raise RegistryLocationError(f"{what} {redact(value)!r} must use https: bearer tokens are never sent in clear text "
                                     "(Azurite: start it with --cert and --key)")
     if _is_loopback(host):
         # Azurite is path-style: https://127.0.0.1:PORT/<account>.
         account = path.strip("/")
         if not _ACCOUNT.fullmatch(account) or path.rstrip("/") != f"/{account}":
-            raise RegistryLocationError(f"{what} {_redact(value)!r}: a loopback (Azurite) URL names its account as the only path "
+            raise RegistryLocationError(f"{what} {redact(value)!r}: a loopback (Azurite) URL names its account as the only path "
                                         "segment, e.g. https://127.0.0.1:10000/devstoreaccount1")
         return AccountUrl(f"https://{netloc.lower()}/{account}", account)
     account, _, suffix = host.partition(".")
     if suffix not in AZURE_BLOB_SUFFIXES:
-        raise RegistryLocationError(f"{what} {_redact(value)!r}: the host must be <account>.{AZURE_BLOB_SUFFIXES[0]} (or another "
+        raise RegistryLocationError(f"{what} {redact(value)!r}: the host must be <account>.{AZURE_BLOB_SUFFIXES[0]} (or another "
                                     f"Azure cloud's {', '.join(AZURE_BLOB_SUFFIXES[1:])}), or a loopback Azurite address")
     if not _ACCOUNT.fullmatch(account):
-        raise RegistryLocationError(f"{what} {_redact(value)!r}: storage account names are 3-24 lowercase letters and digits, "
+        raise RegistryLocationError(f"{what} {redact(value)!r}: storage account names are 3-24 lowercase letters and digits, "
                                     f"got {account!r}")
     if path not in ("", "/"):
-        raise RegistryLocationError(f"{what} {_redact(value)!r} must be the account URL without a path (the container is given "
+        raise RegistryLocationError(f"{what} {redact(value)!r} must be the account URL without a path (the container is given "
                                     "separately)")
     return AccountUrl(f"https://{host}", account)
 
@@ -185,7 +185,7 @@ def parse_connection_string(value: str, what: str = "connection string") -> Conn
         raise RegistryLocationError(f"{what} has neither BlobEndpoint nor AccountName")
     scheme, host, _netloc, _port, _path = _split_url(endpoint, f"{what}'s Blob endpoint")
     if scheme not in ("http", "https"):
-        raise RegistryLocationError(f"{what}'s Blob endpoint {_redact(endpoint)!r} must be http or https")
+        raise RegistryLocationError(f"{what}'s Blob endpoint {redact(endpoint)!r} must be http or https")
     if not _is_loopback(host):
         raise RegistryLocationError(
             f"{what} points at {host}: connection strings carry a storage key (or SAS) and are accepted only for the "

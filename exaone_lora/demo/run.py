@@ -210,12 +210,13 @@ def _record_state(options: DemoOptions, pids: dict[str, int], spec: DeploymentSp
 def run_demo(options: DemoOptions, console: Console, report: DemoReport | None = None) -> DemoReport:
     """Run every step; raises on the first failure (the report says which step), stops everything unless --keep."""
     from exaone_lora.local.testhost import boot_testhost
-    from provisioning.adapters import RegistryRef, deploy_adapters
+    from provisioning.adapters import deploy_adapters
     from provisioning.bootstrap import bootstrap
     from provisioning.monitoring import install_monitoring
     from provisioning.service import install_service
     from service.lifecycle import run_lifecycle
     from service.registry import AdapterRegistry
+    from service.registry_location import RegistrySettings
     from service.replicas import replica_urls
 
     report = report or DemoReport(console)
@@ -247,7 +248,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             changes += install_service(conn, spec, health_timeout=600)
             changes += install_monitoring(conn, spec)
             # The registry's alias is the desired state; the reconciler on the host pulls and switches.
-            ref = RegistryRef(blob.connection_string, spec.storage.container)
+            ref = RegistrySettings(blob.connection_string, spec.storage.container)
             for domain in DOMAINS:
                 changes += deploy_adapters(conn, spec, ref, [domain], version=1, report=console.print)
             result.detail = f"{sum(c.changed for c in changes)} changes"

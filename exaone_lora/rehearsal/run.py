@@ -151,7 +151,8 @@ def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoRepor
 
     with ExitStack() as stack:
         with report.step("2 stand-ins: token endpoint, Azurite over HTTPS (Entra ID), systemd host as the VM") as result:
-            identity = stack.enter_context(token_endpoint())
+            # The endpoint holds the stack's identity: a host asking for another client id is refused.
+            identity = stack.enter_context(token_endpoint(client_id=str(outputs["identityClientId"])))
             blob = stack.enter_context(azurite_oauth(workdir / "azurite", workdir / "logs" / "azurite.log"))
             host = stack.enter_context(boot_testhost(workdir / "host", workdir / "logs" / "testhost.log"))
             add_admin_user(host, spec.admin_username)
@@ -172,7 +173,7 @@ def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoRepor
         env = {**os.environ, **identity.env(), "REQUESTS_CA_BUNDLE": str(blob.ca_file), "EXAONE_LORA_ROOT": str(project),
                "EXAONE_API_KEY": api_key, "COLUMNS": "200"}
         env.pop("EXAONE_LORA_REGISTRY", None)
-        common = ["-F", str(ssh_config)]
+        common = ["-S", str(ssh_config)]
         stack_args = ["--stack", options.stack, "--outputs", str(out_file)]
 
         with report.step("3 train adapters, publish them with the operator's identity") as result:

@@ -79,7 +79,7 @@ def test_fab_lines_name_a_task_its_flags_and_the_stack(line: Line) -> None:
     if words[:1] == ["--help"]:
         assert words[1] in tasks, line
         return
-    while words[:1] and words[0] in ("-H", "-i", "-F"):
+    while words[:1] and words[0] in ("-H", "-i", "-S"):
         words = words[2:]
     assert words and words[0] in tasks, f"{line.doc}: `{line.text}`: no task {words[:1]} ({sorted(tasks)})"
     params = tasks[words[0]].parameters

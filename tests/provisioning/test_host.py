@@ -20,12 +20,13 @@ from fabric import Connection
 from exaone_lora.local.testhost import TestHost
 from exaone_lora.spec import DeploymentSpec
 from provisioning import adapters, kernel_tuning, patches, service
-from provisioning.adapters import DeployError, RegistryRef, deploy_adapters
+from provisioning.adapters import DeployError, deploy_adapters
 from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
 from provisioning.remote import RemoteError, out
 from service import cpu_amx
 from service.layout import DEFAULT_LAYOUT
 from service.registry import AdapterRegistry
+from service.registry_location import RegistrySettings
 from tests.provisioning.conftest import Bootstrapped
 from tests.support.completions import max_difference, prompt_logprobs
 from tests.support.processes import REPO, Azurite
@@ -201,8 +202,8 @@ def registry(azurite_blob: Azurite, tiny_adapters: dict[str, Path], host_spec: D
 
 
 @pytest.fixture(scope="module")
-def ref(azurite_blob: Azurite, registry: AdapterRegistry) -> RegistryRef:
-    return RegistryRef(azurite_blob.connection_string, registry.container.container_name)
+def ref(azurite_blob: Azurite, registry: AdapterRegistry) -> RegistrySettings:
+    return RegistrySettings(azurite_blob.connection_string, registry.container.container_name)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def _gateway_target(c: Connection, spec: DeploymentSpec, alias: str) -> str | No
 
 
 def test_deploy_switch_idempotence_and_rollback(serving: Bootstrapped, host_spec: DeploymentSpec,
-                                                registry: AdapterRegistry, ref: RegistryRef) -> None:
+                                                registry: AdapterRegistry, ref: RegistrySettings) -> None:
     c = serving.host.connection
     first = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
     assert {ch.step: ch.detail for ch in first}["alias medical"] == "nothing -> 1"
@@ -247,7 +248,7 @@ def test_deploy_switch_idempotence_and_rollback(serving: Bootstrapped, host_spec
 
 
 def test_deploy_checksum_mismatch_is_refused(serving: Bootstrapped, host_spec: DeploymentSpec,
-                                             registry: AdapterRegistry, ref: RegistryRef) -> None:
+                                             registry: AdapterRegistry, ref: RegistrySettings) -> None:
     c = serving.host.connection
     before = fingerprint(host_spec, "medical")
     blob = registry.container.get_blob_client("medical/v3/adapter_model.safetensors")
@@ -313,7 +314,7 @@ def test_deploy_interrupted_leaves_previous_version(serving: Bootstrapped, host_
 
 
 def test_fab_deploy_through_cli(serving: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
-                                testhost: TestHost, stack_root: Path, azurite_blob: Azurite, ref: RegistryRef) -> None:
+                                testhost: TestHost, stack_root: Path, azurite_blob: Azurite, ref: RegistrySettings) -> None:
     c = serving.host.connection
     proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4")
     text = proc.communicate(timeout=300)[0]
