@@ -21,7 +21,7 @@ def stack_root(tmp_path: Path) -> Path:
     """The dev stack with free ports, so the test never collides with a kept demo on 8080-8082."""
     root = tmp_path / "stacks"
     root.mkdir()
-    for name in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.poc.yaml"):
+    for name in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.poc.yaml", "Pulumi.registry.yaml"):  # poc reads the registry stack
         shutil.copy(REPO / name, root / name)
     dev = yaml.safe_load((root / "Pulumi.dev.yaml").read_text())
     dev["config"]["exaone-lora:port"] = free_port()
