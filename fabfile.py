@@ -25,7 +25,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from exaone_lora.spec import DeploymentSpec, SpecError, load_spec
-from provisioning import adapters, lora_kernels, monitoring, patches, service
+from provisioning import adapters, kernel_tuning, monitoring, patches, service
 from provisioning import bootstrap as boot
 from provisioning.outputs import OutputsError, StackOutputs
 from provisioning.report import Action, run_on_hosts
@@ -131,7 +131,7 @@ def tune_lora_kernels(c, stack=None, budget=300, root=None, outputs=None):
     """Tune vLLM's LoRA kernel tiles on each host's GPU (one-off, ~5 min, best while idle); apply with `fab restart`."""
     spec = _spec(stack, root)
     _run(c, spec, "tune-lora-kernels",
-         lambda conn, report: lora_kernels.tune_lora_kernels(conn, spec, budget_s=float(budget)), _outputs(outputs))
+         lambda conn, report: kernel_tuning.tune_lora_kernels(conn, spec, budget_s=float(budget)), _outputs(outputs))
 
 
 @task(name="install-monitoring", help=STACK_HELP)

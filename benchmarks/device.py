@@ -12,23 +12,17 @@ in its own process session so it survives a call that times out; `stop` ends it 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from benchmarks.servers import start_launch, stop_server, wait_ready, write_json
 from benchmarks.suites import SUITES, SuiteSizes, Target, run_all
 from benchmarks.variants import VARIANTS, device_layout, variant_launch, variant_spec
-from service.vllm_config import VllmLaunch
 
 DOMAINS = ("medical", "legal", "customer_support", "code")
 PORT = 8081
@@ -53,84 +47,6 @@ def prepare(root: Path, size: str = "full", device: str = "cuda", rank: int = 32
 
 def start_server(variant: str, root: Path, log: Path) -> dict[str, Any]:
     return start_launch(variant_launch(variant, str(root / "model"), str(root), port=PORT), variant, root, log)
-
-
-def start_launch(launch: VllmLaunch, label: str, root: Path, log: Path, name: str = "server",
-                 served: str = "exaone") -> dict[str, Any]:
-    """Start one vLLM from its rendered launch; its state goes to `<root>/<name>.json` for `stop_server`."""
-    for key in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME", "XDG_CACHE_HOME"):
-        if key in launch.env:
-            Path(launch.env[key]).mkdir(parents=True, exist_ok=True)
-    return start_process(launch.command(sys.executable), launch.env, label, root, log, name,
-                         f"http://127.0.0.1:{launch.port}", served)
-
-
-def start_process(argv: list[str], env_extra: dict[str, str], label: str, root: Path, log: Path, name: str,
-                  url: str, served: str = "exaone") -> dict[str, Any]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with log.open("w") as fh:
-        proc = subprocess.Popen(argv, env=os.environ | env_extra, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    state = {"pid": proc.pid, "variant": label, "argv": argv, "env": env_extra, "t0": t0, "log": str(log),
-             "url": url, "served": served}
-    (root / f"{name}.json").write_text(json.dumps(state))
-    print(f"started {label} pid {proc.pid}: {' '.join(argv)}", flush=True)
-    return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child still answers kill(0); ask its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def wait_ready(state: dict[str, Any], timeout_s: float) -> float:
-    """Seconds from process start to /health 200 plus one generated token."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if not _alive(state["pid"]):
-            tail = Path(state["log"]).read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"server {state['variant']} exited during start:\n{tail}")
-        try:
-            if httpx.get(state["url"] + "/health", timeout=5).status_code == 200:
-                r = httpx.post(state["url"] + "/v1/completions", timeout=60,
-                               json={"model": state.get("served", "exaone"), "prompt": "hi", "max_tokens": 1})
-                if r.status_code == 200:
-                    ready = time.time() - state["t0"]
-                    print(f"{state['variant']} ready after {ready:.1f}s", flush=True)
-                    return ready
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"server {state['variant']} not ready after {timeout_s}s")
-
-
-def stop_server(root: Path, name: str = "server") -> None:
-    path = root / f"{name}.json"
-    if not path.exists():
-        return
-    pid = json.loads(path.read_text())["pid"]
-    if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(60):
-            if not _alive(pid):
-                break
-            time.sleep(0.5)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-            time.sleep(2)
-    with contextlib.suppress(ChildProcessError):  # reap it when this process started it
-        os.waitpid(pid, os.WNOHANG)
-    path.unlink()
-    # The GPU memory of the engine core goes with its process; give the driver a moment.
-    time.sleep(3)
 
 
 STARTUP_PATTERN = re.compile(r"(took|seconds|secs|Available KV cache|GPU KV cache size|Maximum concurrency|"
@@ -177,7 +93,7 @@ def cycle(variant: str, root: Path, out: Path, sizes: SuiteSizes, suites: tuple[
         raise
     finally:
         stop_server(root)
-        _write(path, result)
+        write_json(path, result)
     if restart:
         state = start_server(variant, root, out / f"{variant}-restart.log")
         try:
@@ -187,15 +103,9 @@ def cycle(variant: str, root: Path, out: Path, sizes: SuiteSizes, suites: tuple[
             result["startup"]["warm_error"] = f"{type(exc).__name__}: {exc}"[-3000:]
         finally:
             stop_server(root)
-            _write(path, result)
+            write_json(path, result)
     print(f"SUMMARY {variant}: " + json.dumps(key_numbers(Run(variant, path, result))), flush=True)
     return path
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str))
-    print(f"wrote {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

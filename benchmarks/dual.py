@@ -27,7 +27,7 @@ import httpx
 
 from benchmarks.client import Job
 from benchmarks.client_pool import START_DELAY_S, run_jobs_in_processes
-from benchmarks.hot import wait_gateway
+from benchmarks.servers import start_launch, start_process, stop_server, wait_gateway, wait_ready, write_json
 from benchmarks.suites import SuiteSizes, metadata, prompt_for
 from benchmarks.variants import REPO_ROOT, device_layout
 from exaone_lora.spec import load_spec
@@ -70,7 +70,6 @@ def _switch_under_load(gw_url: str, admin_url: str, key: str, domains: tuple[str
 
 
 def run_dual(root: Path, out: Path, sizes: SuiteSizes, domains: tuple[str, ...]) -> Path:
-    from benchmarks.device import _write, start_launch, start_process, stop_server, wait_ready
 
     adapters: dict[str, str] = json.loads((root / "adapters.json").read_text())
     spec = load_spec("prod", REPO_ROOT)
@@ -129,5 +128,5 @@ def run_dual(root: Path, out: Path, sizes: SuiteSizes, domains: tuple[str, ...])
     finally:
         for name in ("gateway", *[f"server{r}" for r in range(len(urls) or spec.gpus_per_node)]):
             stop_server(root, name)
-        _write(path, result)
+        write_json(path, result)
     return path

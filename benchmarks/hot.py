@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from benchmarks.client import stream_completion
+from benchmarks.servers import start_launch, start_process, stop_server, wait_gateway, wait_ready, write_json
 from benchmarks.suites import SuiteSizes, Target, metadata, suite_saturation, suite_test1, suite_test2, warmup
 from benchmarks.variants import device_layout, variant_launch, variant_spec
 from exaone_lora.spec import MergedReplicaSpec
@@ -107,21 +108,7 @@ async def gateway_routes(url: str) -> dict[str, float]:
     return routes
 
 
-def wait_gateway(url: str, aliases: list[str], timeout_s: float = 60) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            listed = {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=5).json()["data"]}
-            if set(aliases) <= listed:
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"gateway at {url} did not list {aliases} within {timeout_s}s")
-
-
 def run_hot(root: Path, out: Path, sizes: SuiteSizes, domains: tuple[str, ...]) -> Path:
-    from benchmarks.device import _write, start_launch, start_process, stop_server, wait_ready
 
     adapters: dict[str, str] = json.loads((root / "adapters.json").read_text())
     path = out / "hot.json"
@@ -193,5 +180,5 @@ def run_hot(root: Path, out: Path, sizes: SuiteSizes, domains: tuple[str, ...]) 
     finally:
         for name in ("gateway", "merged", "server"):
             stop_server(root, name)
-        _write(path, result)
+        write_json(path, result)
     return path

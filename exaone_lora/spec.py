@@ -20,6 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from exaone_lora import PROJECT
 from exaone_lora.cidrs import too_broad
+from exaone_lora.naming import version_name
 from exaone_lora.tiers import SKUS, TIER_DEFAULTS, GpuSku, Tier
 
 STACKS: tuple[str, ...] = ("dev", "poc", "pilot", "prod")
@@ -171,7 +172,7 @@ class AdapterPin(_Model):
     @property
     def name(self) -> str:
         """The immutable served name of this version, e.g. `medical-v3`."""
-        return f"{self.alias}-v{self.version}"
+        return version_name(self.alias, self.version)
 
 
 class ApiSpec(_Model):
@@ -544,7 +545,7 @@ class DeploymentSpec(_Model):
             raise ValueError("mergedReplicas: need target 'vm' (or 'local') with the gateway enabled (the gateway "
                              "routes to them)")
         used = {self.port, self.gateway.engine_port, self.gateway.admin_port, self.monitoring.prometheus_port}
-        used |= {self.gateway.engine_port + 10 * gpu for gpu in range(self.gpus_per_node)}
+        used |= {self.replica_port(gpu) for gpu in range(self.gpus_per_node)}
         share = dict.fromkeys(range(self.gpus_per_node), self.gpu_memory_utilization)
         for i, merged in enumerate(self.merged_replicas):
             key = f"mergedReplicas[{i}]"
@@ -569,6 +570,11 @@ class DeploymentSpec(_Model):
     @property
     def total_gpus(self) -> int:
         return self.gpus_per_node * self.node_count
+
+    def replica_port(self, replica: int) -> int:
+        """The port of vLLM replica `replica` (one per GPU) on its host: the engine port behind the gateway (the
+        public port without it), 10 apart per replica. The one place this rule lives (topology: service.replicas)."""
+        return (self.gateway.engine_port if self.gateway.enabled else self.port) + 10 * replica
 
     def deploy_blockers(self) -> list[str]:
         """What stops `pulumi up` (and a bootstrap) of an Azure stack: operator settings left unset or as

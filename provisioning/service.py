@@ -21,9 +21,9 @@ from exaone_lora.spec import DeploymentSpec
 from provisioning.remote import GiveUp, RemoteError, http_status, ok, out, put_bytes, replace_dir, sh, wait_for
 from provisioning.results import Change
 from service.layout import DEFAULT_LAYOUT, HostLayout
-from service.merged_replicas import merged_endpoints, merged_units
-from service.replicas import replica_count, replica_unit_name
-from service.vllm_config import cuda_only_options, systemd_unit, vllm_launch
+from service.merged_replicas import merged_units
+from service.replicas import replica_count, replica_unit_name, replica_urls, upstream_urls
+from service.vllm_config import cuda_only_options, systemd_unit
 
 UNIT_DIR = "/etc/systemd/system"
 GATEWAY_UNIT = "exaone-gateway.service"
@@ -46,10 +46,8 @@ def gateway_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> s
     """The gateway (`python -m service.cli gateway`) in front of the vLLM replicas: public API on spec.port,
     admin API on loopback; it runs the project's own code with the vLLM venv's Python (which carries
     fastapi, uvicorn, httpx, prometheus-client, typer), so the host needs no second venv."""
-    urls = [f"http://127.0.0.1:{vllm_launch(spec, layout, replica=r).port}" for r in range(replicas(spec))]
     # Merged replicas are upstreams too: the gateway tells them apart by what their /v1/models lists.
-    urls += [e.url for e in merged_endpoints(spec)]
-    upstreams = " ".join(f"--upstream {u}" for u in urls)
+    upstreams = " ".join(f"--upstream {u}" for u in upstream_urls(spec, layout))
     # The stack's pins are the aliases at start; deploy-adapters switches them at run time.
     aliases = "".join(f" --alias {pin.alias}={pin.name}" for pin in spec.adapters)
     after = " ".join(vllm_unit_name(r) for r in range(replicas(spec)))
@@ -126,7 +124,7 @@ def rendered_units(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) ->
 
 
 def health_urls(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> list[str]:
-    urls = [vllm_launch(spec, layout, replica=r).health_url.replace("0.0.0.0", "127.0.0.1") for r in range(replicas(spec))]
+    urls = [f"{url}/health" for url in replica_urls(spec, layout)]
     if spec.gateway.enabled:
         urls.append(f"http://127.0.0.1:{spec.port}/health")
     return urls

@@ -12,5 +12,6 @@ done
 bash scripts/bootstrap.sh tool vllm testbed
 echo "==> ruff"
 .venv/bin/ruff check .
+echo "==> import contracts"; .venv/bin/lint-imports
 echo "==> pytest"
 exec .venv/bin/python -m pytest "$@"

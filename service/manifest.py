@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from exaone_lora.model_shape import ALL_LINEAR_MODULES
+from exaone_lora.naming import version_name
 from exaone_lora.spec import ALIAS_PATTERN, SHA256_PATTERN
 
 MANIFEST_FILE = "manifest.json"
@@ -108,10 +109,6 @@ class AdapterManifest(BaseModel):
         if self.name != version_name(self.domain, self.version):
             raise ValueError(f"name {self.name!r} must be {version_name(self.domain, self.version)!r}")
         return self
-
-
-def version_name(domain: str, version: int) -> str:
-    return f"{domain}-v{version}"
 
 
 def manifest_bytes(manifest: AdapterManifest) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from exaone_lora.spec import DeploymentSpec
 from service.layout import DEFAULT_LAYOUT, HostLayout
+from service.merged_replicas import merged_endpoints
 from service.vllm_config import systemd_unit, vllm_launch
 
 TARGET = "exaone-vllm.target"
@@ -53,10 +54,21 @@ def replica_endpoints(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT)
         launch = vllm_launch(spec, layout, replica=r)
         out.append(ReplicaEndpoint(r, replica_unit_name(r), launch.host, launch.port, launch.env.get("CUDA_VISIBLE_DEVICES")))
     ports = [e.port for e in out]
-    reserved = {spec.port, spec.gateway.admin_port, spec.monitoring.prometheus_port}
+    # Without the gateway, replica 0 is the public port itself (and there is no admin listener).
+    reserved = {spec.monitoring.prometheus_port} | ({spec.port, spec.gateway.admin_port} if spec.gateway.enabled else set())
     if len(set(ports)) != len(ports) or reserved & set(ports):
         raise ValueError(f"replica ports {ports} collide with each other or with {sorted(reserved)}")
     return out
+
+
+def replica_urls(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> list[str]:
+    """The base URL of each vLLM replica, as seen from its own host (what the reconciler and a deploy talk to)."""
+    return [e.url for e in replica_endpoints(spec, layout)]
+
+
+def upstream_urls(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> list[str]:
+    """The gateway's `--upstream`s: every LoRA replica, then every merged replica."""
+    return replica_urls(spec, layout) + [e.url for e in merged_endpoints(spec)]
 
 
 def replica_units(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT, model_path: str | None = None) -> dict[str, str]:

@@ -29,10 +29,6 @@ class VllmLaunch:
     def command(self, python: str) -> list[str]:
         return [python, "-m", VLLM_MODULE, *self.args]
 
-    @property
-    def health_url(self) -> str:
-        return f"http://{self.host}:{self.port}/health"
-
 
 def served_adapters(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> dict[str, str]:
     """Static `--lora-modules` for the stack's pins: immutable version names behind the gateway,
@@ -63,7 +59,7 @@ def vllm_launch(
     """argv and environment of replica `replica` (one per GPU) for this spec."""
     on_cpu = runs_on_cpu(spec, layout)
     if port is None:
-        port = (spec.gateway.engine_port if spec.gateway.enabled else spec.port) + replica * 10
+        port = spec.replica_port(replica)
     if host is None:
         # Behind the gateway vLLM is only reachable from the host itself.
         host = "127.0.0.1" if spec.gateway.enabled or on_cpu else "0.0.0.0"

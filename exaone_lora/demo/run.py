@@ -80,7 +80,7 @@ def check_ports(spec: DeploymentSpec) -> None:
 
 
 def step_plan(options: DemoOptions, report: DemoReport, console: Console) -> None:
-    from exaone_lora.cli import capacity_table
+    from exaone_lora.capacity_table import capacity_table
     from infra.preview import policy_verdict, preview_stack
 
     spec = load_spec(options.plan_stack, options.root)
@@ -217,6 +217,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
     from service.lifecycle import run_lifecycle
     from service.registry import AdapterRegistry
     from service.registry_location import RegistrySettings
+    from service.replicas import replica_urls
 
     report = report or DemoReport(console)
     options.workdir.mkdir(parents=True, exist_ok=True)
@@ -295,7 +296,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             result.detail = f"{len(series)} alias/version series; Prometheus targets up: {', '.join(sorted(up))}"
 
         with report.step("8 the seed's 8-step lifecycle against the engine") as result:
-            engine = f"http://127.0.0.1:{spec.gateway.engine_port}"
+            engine = replica_urls(spec)[0]
             adapters = {d: Path(f"/data/lora-adapters/{d}-v1") for d in DOMAINS}
             lifecycle = run_lifecycle(engine, adapters, served_name=spec.model.served_name)
             report.facts["lifecycle"] = lifecycle

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 
@@ -116,32 +116,36 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20) -> N
 
 
 @contextmanager
-def vllm_server(model_dir: Path, log: Path, *, adapters: dict[str, Path] | None = None, max_loras: int = 2,
-                max_cpu_loras: int = 4, max_lora_rank: int = 8, served_name: str = "exaone",
-                api_key: str | None = None, extra_args: Sequence[str] = (), timeout: float = 300,
-                lora: bool = True, cpu: int | None = None) -> Iterator[RunningProcess]:
+def vllm_server(model_dir: Path, log: Path, *, max_loras: int = 2, max_cpu_loras: int = 4, max_lora_rank: int = 8,
+                served_name: str = "exaone", timeout: float = 300, lora: bool = True,
+                cpu: int | None = None) -> Iterator[RunningProcess]:
     """A real OpenAI-compatible vLLM server (CPU build) on a free loopback port, runtime LoRA updates on
     (`lora=False`: a plain server, e.g. a merged replica serving one version as its base model).
 
+    Its argv and environment are the `dev` stack's (target local), rendered by `service.vllm_config` like every
+    other vLLM the project starts, with these LoRA limits; its caches live under the checkout's `.cache`.
     `cpu`: the core its worker computes on (see `cpu_slot`); None keeps vLLM's automatic binding.
     """
+    from exaone_lora.spec import MergedReplicaSpec, load_spec
+    from service.layout import HostLayout
+    from service.vllm_config import merged_launch, vllm_launch
+
     port = free_port()
-    cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", served_name, "--trust-remote-code", "--dtype", "bfloat16",
-           "--max-model-len", "512", "--max-num-seqs", "8",
-           "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log", *extra_args]
+    dev = load_spec("dev", REPO)
+    spec = dev.model_copy(update={"max_loras": max_loras, "max_cpu_loras": max_cpu_loras, "max_lora_rank": max_lora_rank,
+                                  "model": dev.model.model_copy(update={"served_name": served_name})})
+    layout = HostLayout(cache=PurePosixPath(REPO / ".cache" / "vllm-local"))
     if lora:
-        cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras),
-                "--max-cpu-loras", str(max_cpu_loras)]
-    if adapters:
-        cmd += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    if api_key:
-        env["VLLM_API_KEY"] = api_key
+        launch = vllm_launch(spec, layout, model_path=str(model_dir), host="127.0.0.1", port=port)
+    else:
+        merged = MergedReplicaSpec(alias="local", port=port, max_num_seqs=spec.max_num_seqs)
+        launch = merged_launch(spec, merged, version_name=served_name, model_path=str(model_dir), layout=layout)
+    env = dict(launch.env)
+    for key in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME", "XDG_CACHE_HOME"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
     if cpu is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu)
-    with run_process(cmd, log, f"http://127.0.0.1:{port}/health", timeout, env=env) as proc:
+    with run_process(launch.command(str(vllm_python())), log, f"http://127.0.0.1:{port}/health", timeout, env=env) as proc:
         yield proc
 
 
@@ -196,7 +200,7 @@ def azurite(workdir: Path, log: Path, *, https_oauth: bool = False) -> Iterator[
            "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
     ca_file: Path | None = None
     if https_oauth:
-        from exaone_lora.local.identity import self_signed_cert
+        from exaone_lora.local.tls import self_signed_cert
 
         ca_file, key_file = self_signed_cert(workdir / "tls")
         cmd += ["--oauth", "basic", "--cert", str(ca_file), "--key", str(key_file)]

@@ -1,19 +1,7 @@
-"""Immutable adapter version names: `{domain}-v{N}` (the registry's naming, parsed in one place)."""
+"""The gateway's view of adapter version names; the rule itself is `exaone_lora.naming`."""
 
 from __future__ import annotations
 
-import re
+from exaone_lora.naming import parse_version_name, version_name
 
-_VERSION = re.compile(r"^(?P<domain>[a-z0-9][a-z0-9_-]{0,62}?)-v(?P<number>[1-9][0-9]{0,5})$")
-
-
-def version_name(domain: str, version: int) -> str:
-    return f"{domain}-v{version}"
-
-
-def parse_version_name(name: str) -> tuple[str, int] | None:
-    """(domain, N) for `domain-vN`, None for anything else (the base model, foreign adapters)."""
-    match = _VERSION.match(name)
-    if not match:
-        return None
-    return match["domain"], int(match["number"])
+__all__ = ["parse_version_name", "version_name"]

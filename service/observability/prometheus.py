@@ -21,8 +21,7 @@ from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.observability import metrics as m
 from service.observability._yaml import dump
 from service.observability.alertmanager import ALERTMANAGER_HOST
-from service.replicas import replica_count
-from service.vllm_config import vllm_launch
+from service.replicas import replica_endpoints
 
 PROMETHEUS_HOST = "127.0.0.1"
 APP_LABEL = "exaone-lora"
@@ -38,17 +37,11 @@ class ScrapeTarget:
     labels: dict[str, str]
 
 
-def _local(host: str) -> str:
-    # vLLM without the gateway binds 0.0.0.0; Prometheus sits on the same host and dials loopback.
-    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
-
-
 def scrape_targets(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> list[ScrapeTarget]:
     """Every vLLM replica and the gateway of one serving host (each host runs its own Prometheus)."""
     targets = []
-    for replica in range(replica_count(spec)):
-        launch = vllm_launch(spec, layout, replica=replica)
-        targets.append(ScrapeTarget(m.VLLM_JOB, f"{_local(launch.host)}:{launch.port}", {"replica": str(replica)}))
+    for endpoint in replica_endpoints(spec, layout):
+        targets.append(ScrapeTarget(m.VLLM_JOB, endpoint.url.removeprefix("http://"), {"replica": str(endpoint.index)}))
     if spec.gateway.enabled:
         targets.append(ScrapeTarget(m.GATEWAY_JOB, f"127.0.0.1:{spec.gateway.admin_port}", {}))
     return targets
@@ -124,7 +117,7 @@ def pod_labels(component: Literal["vllm", "gateway"]) -> dict[str, str]:
 
 def kubernetes_scrape_annotations(spec: DeploymentSpec) -> dict[str, dict[str, str]]:
     """Annotations for the AKS pods, by component: vLLM's port from `kubernetes_container`."""
-    return {"vllm": scrape_annotations(vllm_launch(spec, host="0.0.0.0").port)}
+    return {"vllm": scrape_annotations(spec.replica_port(0))}
 
 
 def pod_monitor(spec: DeploymentSpec, *, namespace: str = "exaone-lora", managed: bool = True) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def stack_root(tmp_path: Path) -> Path:
     """The dev stack with free ports, so the test never collides with a kept demo on 8080-8082."""
     root = tmp_path / "stacks"
     root.mkdir()
-    for name in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.poc.yaml"):
+    for name in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.poc.yaml", "Pulumi.registry.yaml"):  # poc reads the registry stack
         shutil.copy(REPO / name, root / name)
     dev = yaml.safe_load((root / "Pulumi.dev.yaml").read_text())
     dev["config"]["exaone-lora:port"] = free_port()
@@ -63,5 +63,7 @@ def test_traffic_is_bounded_by_count_even_when_nothing_stops_it(vllm: object) ->
     with BoundedTraffic(url, "none", ["no-such-model"], workers=1, max_requests=2, max_seconds=30) as traffic:
         import time
 
-        time.sleep(3)
+        deadline = time.monotonic() + 30  # the loop's own time bound; two 404s take milliseconds on an idle machine
+        while traffic.result.failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert traffic.result.failures == 2 and "no-such-model" in traffic.result.errors[0]

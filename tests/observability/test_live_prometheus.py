@@ -56,6 +56,22 @@ class LiveStack:
                 return result
             time.sleep(0.5)
 
+    def wait_scrapes(self, count: int, timeout: float = 60) -> None:
+        """Until Prometheus has scraped both servers `count` more times: what rates need, counted, not slept for
+        (a loaded machine stretches the scrape interval)."""
+        def scraped() -> dict[str, float]:
+            return {s["metric"]["job"]: float(s["value"][1])
+                    for s in self.query(f'count_over_time(up{{job=~"{m.GATEWAY_JOB}|{m.VLLM_JOB}"}}[1h])')}
+
+        start = scraped()
+        deadline = time.monotonic() + timeout
+        while True:
+            now = scraped()
+            if all(now.get(job, 0) >= start.get(job, 0) + count for job in (m.GATEWAY_JOB, m.VLLM_JOB)):
+                return
+            assert time.monotonic() < deadline, f"fewer than {count} scrapes in {timeout:.0f} s: {start} -> {now}"
+            time.sleep(0.2)
+
 
 @pytest.fixture(scope="module")
 def live(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
@@ -91,7 +107,7 @@ def live(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path_factory:
                 stack = LiveStack(f"http://127.0.0.1:{port}", gw, vllm)
                 # Two scrapes of the idle state first, so rates have a starting point.
                 assert stack.wait_for(f'up{{job="{m.GATEWAY_JOB}"}} == 1') and stack.wait_for(f'up{{job="{m.VLLM_JOB}"}} == 1')
-                time.sleep(2)
+                stack.wait_scrapes(2)
                 with httpx.Client(timeout=120) as client:
                     for i in range(ADAPTER_REQUESTS):
                         r = client.post(f"{gw.public_url}/v1/completions",
@@ -101,7 +117,7 @@ def live(vllm: RunningProcess, tiny_adapters: dict[str, Path], tmp_path_factory:
                             # A labelled series is born at its first request; let Prometheus see it once so
                             # the following requests show up as an increase (rate() ignores a series' birth).
                             assert stack.wait_for(f'exaone_gateway_requests_total{{alias="{ALIAS}"}}')
-                            time.sleep(1.5)
+                            stack.wait_scrapes(1)
                     # A streamed request: time to first token is measured on streams only.
                     with client.stream("POST", f"{gw.public_url}/v1/completions",
                                        json={"model": ALIAS, "prompt": "Stream:", "max_tokens": 4, "stream": True}) as sse:
@@ -141,7 +157,7 @@ def test_per_adapter_series_after_requests(live: LiveStack) -> None:
 
 def test_every_dashboard_query_runs_against_live_data(live: LiveStack) -> None:
     live.wait_for(f'exaone_gateway_ttft_seconds_count{{alias="{ALIAS}"}}')
-    time.sleep(2)  # a couple more scrapes so rates over the new samples exist
+    live.wait_scrapes(2)  # a couple more scrapes so rates over the new samples exist
     empty = []
     for expr in d.dashboard_queries(d.dashboard()):
         if not live.query(d.grafana_variables_for_prometheus(expr)):

@@ -19,7 +19,7 @@ from fabric import Connection
 
 from exaone_lora.local.testhost import TestHost
 from exaone_lora.spec import DeploymentSpec
-from provisioning import adapters, lora_kernels, patches, service
+from provisioning import adapters, kernel_tuning, patches, service
 from provisioning.adapters import DeployError, deploy_adapters
 from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
 from provisioning.remote import RemoteError, out
@@ -177,7 +177,7 @@ def test_tune_lora_kernels_without_a_gpu_keeps_the_previous_tiles(bootstrapped: 
     c.run(f"mkdir -p {folder} && echo previous > {folder}/NVIDIA_H100_NVL_SHRINK.json", hide=True)
     # The tuner really runs on the host (its vLLM venv, the deployed code) and finds no CUDA GPU there.
     with pytest.raises(RemoteError, match="has no CUDA GPU: nothing was tuned"):
-        lora_kernels.tune_lora_kernels(c, host_spec, budget_s=5)
+        kernel_tuning.tune_lora_kernels(c, host_spec, budget_s=5)
     assert out(c, f"cat {folder}/NVIDIA_H100_NVL_SHRINK.json") == "previous"
     assert out(c, f"ls -d {folder}.new 2>/dev/null || echo absent") == "absent"
     # The served vLLM looks for tiles exactly there.

@@ -39,9 +39,14 @@ def _event(model: str, text: str) -> bytes:
 
 @dataclass
 class StandIn:
-    """A replica serving `medical-v1`; the prompt picks the behaviour. Records each request's client port."""
+    """A replica serving `medical-v1`; the prompt picks the behaviour. Records each request's client port (one port
+    per upstream connection: a connection's port is fixed, and connections open at the same time differ in it).
+    With `wave` set, a `wave` request is answered only once `wave` of them have arrived, so all of a wave's requests
+    are in flight at once, each on its own connection, whatever the machine's speed."""
 
     ports: list[int] = field(default_factory=list)
+    wave: int = 0
+    arrived: int = 0
 
     def app(self) -> Starlette:
         async def models(_: Request) -> Response:
@@ -62,8 +67,12 @@ class StandIn:
                     yield _event(model, "a#b").replace(b"#", b"\xff")  # not UTF-8: must not end the stream
                     yield _event(model, " c")
                 else:
-                    if prompt == "hold":
-                        await asyncio.sleep(0.5)  # so that a whole wave of requests is in flight at once
+                    if prompt == "wave":
+                        self.arrived += 1
+                        deadline = time.monotonic() + 120  # only a broken gateway gets here: fail, do not hang
+                        while self.arrived % self.wave and time.monotonic() < deadline:
+                            await asyncio.sleep(0.01)
+                        assert self.arrived % self.wave == 0, f"{self.arrived % self.wave} of a wave of {self.wave}"
                     for i in range(4):
                         yield _event(model, f" t{i}")
                         await asyncio.sleep(0.02)
@@ -79,8 +88,8 @@ class StandIn:
 
 
 @contextmanager
-def gateway_over(stand_in: StandIn) -> Iterator[RunningGateway]:
-    with serve_in_thread(stand_in.app()) as upstream:
+def gateway_over(stand_in: StandIn, keep_alive_s: int = 5) -> Iterator[RunningGateway]:
+    with serve_in_thread(stand_in.app(), keep_alive_s=keep_alive_s) as upstream:
         apps = create_gateway([upstream], admin_key=secrets.token_urlsafe(24), initial_aliases={"medical": "medical-v1"})
         with gateway_in_thread(apps, ("127.0.0.1", free_port()), ("127.0.0.1", free_port())) as gateway:
             yield gateway
@@ -129,34 +138,65 @@ def test_a_replica_dying_mid_stream_is_counted_as_unreachable() -> None:
     assert in_flight == [0.0]
 
 
+def _answered(gateway: RunningGateway) -> float:
+    """Requests the gateway has closed its books on: each one's upstream connection is back in the pool by then
+    (`proxy._sse` releases it before it closes the request's accounting)."""
+    value = gateway.apps.core.metrics.registry.get_sample_value(
+        "exaone_gateway_requests_total", {"alias": "medical", "version": "medical-v1", "status": "200"})
+    return value or 0.0
+
+
+def _wait_answered(gateway: RunningGateway, count: int) -> None:
+    deadline = time.monotonic() + 60  # a bound for a broken gateway only; a working one gets there in milliseconds
+    while _answered(gateway) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _answered(gateway) == count
+
+
 def test_many_streams_reuse_their_upstream_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """128 clients, each streaming 3 requests one after another: the gateway keeps its upstream connections
-    (138 for the 384 requests here). httpcore 1.0.9's pool, with the old keep-alive limit of 64, closed a connection
-    a finished request left idle whenever more than 64 were open, and the next request opened a new one: 272."""
-    # This test is about reuse under load; connections idle past the keep-alive (3 s) are closed on purpose, and a
-    # slow machine would stretch the test past it.
-    monkeypatch.setattr(core_module, "UPSTREAM_KEEPALIVE_S", 60.0)
-    stand_in = StandIn()
+    """A controlled schedule whose upstream connection count is exact: 5 streams one after another (each sent once
+    the previous one's connection is back in the pool) take 1 connection; a wave of 96 streams in flight at once
+    takes 96 (that one and 95 new); a second wave of 96, sent once the first is over, takes the same 96 and opens
+    none. httpcore 1.0.9's pool, with the old keep-alive limit of 64, closed each connection a finished request
+    left idle once more than 64 were open, so the second wave opened 32 new ones."""
+    # Idle connections stay open on both sides for the whole test, however slow the machine: the gateway drops
+    # its idle ones after UPSTREAM_KEEPALIVE_S and the stand-in (uvicorn) after its keep-alive.
+    monkeypatch.setattr(core_module, "UPSTREAM_KEEPALIVE_S", 600.0)
+    wave = 96
+    stand_in = StandIn(wave=wave)
 
-    async def client_loop(client: httpx.AsyncClient, url: str) -> list[int]:
-        counts = []
-        for _ in range(3):
-            async with client.stream("POST", f"{url}/v1/completions",
-                                     json={"model": "medical", "prompt": "hold", "stream": True}) as response:
-                counts.append(len([line async for line in response.aiter_lines() if line.startswith("data: {")]))
-        return counts
+    async def one(client: httpx.AsyncClient, url: str, prompt: str) -> int:
+        async with client.stream("POST", f"{url}/v1/completions",
+                                 json={"model": "medical", "prompt": prompt, "stream": True}) as response:
+            return len([line async for line in response.aiter_lines() if line.startswith("data: {")])
 
-    async def run(url: str) -> list[int]:
+    async def concurrent(url: str) -> list[int]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            per_client = await asyncio.gather(*(client_loop(client, url) for _ in range(128)))
-        return [n for counts in per_client for n in counts]
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            return list(await asyncio.gather(*(one(client, url, "wave") for _ in range(wave))))
 
-    with gateway_over(stand_in) as gateway:
-        counts = asyncio.run(run(gateway.public_url))
-    assert counts == [4] * 384  # every stream whole (the usage chunk is dropped: the client did not ask for it)
-    assert len(stand_in.ports) == 384
-    assert len(set(stand_in.ports)) <= 170, f"{len(set(stand_in.ports))} upstream connections for 128 x 3 streams"
+    async def single(url: str) -> int:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await one(client, url, "x")
+
+    with gateway_over(stand_in, keep_alive_s=600) as gateway:
+        url = gateway.public_url
+        for i in range(5):
+            assert asyncio.run(single(url)) == 4
+            _wait_answered(gateway, i + 1)
+        sequential = set(stand_in.ports)
+        assert len(sequential) == 1, f"{len(sequential)} upstream connections for 5 streams one after another"
+
+        assert asyncio.run(concurrent(url)) == [4] * wave  # every stream whole (the usage chunk is dropped)
+        _wait_answered(gateway, 5 + wave)
+        first_wave = set(stand_in.ports[5:])
+        assert len(first_wave) == wave and sequential <= first_wave
+
+        assert asyncio.run(concurrent(url)) == [4] * wave
+        _wait_answered(gateway, 5 + 2 * wave)
+        second_wave = set(stand_in.ports[5 + wave:])
+    assert len(stand_in.ports) == 5 + 2 * wave
+    assert second_wave == first_wave, f"the second wave opened {len(second_wave - first_wave)} new upstream connections"
 
 
 class ClosingReplica:

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exaone_lora.spec import load_spec
+from exaone_lora.spec import MergedReplicaSpec, load_spec
 from service.reconciler import desired_from_mapping
-from service.replicas import TARGET, kubernetes_replicas, replica_endpoints, replica_units
+from service.replicas import TARGET, kubernetes_replicas, replica_endpoints, replica_units, replica_urls, upstream_urls
 from service.vllm_config import kubernetes_container
 from tests.serving.conftest import GatewayFactory, TrafficLoop, reconcile, unload_all
 from tests.support.processes import REPO, RunningProcess, cpu_slot, vllm_server
@@ -49,6 +49,16 @@ def test_replica_ports_must_not_collide() -> None:
     clashing = spec.model_copy(update={"port": 8091})
     with pytest.raises(ValueError, match="collide"):
         replica_endpoints(clashing)
+
+
+def test_replica_and_upstream_urls_come_from_one_topology() -> None:
+    spec = load_spec("prod", root=REPO)
+    assert replica_urls(spec) == ["http://127.0.0.1:8081", "http://127.0.0.1:8091"]
+    merged = spec.model_copy(update={"merged_replicas": [MergedReplicaSpec(alias="medical", port=8071)]})
+    assert upstream_urls(merged) == ["http://127.0.0.1:8081", "http://127.0.0.1:8091", "http://127.0.0.1:8071"]
+    # Without the gateway, clients talk to vLLM directly: replica 0 takes the public port.
+    direct = spec.model_copy(update={"gateway": spec.gateway.model_copy(update={"enabled": False})})
+    assert replica_urls(direct) == [f"http://127.0.0.1:{spec.port}", f"http://127.0.0.1:{spec.port + 10}"]
 
 
 @pytest.mark.vllm

@@ -14,10 +14,11 @@ from exaone_lora.local.processes import free_port
 
 
 @contextmanager
-def serve_in_thread(app: ASGIApp, timeout: float = 20) -> Iterator[str]:
+def serve_in_thread(app: ASGIApp, timeout: float = 20, keep_alive_s: int = 5) -> Iterator[str]:
     """Yield the app's base URL (`http://127.0.0.1:PORT`) once it accepts connections; stop it on exit."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_keep_alive=keep_alive_s))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
