@@ -134,7 +134,7 @@ def skipped_lines(text: str) -> list[str]:
 
 def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoReport | None = None) -> DemoReport:
     """Run every step; raises on the first failure (the report says which), stops every stand-in at the end."""
-    from exaone_lora.demo.run import DemoOptions, step_train
+    from exaone_lora.demo.run import DemoOptions, gateway_series, step_train
     from exaone_lora.local.identity import azurite_oauth, token_endpoint
     from exaone_lora.local.testhost import add_admin_user, boot_testhost
     from infra.common import InfraOptions, check_deployable
@@ -234,6 +234,11 @@ def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoRepor
             result.detail = f"{outcome.total} requests in {outcome.seconds:.0f} s, {outcome.failures} failed"
             if outcome.failures or not outcome.total:
                 raise RehearsalError(f"requests failed during the deploy: {outcome.errors[:5]}")
+            # What the gateway itself counted, per alias and version: both versions of medical took traffic.
+            served = gateway_series(f"http://127.0.0.1:{spec.gateway.admin_port}")
+            report.facts["gateway_series"] = {f"{a}@{v}": n for (a, v), n in served.items()}
+            if not {("medical", "medical-v1"), ("medical", "medical-v2")} <= {k for k, n in served.items() if n > 0}:
+                raise RehearsalError(f"expected traffic on medical-v1 and medical-v2, the gateway counted {served}")
             state = registry.alias("medical")
             if state.current != 1:
                 raise RehearsalError(f"after the rollback the registry's medical alias is v{state.current}, not v1")
