@@ -59,12 +59,12 @@ def launch_for(variant: str, root: Path, index: int, utilization: float, shared_
 
 def wait_for_marker(state: dict[str, Any], timeout_s: float) -> float:
     """Seconds until the server's log shows its KV cache allocated (graph capture started) or it is ready."""
-    from benchmarks.device import _alive
+    from benchmarks.servers import alive
 
     deadline = time.time() + timeout_s
     log = Path(state["log"])
     while time.time() < deadline:
-        if not _alive(state["pid"]):
+        if not alive(state["pid"]):
             raise RuntimeError(f"server {state['variant']} exited during start:\n"
                                f"{log.read_text(errors='replace')[-4000:]}")
         text = log.read_text(errors="replace") if log.exists() else ""
@@ -172,7 +172,7 @@ def summary(variants: list[str], passes: list[dict[str, Any]], reference: str) -
 
 
 def run(args: argparse.Namespace) -> Path:
-    from benchmarks.device import start_launch, stop_server, wait_ready
+    from benchmarks.servers import start_launch, stop_server, wait_ready
 
     root, out = args.root, args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -161,8 +161,8 @@ def test_side_by_side_measures_each_variant_per_pass_and_divides_by_the_referenc
     try:
         with client_pool(2) as pool:
             # The same server under two names stands in for two variants; pass 1 runs them in reverse order.
-            passes = [{"order": order, "variants": {v: measure(target, args, pool, p) for v in order}}
-                      for p, order in enumerate((["ref", "other"], ["other", "ref"]))]
+            passes: list[dict[str, Any]] = [{"order": order, "variants": {v: measure(target, args, pool, p) for v in order}}
+                                            for p, order in enumerate((["ref", "other"], ["other", "ref"]))]
     finally:
         asyncio.run(unload_all(target))
     one = passes[0]["variants"]["ref"]
