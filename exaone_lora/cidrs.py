@@ -44,6 +44,16 @@ class Coverage:
         return -log2(share)
 
 
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1); host names other than localhost are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_source(source: str) -> IpNetwork | None:
     """A CIDR, a bare address or an address/netmask pair; None for a service tag or garbage."""
     text = str(source).strip()

@@ -175,6 +175,13 @@ def make_checkpoint_command(
         console.print(f"adapter: {path} (rank {rank})")
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, deprecation notices) would bury the run's own progress lines."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="leave Azurite and the test host running afterwards")] = False,
@@ -190,10 +197,7 @@ def demo(
     from exaone_lora.demo.run import DemoOptions, run_demo
     from exaone_lora.demo.run import down as demo_down
 
-    # Library chatter (weight-loading bars, deprecation notices) would bury the demo's own progress lines.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    _quiet_libraries()
     options = DemoOptions(root=root.resolve(), stack=stack, keep=keep, traffic_seconds=traffic_seconds)
     if workdir is not None:
         options.workdir = workdir.resolve()
@@ -226,9 +230,7 @@ def rehearse(
     from exaone_lora.demo.report import DemoReport
     from exaone_lora.rehearsal.run import RehearsalOptions, run_rehearsal, skipped_table
 
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    _quiet_libraries()
     options = RehearsalOptions(stack=stack, root=root.resolve(), traffic_seconds=traffic_seconds)
     if workdir is not None:
         options.workdir = workdir.resolve()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import os
 import re
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
+
+from exaone_lora.cidrs import is_loopback
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -82,14 +83,6 @@ class ConnectionString:
 Location = AccountUrl | ConnectionString
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 _SECRET_PARTS = re.compile(r"(?i)(AccountKey|SharedAccessSignature|sig|password)=[^;&]*")
 
@@ -137,7 +130,7 @@ def parse_account_url(value: str, what: str = "registry URL") -> AccountUrl:
     if scheme != "https":
         raise RegistryLocationError(f"{what} {redact(value)!r} must use https: bearer tokens are never sent in clear text "
                                     "(Azurite: start it with --cert and --key)")
-    if _is_loopback(host):
+    if is_loopback(host):
         # Azurite is path-style: https://127.0.0.1:PORT/<account>.
         account = path.strip("/")
         if not _ACCOUNT.fullmatch(account) or path.rstrip("/") != f"/{account}":
@@ -186,7 +179,7 @@ def parse_connection_string(value: str, what: str = "connection string") -> Conn
     scheme, host, _netloc, _port, _path = _split_url(endpoint, f"{what}'s Blob endpoint")
     if scheme not in ("http", "https"):
         raise RegistryLocationError(f"{what}'s Blob endpoint {redact(endpoint)!r} must be http or https")
-    if not _is_loopback(host):
+    if not is_loopback(host):
         raise RegistryLocationError(
             f"{what} points at {host}: connection strings carry a storage key (or SAS) and are accepted only for the "
             "local dev stack's Azurite on loopback. An Azure stack's registry is its account URL (the stack output "

@@ -41,14 +41,6 @@ def check_key(what: str, key: str | None, *, required: bool) -> None:
         raise GuardError(f"{what} is {len(key)} characters long; at least {MIN_KEY_CHARS} characters are required")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def check_admin_host(host: str) -> None:
     """The admin listener binds to loopback or one private address, never to every interface or a public one."""
