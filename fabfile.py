@@ -28,6 +28,7 @@ from exaone_lora.spec import DeploymentSpec, SpecError, load_spec
 from provisioning import adapters, kernel_tuning, monitoring, patches, service
 from provisioning import bootstrap as boot
 from provisioning.outputs import OutputsError, StackOutputs
+from provisioning.remote import remember_host_keys
 from provisioning.report import Action, run_on_hosts
 from provisioning.results import Change
 
@@ -59,7 +60,7 @@ def _outputs(outputs: str | None) -> StackOutputs | None:
 
 def _connections(c: Context, spec: DeploymentSpec, outputs: StackOutputs | None) -> list[Connection]:
     if isinstance(c, Connection):
-        return [c]
+        return [remember_host_keys(c)]
     if outputs is None:
         raise Exit(f"no host: give -H USER@HOST, or --outputs FILE from `pulumi stack output --json -s {spec.stack}`")
     try:
@@ -68,7 +69,7 @@ def _connections(c: Context, spec: DeploymentSpec, outputs: StackOutputs | None)
         raise Exit(f"{exc} (stack {spec.stack} has target {spec.target})") from None
     user = str(outputs.values.get("sshUser") or spec.admin_username)
     # c.config is Fabric's: -i, -S ssh_config, connect timeouts and sudo settings reach these connections too.
-    return [Connection(h, user=user, config=c.config) for h in hosts]
+    return [remember_host_keys(Connection(h, user=user, config=c.config)) for h in hosts]
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -176,10 +177,12 @@ def make_checkpoint_command(
 
 
 def _quiet_libraries() -> None:
-    """Library chatter (weight-loading bars, deprecation notices) would bury the run's own progress lines."""
+    """Library chatter (weight-loading bars, deprecation notices) would bury the run's own progress lines. And
+    SIGTERM ends a run like Ctrl-C, so the stand-ins it started (test host, Azurite, servers) are stopped too."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @app.command()

@@ -11,6 +11,7 @@ import io
 import shlex
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fabric import Connection
@@ -23,6 +24,23 @@ class RemoteError(RuntimeError):
 
 class GiveUp(RuntimeError):
     """Raised by a `wait_for` predicate when waiting longer cannot help (a unit that keeps crashing)."""
+
+
+def known_hosts_file(c: Connection) -> Path:
+    """Where this host's key is remembered: ssh_config's UserKnownHostsFile for it, else ~/.ssh/known_hosts."""
+    configured = c.ssh_config.get("userknownhostsfile")
+    path = Path(str(configured).split()[0] if configured else "~/.ssh/known_hosts").expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    return path
+
+
+def remember_host_keys(c: Connection) -> Connection:
+    """OpenSSH's `StrictHostKeyChecking accept-new` for a Fabric connection (Fabric itself accepts any key, every
+    time): a host seen for the first time is written to the known-hosts file, a known host whose key changed is
+    refused (paramiko raises BadHostKeyException), so a machine that takes over a VM's address gets no command."""
+    c.client.load_host_keys(str(known_hosts_file(c)))
+    return c
 
 
 def sh(c: Connection, script: str, *, check: bool = True, env: dict[str, str] | None = None,

@@ -94,6 +94,10 @@ class AdapterManifest(BaseModel):
         missing = [f for f in ADAPTER_FILES if f not in value]
         if missing:
             raise ValueError(f"files must list {', '.join(missing)}")
+        # Exactly the adapter's files: anything else (a .py beside the weights) would travel to every host.
+        extra = sorted(set(value) - set(ADAPTER_FILES))
+        if extra:
+            raise ValueError(f"files lists {', '.join(extra)}; a version holds only {' and '.join(ADAPTER_FILES)}")
         return value
 
     @field_validator("created_at")

@@ -37,6 +37,8 @@ from service.manifest import (
 
 # Extensions of formats that unpickle (run code) when loaded; refused anywhere in the adapter directory.
 PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+# What an adapter directory may hold: the two adapter files, the registry's manifest, and the README PEFT writes.
+ALLOWED_FILES = frozenset({*ADAPTER_FILES, MANIFEST_FILE, "README.md"})
 # Files that carry extra vocabulary (PEFT writes these when tokens were added during training).
 EXTRA_VOCAB_FILES: tuple[str, ...] = ("new_embeddings.safetensors", "added_tokens.json")
 ALLOWED_DTYPES: dict[str, str] = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
@@ -137,6 +139,10 @@ class TruncatedSafetensorsError(AdapterValidationError):
 
 class BadSafetensorsError(AdapterValidationError):
     code = "bad-safetensors"
+
+
+class UnexpectedFileError(AdapterValidationError):
+    code = "unexpected-file"
 
 
 class NanWeightsError(AdapterValidationError):
@@ -275,8 +281,11 @@ def _scan_dir(root: Path) -> dict[str, Path]:
             if name in EXTRA_VOCAB_FILES:
                 raise ExtraVocabError(f"{rel} adds vocabulary; adapters must not change the base model's vocabulary",
                                       path=rel)
-            if here == root:
-                top[name] = path
+            if here != root or name not in ALLOWED_FILES:
+                # Code or data beside the weights (a .py, a tokenizer, a nested folder) would reach every host.
+                raise UnexpectedFileError(f"{rel} is not part of a LoRA adapter; the directory may hold only "
+                                          f"{', '.join(sorted(ALLOWED_FILES))}", path=rel)
+            top[name] = path
     return top
 
 

@@ -313,7 +313,8 @@ class Trainer:
                              "use a fresh output directory (or --no-resume) instead of resuming it")
         weights = load_file(str(path / "adapter" / "adapter_model.safetensors"), device=self.device)
         set_peft_model_state_dict(self.model, weights)
-        blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint folder is data; unpickling arbitrary objects from it would run code.
+        blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["rng"])

@@ -87,8 +87,17 @@ class TestHost:
     detached: bool = False  # set to leave the host running when the context ends (the demo's --keep)
 
     @property
+    def ssh_config(self) -> Path:
+        """This host in ssh_config form, with a known-hosts file of its own: every boot of a new root file system
+        has new host keys, and a port seen before must not meet a remembered key (`fab -S` reads it)."""
+        path = self.workdir / "ssh_config"
+        path.write_text(f"Host 127.0.0.1\n  Port {self.port}\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+                        f"  UserKnownHostsFile {self.workdir / 'known_hosts'}\n")
+        return path
+
+    @property
     def fab_args(self) -> list[str]:
-        return ["-H", f"root@127.0.0.1:{self.port}", "-i", str(self.key)]
+        return ["-S", str(self.ssh_config), "-H", f"root@127.0.0.1:{self.port}", "-i", str(self.key)]
 
     def connect(self) -> Connection:
         # in_stream=False: never mirror our stdin to the host (there is none under CI, and pytest forbids reading it).

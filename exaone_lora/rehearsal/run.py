@@ -96,12 +96,6 @@ def _stand_in_outputs(outputs: dict[str, object], host: str, blob_url: str) -> d
     return outputs | {"hostIps": [host], "storageBlobUrl": blob_url}
 
 
-def _ssh_config(path: Path, port: int, key: Path, known_hosts: Path) -> Path:
-    path.write_text(f"Host 127.0.0.1\n  Port {port}\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
-                    f"  UserKnownHostsFile {known_hosts}\n")
-    return path
-
-
 def fab(args: list[str], env: dict[str, str], log: Path, console: Console) -> str:
     """One `fab` command line exactly as a user types it (output to the log and the console)."""
     command = [str(Path(sys.executable).parent / "fab"), *args]
@@ -176,7 +170,7 @@ def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoRepor
             root.run(f"umask 077 && printf %s {_q(identity_env)} > /etc/exaone-lora/identity.env", hide=True)
             out_file = workdir / "out.json"
             out_file.write_text(stack_output_json(_stand_in_outputs(outputs, "127.0.0.1", blob.blob_url)))
-            ssh_config = _ssh_config(workdir / "ssh_config", host.port, host.key, workdir / "known_hosts")
+            ssh_config = host.ssh_config
             result.detail = f"Blob {blob.blob_url} (OAuth), ssh {spec.admin_username}@127.0.0.1:{host.port}"
 
         # The operator's shell: the Azure login is the same token endpoint (DefaultAzureCredential finds it).

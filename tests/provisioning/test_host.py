@@ -390,3 +390,25 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
         assert [m["id"] for m in models] == ["medical-v4"] and prompt_logprobs(merged_url, "medical-v4")
     finally:
         sh(c, f"systemctl disable --now {unit}; rm -f /etc/systemd/system/{unit}; systemctl daemon-reload", check=False)
+
+
+def test_fab_remembers_host_keys_and_refuses_a_changed_one(testhost: TestHost, stack_root: Path, tmp_path: Path) -> None:
+    """Fabric alone accepts any host key every time; the tasks remember a new host's key (OpenSSH's accept-new) and
+    refuse a host whose key changed, before any command runs there."""
+    from tests.support.operator import OPERATOR_SSH_KEY
+
+    env = {**os.environ, "EXAONE_LORA_ROOT": str(stack_root)}
+    fab = [str(REPO / ".venv" / "bin" / "fab")]
+    known = tmp_path / "known_hosts"
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host 127.0.0.1\n  Port {testhost.port}\n  IdentityFile {testhost.key}\n"
+                      f"  UserKnownHostsFile {known}\n")
+    first = subprocess.run([*fab, "-S", str(config), "-H", f"root@127.0.0.1:{testhost.port}", "status", "--stack", "dev"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert known.read_text().startswith(f"[127.0.0.1]:{testhost.port} "), known.read_text()
+    kind, blob = OPERATOR_SSH_KEY.split()[:2]  # any other real key stands in for a machine that took the address
+    known.write_text(f"[127.0.0.1]:{testhost.port} {kind} {blob}\n")
+    changed = subprocess.run([*fab, "-S", str(config), "-H", f"root@127.0.0.1:{testhost.port}", "status", "--stack", "dev"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert changed.returncode != 0 and "BadHostKeyException" in changed.stdout + changed.stderr, changed

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exaone_lora.checkpoints import Checkpoint
 from exaone_lora.model_shape import EXAONE_TINY
 from service.manifest import build_manifest
 from service.validation import (
+    ALLOWED_FILES,
     ERROR_CLASSES,
     AdapterValidationError,
     BadNameError,
@@ -159,3 +164,35 @@ def test_corpus_writer_matches_the_safetensors_library(corpus: dict[str, CorpusC
     with safe_open(str(path), framework="numpy") as handle:
         theirs = {name: tuple(handle.get_tensor(name).shape) for name in handle.keys()}  # noqa: SIM118
     assert ours == theirs
+
+
+NAME_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="/\\")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(alphabet=NAME_CHARS, min_size=1, max_size=24), nested=st.booleans())
+def test_anything_beside_the_adapter_files_is_refused(corpus: dict[str, CorpusCase], tmp_path_factory: Any,
+                                                      name: str, nested: bool) -> None:
+    """Only the two adapter files, the manifest and PEFT's README may sit in an adapter directory: a `.py`, a
+    tokenizer or a nested folder would otherwise travel to every host next to the weights."""
+    if name in (".", "..") or (not nested and name in ALLOWED_FILES):
+        return
+    adapter = tmp_path_factory.mktemp("extra") / "adapter"
+    shutil.copytree(corpus["valid"].path, adapter)
+    target = adapter / "sub" / name if nested else adapter / name
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(b"import os\n")
+    with pytest.raises(AdapterValidationError) as err:
+        validate_adapter(adapter, base_config=EXAONE_TINY, max_rank=MAX_RANK)
+    assert err.value.code in ("unexpected-file", "pickle-file", "extra-vocab", "bad-name"), err.value
+
+
+def test_a_manifest_listing_a_file_beyond_the_adapter_is_refused(corpus: dict[str, CorpusCase]) -> None:
+    from service.manifest import manifest_bytes, parse_manifest
+
+    good = build_manifest(corpus["valid"].path, "medical", 1, EXAONE_TINY.name, "0" * 40)
+    document = json.loads(manifest_bytes(good))
+    assert parse_manifest(json.dumps(document)) == good
+    document["files"]["evil.py"] = {"sha256": "0" * 64, "size": 1}
+    with pytest.raises(ValueError, match=r"files lists evil\.py"):
+        parse_manifest(json.dumps(document))

@@ -41,6 +41,8 @@ def test_rehearse_poc_end_to_end(tmp_path: Path) -> None:
     ran = re.findall(r"^\$ fab (.*)$", log, flags=re.MULTILINE)
     for task in ("bootstrap", "install-service", "install-monitoring", "deploy-adapters"):
         assert any(f" {task} --stack poc --outputs " in f" {line}" for line in ran), (task, ran)
+    # The host's key was remembered on first contact (the tasks refuse it if it changes).
+    assert (tmp_path / "host" / "known_hosts").read_text().startswith("[127.0.0.1]:")
     # The GPU and Azure steps are named with the command they would run.
     skipped = "\n".join(report["facts"]["skipped"])
     assert "pulumi up -s poc" in skipped
