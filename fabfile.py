@@ -93,18 +93,23 @@ STACK_HELP = {"stack": f"stack name: reads Pulumi.<stack>.yaml (required; or ${S
 
 @task(help={**STACK_HELP, "wheelhouse": "directory ON THE HOST with wheels for an offline vLLM install",
             "model_path": "local checkpoint directory to upload as the pinned model",
-            "hub": "download the pinned model revision from the Hugging Face hub on the host (Azure only)"})
-def bootstrap(c, stack=None, wheelhouse=None, model_path=None, hub=False, root=None, outputs=None):
+            "hub": "download the pinned model revision from the Hugging Face hub on the host (Azure only)",
+            "tls_cert": "PEM certificate chain for a stack with public exposure (its API is served over TLS only)",
+            "tls_key": "PEM private key of --tls-cert"})
+def bootstrap(c, stack=None, wheelhouse=None, model_path=None, hub=False, tls_cert=None, tls_key=None, root=None,
+              outputs=None):
     """Data disk, base packages, NVIDIA driver (skipped without a GPU), user + /data, API key, pinned vLLM venv, model.
 
     The API key comes from $EXAONE_API_KEY or the outputs file's `apiKey` (`pulumi stack output --json --show-secrets`);
     every Azure stack needs one."""
     spec = _spec(stack, root)
+    if bool(tls_cert) != bool(tls_key):
+        raise Exit("give both --tls-cert and --tls-key, or neither")
     out = _outputs(outputs)
     api_key = os.environ.get(API_KEY_ENV) or (out.secret("apiKey") if out else None)
     _run(c, spec, "bootstrap", lambda conn, report: boot.bootstrap(
         conn, spec, wheelhouse=wheelhouse, model_path=Path(model_path) if model_path else None, hub=hub,
-        api_key=api_key, report=report), out)
+        api_key=api_key, tls=(Path(tls_cert), Path(tls_key)) if tls_cert and tls_key else None, report=report), out)
 
 
 @task(name="patch-model", help={**STACK_HELP, "model_dir": "model directory on the host (default: the stack's model path)",

@@ -211,6 +211,43 @@ def ensure_secrets(c: Connection, spec: DeploymentSpec, api_key: str | None,
     return Change("secrets", changed, f"set {', '.join(what)}" if what else "as wanted")
 
 
+def check_tls_pair(cert: Path, key: Path) -> None:
+    """The certificate parses, is not expired, and belongs to the key: refused here, not by a gateway crash-loop."""
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BootstrapError(f"TLS certificate {cert} / key {key}: not a PEM certificate chain and unencrypted key "
+                             f"({exc})") from None
+    if certificate.not_valid_after_utc <= datetime.now(UTC):
+        raise BootstrapError(f"TLS certificate {cert} expired on {certificate.not_valid_after_utc:%Y-%m-%d}")
+    if certificate.public_key().public_numbers() != private.public_key().public_numbers():  # type: ignore[union-attr]
+        raise BootstrapError(f"TLS key {key} does not belong to certificate {cert}")
+
+
+def ensure_tls(c: Connection, spec: DeploymentSpec, cert: Path | None, key: Path | None,
+               layout: HostLayout = DEFAULT_LAYOUT) -> Change:
+    """A stack with public exposure serves its API over TLS: install the operator's certificate, or refuse."""
+    if spec.api.exposure != "public":
+        return Change("tls", False, "private API (reached through the VNet or an SSH tunnel)")
+    if cert is None or key is None:
+        if ok(c, f"test -s {layout.tls_cert} && test -s {layout.tls_key}"):
+            return Change("tls", False, f"{layout.tls_cert} present")
+        raise BootstrapError(f"stack {spec.stack} exposes its API publicly, over TLS only: pass --tls-cert CHAIN.pem "
+                             "--tls-key KEY.pem (a certificate for the stack's hostFqdns output)")
+    check_tls_pair(cert, key)
+    changed = put_bytes(c, cert.read_bytes(), str(layout.tls_cert))
+    # The gateway runs as the service user: the key is readable by its group, written by root only.
+    changed |= put_bytes(c, key.read_bytes(), str(layout.tls_key), mode="0640")
+    sh(c, f"chgrp {layout.service_user} {layout.tls_key}")
+    return Change("tls", changed, f"certificate {cert.name} installed")
+
+
 def data_disk_script(device: str = DATA_DISK, mountpoint: str = "/data", label: str = DATA_LABEL) -> str:
     """Format (only a blank disk), add to fstab by label (nofail: a lost disk must not stop the boot), mount."""
     dev, mnt, lab = shlex.quote(device), shlex.quote(mountpoint), shlex.quote(label)
@@ -396,8 +433,8 @@ def _timed(step: Callable[[], Change]) -> Change:
 
 
 def bootstrap(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | None = None, model_path: Path | None = None,
-              hub: bool = False, api_key: str | None = None, layout: HostLayout = DEFAULT_LAYOUT,
-              report: Reporter = print) -> list[Change]:
+              hub: bool = False, api_key: str | None = None, tls: tuple[Path, Path] | None = None,
+              layout: HostLayout = DEFAULT_LAYOUT, report: Reporter = print) -> list[Change]:
     """All bootstrap steps in order; stops at the first failure (RemoteError/BootstrapError carry the reason)."""
     changes = []
     if spec.target != "local":
@@ -409,6 +446,7 @@ def bootstrap(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | None = N
     changes.append(_timed(lambda: ensure_nvidia_driver(c, report)))
     changes.append(_timed(lambda: ensure_layout(c, layout)))
     changes.append(_timed(lambda: ensure_secrets(c, spec, api_key, layout)))
+    changes.append(_timed(lambda: ensure_tls(c, spec, *(tls or (None, None)), layout=layout)))
     on_gpu = gpu_present(c)
     report("vllm venv")
     changes.append(_timed(lambda: ensure_vllm_venv(c, spec, wheelhouse=wheelhouse, layout=layout, on_gpu=on_gpu,

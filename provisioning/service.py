@@ -53,7 +53,10 @@ def gateway_unit(spec: DeploymentSpec, layout: HostLayout = DEFAULT_LAYOUT) -> s
     after = " ".join(vllm_unit_name(r) for r in range(replicas(spec)))
     public_host = "127.0.0.1" if spec.target == "local" else "0.0.0.0"
     # Azure stacks: the gateway refuses to start without EXAONE_API_KEY (bootstrap writes it to secrets.env).
-    require_key = "" if spec.target == "local" else " --require-api-key"
+    guards = "" if spec.target == "local" else " --require-api-key"
+    # A public API is served over TLS only (bootstrap installs the operator's certificate).
+    if spec.api.exposure == "public":
+        guards += f" \\\n  --tls-cert {layout.tls_cert} --tls-key {layout.tls_key}"
     return f"""[Unit]
 Description=EXAONE LoRA gateway (stack {spec.stack})
 After=network-online.target {after}
@@ -69,7 +72,7 @@ Environment=PYTHONDONTWRITEBYTECODE=1
 EnvironmentFile={layout.env_file}
 ExecStart={layout.vllm_python} -m service.cli gateway --host {public_host} --port {spec.port} \\
   --admin-port {spec.gateway.admin_port} --served-name {spec.model.served_name} --adapter-root {layout.adapters} \\
-  {upstreams}{aliases}{require_key}
+  {upstreams}{aliases}{guards}
 Restart=always
 RestartSec=3
 NoNewPrivileges=yes

@@ -73,6 +73,8 @@ def gateway(
     adapter_root: Annotated[str | None, typer.Option(help="directory of deployed versions (<root>/<domain>-vN) as vLLM "
                                                           "sees it: alias targets a restarted replica lost are reloaded, "
                                                           "and /admin/versions loads only from under it")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: the public listener serves HTTPS")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
     max_body_bytes: Annotated[int | None, typer.Option(min=1024, help="largest request body the public API reads (413 "
                                                                       "beyond; default 1 MiB)")] = None,
 ) -> None:
@@ -82,10 +84,11 @@ def gateway(
     --require-api-key; the admin listener binds to loopback or one private address only."""
     import logging
 
+    from exaone_lora.cidrs import is_loopback
     from service.gateway import create_gateway
     from service.gateway.body import DEFAULT_MAX_BODY_BYTES
-    from service.gateway.guards import GuardError, check_admin_host, is_loopback
-    from service.gateway.server import ADMIN_KEY_ENV, API_KEY_ENV, ENGINE_KEY_ENV, serve
+    from service.gateway.guards import GuardError, check_admin_host
+    from service.gateway.server import ADMIN_KEY_ENV, API_KEY_ENV, ENGINE_KEY_ENV, Tls, serve
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = _spec(stack, root)
@@ -121,9 +124,15 @@ def gateway(
         raise typer.BadParameter(str(exc)) from None
     public_port = port or (spec.port if spec else 8080)
     private_port = admin_port or (spec.gateway.admin_port if spec else 8082)
-    err.print(f"gateway: public http://{host}:{public_port}, admin and /metrics http://{admin_host}:{private_port}, "
-              f"upstreams {upstream}")
-    asyncio.run(serve(apps, (host, public_port), (admin_host, private_port)))
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
+    tls = Tls(tls_cert, tls_key) if tls_cert and tls_key else None
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise typer.BadParameter(f"{path} is not a readable file", param_hint="--tls-cert/--tls-key")
+    err.print(f"gateway: public {'https' if tls else 'http'}://{host}:{public_port}, admin and /metrics "
+              f"http://{admin_host}:{private_port}, upstreams {upstream}")
+    asyncio.run(serve(apps, (host, public_port), (admin_host, private_port), tls))
 
 
 @app.command()

@@ -39,6 +39,16 @@ class HostLayout:
         return self.config / "secrets.env"
 
     @property
+    def tls_cert(self) -> PurePosixPath:
+        """The public listener's certificate chain (stacks with public exposure), from `fab bootstrap --tls-cert`."""
+        return self.config / "tls" / "cert.pem"
+
+    @property
+    def tls_key(self) -> PurePosixPath:
+        """Its private key: root-owned, readable by the service user's group only."""
+        return self.config / "tls" / "key.pem"
+
+    @property
     def lora_kernels(self) -> PurePosixPath:
         """Tuned LoRA kernel tiles per GPU (`fab tune-lora-kernels`), read by vLLM at start."""
         return self.cache / "lora-kernels"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import uvicorn
 
+from exaone_lora.cidrs import is_loopback
 from service.gateway.app import GatewayApps
-from service.gateway.guards import ADMIN_KEY_ENV, API_KEY_ENV, ENGINE_KEY_ENV, GuardError, check_admin_host, is_loopback
+from service.gateway.guards import ADMIN_KEY_ENV, API_KEY_ENV, ENGINE_KEY_ENV, GuardError, check_admin_host
 
 __all__ = ["ADMIN_KEY_ENV", "API_KEY_ENV", "ENGINE_KEY_ENV", "RunningGateway", "gateway_in_thread", "read_secret",
            "serve"]
@@ -35,18 +36,29 @@ def check_listeners(apps: GatewayApps, public_host: str, admin_host: str) -> Non
                          "(at least 16 characters) or bind to loopback")
 
 
-def _servers(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int]) -> list[uvicorn.Server]:
+@dataclass(frozen=True)
+class Tls:
+    """The public listener's certificate chain and private key (PEM files); the admin listener stays on loopback."""
+
+    cert_file: Path
+    key_file: Path
+
+
+def _servers(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int],
+             tls: Tls | None = None) -> list[uvicorn.Server]:
     check_listeners(apps, public[0], admin[0])
-    def server(app: object, host: str, port: int) -> uvicorn.Server:
+
+    def server(app: object, host: str, port: int, tls: Tls | None = None) -> uvicorn.Server:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,  # type: ignore[arg-type]
-                                timeout_keep_alive=30)
+                                timeout_keep_alive=30, ssl_certfile=str(tls.cert_file) if tls else None,
+                                ssl_keyfile=str(tls.key_file) if tls else None)
         return uvicorn.Server(config)
 
-    return [server(apps.public, *public), server(apps.admin, *admin)]
+    return [server(apps.public, *public, tls=tls), server(apps.admin, *admin)]
 
 
-async def serve(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int]) -> None:
-    await asyncio.gather(*(s.serve() for s in _servers(apps, public, admin)))
+async def serve(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int], tls: Tls | None = None) -> None:
+    await asyncio.gather(*(s.serve() for s in _servers(apps, public, admin, tls)))
 
 
 @dataclass
@@ -58,9 +70,9 @@ class RunningGateway:
 
 @contextmanager
 def gateway_in_thread(apps: GatewayApps, public: tuple[str, int], admin: tuple[str, int],
-                      timeout: float = 30) -> Iterator[RunningGateway]:
+                      timeout: float = 30, tls: Tls | None = None) -> Iterator[RunningGateway]:
     """Both listeners in a background thread (tests, benchmarks), stopped on exit."""
-    servers = _servers(apps, public, admin)
+    servers = _servers(apps, public, admin, tls)
     loop = asyncio.new_event_loop()
 
     def main() -> None:
@@ -77,7 +89,8 @@ def gateway_in_thread(apps: GatewayApps, public: tuple[str, int], admin: tuple[s
             if loop.time() > deadline:
                 raise TimeoutError("the gateway did not start")
             threading.Event().wait(0.05)
-        yield RunningGateway(f"http://{public[0]}:{public[1]}", f"http://{admin[0]}:{admin[1]}", apps)
+        scheme = "https" if tls else "http"
+        yield RunningGateway(f"{scheme}://{public[0]}:{public[1]}", f"http://{admin[0]}:{admin[1]}", apps)
     finally:
         for s in servers:
             s.should_exit = True
