@@ -446,7 +446,8 @@ def bootstrap(c: Connection, spec: DeploymentSpec, *, wheelhouse: str | None = N
     changes.append(_timed(lambda: ensure_nvidia_driver(c, report)))
     changes.append(_timed(lambda: ensure_layout(c, layout)))
     changes.append(_timed(lambda: ensure_secrets(c, spec, api_key, layout)))
-    changes.append(_timed(lambda: ensure_tls(c, spec, *(tls or (None, None)), layout=layout)))
+    cert, key = tls if tls else (None, None)
+    changes.append(_timed(lambda: ensure_tls(c, spec, cert, key, layout)))
     on_gpu = gpu_present(c)
     report("vllm venv")
     changes.append(_timed(lambda: ensure_vllm_venv(c, spec, wheelhouse=wheelhouse, layout=layout, on_gpu=on_gpu,
