@@ -16,6 +16,7 @@ from typing import Any
 
 from exaone_lora.spec import DeploymentSpec
 from service.observability._yaml import dump
+from service.observability.debian import defaults_file
 
 ALERTMANAGER_HOST = "127.0.0.1"
 SECRETS_DIR = PurePosixPath("/etc/exaone-lora/alertmanager")
@@ -98,8 +99,8 @@ def alertmanager_args(spec: DeploymentSpec, *, config_file: str = str(CONFIG_FIL
 
 def debian_defaults(spec: DeploymentSpec) -> str:
     """`/etc/default/prometheus-alertmanager` for Debian/Ubuntu's package (its unit passes $ARGS)."""
-    args = " ".join(a for a in alertmanager_args(spec) if not a.startswith("--config.file"))
-    return f'# Generated for stack {spec.stack}: Alertmanager listens on loopback only, no clustering.\nARGS="{args}"\n'
+    return defaults_file(alertmanager_args(spec),
+                         f"Generated for stack {spec.stack}: Alertmanager listens on loopback only, no clustering.")
 
 
 def alertmanager_url(spec: DeploymentSpec) -> str:

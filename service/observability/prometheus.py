@@ -21,6 +21,7 @@ from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.observability import metrics as m
 from service.observability._yaml import dump
 from service.observability.alertmanager import ALERTMANAGER_HOST
+from service.observability.debian import defaults_file
 from service.replicas import replica_endpoints
 
 PROMETHEUS_HOST = "127.0.0.1"
@@ -102,8 +103,7 @@ def prometheus_args(spec: DeploymentSpec, *, config_file: str = str(DEBIAN_CONFI
 
 def debian_defaults(spec: DeploymentSpec) -> str:
     """`/etc/default/prometheus` for Debian/Ubuntu's package (its unit passes $ARGS to the binary)."""
-    args = " ".join(a for a in prometheus_args(spec) if not a.startswith("--config.file"))
-    return f'# Generated for stack {spec.stack}: Prometheus listens on loopback only.\nARGS="{args}"\n'
+    return defaults_file(prometheus_args(spec), f"Generated for stack {spec.stack}: Prometheus listens on loopback only.")
 
 
 def scrape_annotations(port: int, path: str = "/metrics") -> dict[str, str]:
