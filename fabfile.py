@@ -25,7 +25,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from exaone_lora.spec import DeploymentSpec, SpecError, load_spec
-from provisioning import adapters, kernel_tuning, monitoring, patches, service
+from provisioning import adapters, kernel_tuning, monitoring, patches, units
 from provisioning import bootstrap as boot
 from provisioning.outputs import OutputsError, StackOutputs
 from provisioning.remote import remember_host_keys
@@ -127,7 +127,7 @@ def patch_model(c, stack=None, model_dir=None, python=None, root=None, outputs=N
 def install_service(c, stack=None, root=None, outputs=None):
     """Render the systemd units from the spec, install, enable, restart only if changed, wait for /health."""
     spec = _spec(stack, root)
-    _run(c, spec, "install-service", lambda conn, report: service.install_service(conn, spec, report=report),
+    _run(c, spec, "install-service", lambda conn, report: units.install_service(conn, spec, report=report),
          _outputs(outputs))
 
 
@@ -190,7 +190,7 @@ def status(c, stack=None, root=None, outputs=None):
     """Show each unit's state, main PID and restart count."""
     spec = _spec(stack, root)
     _run(c, spec, "status", lambda conn, report: [
-        Change(s.unit, False, f"{s.active} pid={s.main_pid} restarts={s.restarts}") for s in service.status(conn, spec)],
+        Change(s.unit, False, f"{s.active} pid={s.main_pid} restarts={s.restarts}") for s in units.status(conn, spec)],
         _outputs(outputs))
 
 
@@ -199,11 +199,11 @@ def logs(c, stack=None, lines=100, root=None, outputs=None):
     """Print the last journal lines of the serving units."""
     spec = _spec(stack, root)
     for conn in _connections(c, spec, _outputs(outputs)):
-        sys.stdout.write(f"== {conn.host}\n{service.logs(conn, spec, int(lines))}\n")
+        sys.stdout.write(f"== {conn.host}\n{units.logs(conn, spec, int(lines))}\n")
 
 
 @task(help=STACK_HELP)
 def restart(c, stack=None, root=None, outputs=None):
     """Restart the serving units and wait for /health."""
     spec = _spec(stack, root)
-    _run(c, spec, "restart", lambda conn, report: service.restart(conn, spec), _outputs(outputs))
+    _run(c, spec, "restart", lambda conn, report: units.restart(conn, spec), _outputs(outputs))

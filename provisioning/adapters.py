@@ -24,7 +24,7 @@ from exaone_lora.spec import DeploymentSpec, MergedReplicaSpec
 from provisioning.outputs import StackOutputs
 from provisioning.remote import RemoteError, http_status, ok, out, put_bytes, sh, wait_for
 from provisioning.results import Change
-from provisioning.service import gateway_src
+from provisioning.units import gateway_src
 from service.gateway.server import ADMIN_KEY_ENV
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.merge import MERGED_RECORD

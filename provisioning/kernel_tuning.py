@@ -15,7 +15,7 @@ from fabric import Connection
 from exaone_lora.spec import DeploymentSpec
 from provisioning.remote import RemoteError, replace_dir, sh
 from provisioning.results import Change
-from provisioning.service import ensure_gateway_app, gateway_src
+from provisioning.units import ensure_gateway_app, gateway_src
 from service.layout import DEFAULT_LAYOUT, HostLayout
 
 # service.cli tune-lora-kernels exits with this when the host has no CUDA GPU.

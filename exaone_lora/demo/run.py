@@ -213,7 +213,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
     from provisioning.adapters import deploy_adapters
     from provisioning.bootstrap import bootstrap
     from provisioning.monitoring import install_monitoring
-    from provisioning.service import install_service
+    from provisioning.units import install_service
     from service.lifecycle import run_lifecycle
     from service.registry import AdapterRegistry
     from service.registry_location import RegistrySettings

@@ -19,7 +19,7 @@ from fabric import Connection
 
 from exaone_lora.local.testhost import TestHost
 from exaone_lora.spec import DeploymentSpec
-from provisioning import adapters, kernel_tuning, patches, service
+from provisioning import adapters, kernel_tuning, patches, units
 from provisioning.adapters import DeployError, deploy_adapters
 from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
 from provisioning.remote import RemoteError, out
@@ -58,7 +58,7 @@ def _journal(spec: DeploymentSpec) -> str:
     from tests.provisioning import conftest
 
     host = conftest.CURRENT_HOST[0] if conftest.CURRENT_HOST else None
-    return service.logs(host.connection, spec, 80) if host else ""
+    return units.logs(host.connection, spec, 80) if host else ""
 
 
 # ------------------------------------------------------------------ bootstrap
@@ -142,7 +142,7 @@ def test_patch_model_on_fixtures(bootstrapped: Bootstrapped) -> None:
 def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
     c = bootstrapped.host.connection
     start = time.monotonic()
-    changes = service.install_service(c, host_spec, health_timeout=600)
+    changes = units.install_service(c, host_spec, health_timeout=600)
     print(f"install-service to healthy: {time.monotonic() - start:.0f} s")
     assert any(ch.changed and ch.step.startswith("restart") for ch in changes)
     # A real chat completion through the vLLM that systemd runs inside the host.
@@ -154,21 +154,21 @@ def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_sp
     r = httpx.post(f"{_api(host_spec)}/v1/completions", timeout=300, json={
         "model": "exaone", "prompt": "hi", "max_tokens": 2, "temperature": 0, "logprobs": 2})
     assert r.status_code == 200, f"{r.text}\n{_journal(host_spec)}"
-    unit = service.vllm_unit_name(0)
-    first = service.status(c, host_spec)[0]
+    unit = units.vllm_unit_name(0)
+    first = units.status(c, host_spec)[0]
     assert first.active == "active" and first.main_pid > 0
     c.run(f"kill -9 {first.main_pid}", hide=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        now = service.status(c, host_spec)[0]
+        now = units.status(c, host_spec)[0]
         if now.main_pid not in (0, first.main_pid) and now.active == "active":
             break
         time.sleep(1)
     assert now.restarts >= first.restarts + 1 and now.main_pid != first.main_pid, now
-    service.wait_healthy(c, host_spec, timeout=300)
+    units.wait_healthy(c, host_spec, timeout=300)
     # Unchanged spec: nothing rewritten, nothing restarted.
-    assert [ch for ch in service.install_service(c, host_spec) if ch.changed] == []
-    assert unit in service.logs(c, host_spec, 200) or "Started" in service.logs(c, host_spec, 200)
+    assert [ch for ch in units.install_service(c, host_spec) if ch.changed] == []
+    assert unit in units.logs(c, host_spec, 200) or "Started" in units.logs(c, host_spec, 200)
 
 
 def test_tune_lora_kernels_without_a_gpu_keeps_the_previous_tiles(bootstrapped: Bootstrapped,
@@ -182,7 +182,7 @@ def test_tune_lora_kernels_without_a_gpu_keeps_the_previous_tiles(bootstrapped: 
     assert out(c, f"cat {folder}/NVIDIA_H100_NVL_SHRINK.json") == "previous"
     assert out(c, f"ls -d {folder}.new 2>/dev/null || echo absent") == "absent"
     # The served vLLM looks for tiles exactly there.
-    assert f"VLLM_TUNED_CONFIG_FOLDER={folder}" in out(c, f"systemctl cat {service.vllm_unit_name(0)}")
+    assert f"VLLM_TUNED_CONFIG_FOLDER={folder}" in out(c, f"systemctl cat {units.vllm_unit_name(0)}")
     c.run(f"rm -rf {folder}", hide=True)
 
 
@@ -210,7 +210,7 @@ def ref(azurite_blob: Azurite, registry: AdapterRegistry) -> RegistrySettings:
 @pytest.fixture(scope="module")
 def serving(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> Bootstrapped:
     """The units (vLLM behind the gateway) running: what every deploy test starts from."""
-    service.install_service(bootstrapped.host.connection, host_spec, health_timeout=600)
+    units.install_service(bootstrapped.host.connection, host_spec, health_timeout=600)
     return bootstrapped
 
 
@@ -351,7 +351,7 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
     current and previous folded versions are kept."""
     from exaone_lora.spec import MergedReplicaSpec
     from provisioning.remote import put_bytes, sh
-    from provisioning.service import ensure_gateway_app
+    from provisioning.units import ensure_gateway_app
     from service.merged_replicas import merged_env_file, merged_root, merged_unit_name, merged_units
     from tests.support.processes import free_port
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from exaone_lora.spec import DeploymentSpec, SpecError, build_spec, load_spec, read_config, stack_file
-from provisioning.service import GATEWAY_UNIT, health_urls, rendered_units
+from provisioning.units import GATEWAY_UNIT, health_urls, rendered_units
 from service.merged_replicas import merged_endpoints, merged_unit_name
 from tests.support.processes import REPO
 

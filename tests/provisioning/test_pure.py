@@ -10,7 +10,7 @@ import pytest
 from exaone_lora.spec import load_spec
 from provisioning.bootstrap import CPU_STANDIN, NVIDIA_PACKAGES, constraints_for, nvidia_driver_plan, vllm_requirement
 from provisioning.patches import CONFIG_FILE, MODELING_FILE, PATCHED_NAMES, patch_source
-from provisioning.service import GATEWAY_UNIT, rendered_units, vllm_unit_name
+from provisioning.units import GATEWAY_UNIT, rendered_units, vllm_unit_name
 from tests.support.processes import REPO
 
 FIXTURES = Path(__file__).parent / "fixtures" / "exaone-remote-code"

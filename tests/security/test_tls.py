@@ -14,7 +14,7 @@ from exaone_lora.local.processes import free_port
 from exaone_lora.local.tls import self_signed_cert
 from exaone_lora.spec import load_spec
 from provisioning.bootstrap import BootstrapError, check_tls_pair, ensure_tls
-from provisioning.service import gateway_unit
+from provisioning.units import gateway_unit
 from service.gateway import create_gateway
 from service.gateway.server import Tls, gateway_in_thread
 from service.layout import DEFAULT_LAYOUT
