@@ -218,12 +218,23 @@ def _gateway_target(c: Connection, spec: DeploymentSpec, alias: str) -> str | No
     return adapters._gateway_alias(c, spec, alias, DEFAULT_LAYOUT)
 
 
-def test_deploy_switch_idempotence_and_rollback(serving: Bootstrapped, host_spec: DeploymentSpec,
-                                                registry: AdapterRegistry, ref: RegistrySettings) -> None:
+@pytest.fixture
+def medical_at_v1(serving: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
+                  ref: RegistrySettings) -> Bootstrapped:
+    """Each deploy test starts from medical v1 serving, whatever ran before it (the tests do not depend on order)."""
     c = serving.host.connection
-    first = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
-    assert {ch.step: ch.detail for ch in first}["alias medical"] == "nothing -> 1"
+    fresh = registry.alias("medical").current is None
+    changes = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
+    if fresh:
+        assert {ch.step: ch.detail for ch in changes}["alias medical"] == "nothing -> 1"
+    assert registry.alias("medical").current == 1
     assert _gateway_target(c, host_spec, "medical") == "medical-v1"
+    return serving
+
+
+def test_deploy_switch_idempotence_and_rollback(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec,
+                                                registry: AdapterRegistry, ref: RegistrySettings) -> None:
+    c = medical_at_v1.host.connection
     v1 = fingerprint(host_spec, "medical")
     again = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
     assert [ch for ch in again if ch.changed] == [], again
@@ -248,9 +259,9 @@ def test_deploy_switch_idempotence_and_rollback(serving: Bootstrapped, host_spec
     assert registry.alias("medical").current == 1  # one history: the registry's
 
 
-def test_deploy_checksum_mismatch_is_refused(serving: Bootstrapped, host_spec: DeploymentSpec,
+def test_deploy_checksum_mismatch_is_refused(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec,
                                              registry: AdapterRegistry, ref: RegistrySettings) -> None:
-    c = serving.host.connection
+    c = medical_at_v1.host.connection
     before = fingerprint(host_spec, "medical")
     blob = registry.container.get_blob_client("medical/v3/adapter_model.safetensors")
     data = bytearray(blob.download_blob().readall())
@@ -287,10 +298,10 @@ def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 120)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_deploy_interrupted_leaves_previous_version(serving: Bootstrapped, host_spec: DeploymentSpec,
+def test_deploy_interrupted_leaves_previous_version(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec,
                                                     registry: AdapterRegistry, testhost: TestHost, stack_root: Path,
                                                     azurite_blob: Azurite, sig: signal.Signals) -> None:
-    c = serving.host.connection
+    c = medical_at_v1.host.connection
     before = fingerprint(host_spec, "medical")
     proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4", hold="desired:120")
     _wait_for_line(proc, "holding at desired")
@@ -314,9 +325,9 @@ def test_deploy_interrupted_leaves_previous_version(serving: Bootstrapped, host_
         assert back.communicate(timeout=300)[0] and back.returncode == 0
 
 
-def test_fab_deploy_through_cli(serving: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
+def test_fab_deploy_through_cli(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
                                 testhost: TestHost, stack_root: Path, azurite_blob: Azurite, ref: RegistrySettings) -> None:
-    c = serving.host.connection
+    c = medical_at_v1.host.connection
     proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4")
     text = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, text
