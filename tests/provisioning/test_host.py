@@ -141,10 +141,15 @@ def test_patch_model_on_fixtures(bootstrapped: Bootstrapped) -> None:
 
 def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
     c = bootstrapped.host.connection
+    unit = units.vllm_unit_name(0)
+    # Whether or not an earlier test installed the units, the one on the host now differs from the rendered text,
+    # so install-service must rewrite it and restart (the test does not depend on what ran before it).
+    path = f"{units.UNIT_DIR}/{unit}"
+    c.run(f"if test -f {path}; then echo '# drifted' >> {path}; fi", hide=True)
     start = time.monotonic()
     changes = units.install_service(c, host_spec, health_timeout=600)
     print(f"install-service to healthy: {time.monotonic() - start:.0f} s")
-    assert any(ch.changed and ch.step.startswith("restart") for ch in changes)
+    assert any(ch.changed and ch.step.startswith("restart") for ch in changes), changes
     # A real chat completion through the vLLM that systemd runs inside the host.
     r = httpx.post(f"{_api(host_spec)}/v1/chat/completions", timeout=120, json={
         "model": "exaone", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0})
@@ -154,7 +159,6 @@ def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_sp
     r = httpx.post(f"{_api(host_spec)}/v1/completions", timeout=300, json={
         "model": "exaone", "prompt": "hi", "max_tokens": 2, "temperature": 0, "logprobs": 2})
     assert r.status_code == 200, f"{r.text}\n{_journal(host_spec)}"
-    unit = units.vllm_unit_name(0)
     first = units.status(c, host_spec)[0]
     assert first.active == "active" and first.main_pid > 0
     c.run(f"kill -9 {first.main_pid}", hide=True)
@@ -356,7 +360,10 @@ def test_fab_refuses_a_missing_stack(testhost: TestHost, stack_root: Path) -> No
 # ------------------------------------------------------------------ merged replica
 
 
-def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
+# Three merged vLLM starts on the CPU, plus the units' first start when this test runs first.
+@pytest.mark.timeout(1800)
+def test_merged_replica_folds_restarts_and_prunes(serving: Bootstrapped, host_spec: DeploymentSpec,
+                                                  ref: RegistrySettings) -> None:
     """`ensure_merged`, the host side of a merged replica's deploy, on the real host: the merge CLI runs in the
     gateway's code with vLLM's Python, the unit starts from its env file, re-runs change nothing, and only the
     current and previous folded versions are kept."""
@@ -366,9 +373,12 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
     from service.merged_replicas import merged_env_file, merged_root, merged_unit_name, merged_units
     from tests.support.processes import free_port
 
-    c = bootstrapped.host.connection
+    c = serving.host.connection
+    # The versions to fold must be on the host and v1 serving: prepared here, so the test passes in any order.
+    for version in (2, 4, 1):
+        deploy_adapters(c, host_spec, ref, ["medical"], version=version, report=lambda _: None)
     deployed = out(c, f"ls {ROOT}").split()
-    assert {"medical-v1", "medical-v2", "medical-v4"} <= set(deployed), f"the deploy tests run first: {deployed}"
+    assert {"medical-v1", "medical-v2", "medical-v4"} <= set(deployed), deployed
     merged = MergedReplicaSpec(alias="medical", port=free_port(), max_num_seqs=4)
     pin = {"alias": "medical", "version": 1, "blob_path": "medical/v1", "sha256": "0" * 64, "rank": 8}
     spec = DeploymentSpec.model_validate(host_spec.model_dump() | {
@@ -379,7 +389,7 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
     put_bytes(c, merged_units(spec)[unit].encode(), f"/etc/systemd/system/{unit}")
     sh(c, f"systemctl daemon-reload && systemctl enable {unit}")
     try:
-        assert _gateway_target(c, host_spec, "medical") == "medical-v1"  # since the deploy tests
+        assert _gateway_target(c, host_spec, "medical") == "medical-v1"
         merged_url = f"http://127.0.0.1:{merged.port}"
         first = adapters.ensure_merged(c, spec, merged, "medical-v1", report=lambda _: None, health_timeout=600)
         assert first.changed and first.detail == "nothing -> medical-v1"
