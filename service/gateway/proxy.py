@@ -238,7 +238,9 @@ async def _forward(core: GatewayCore, route: Route, path: str, body: dict[str, A
             log.warning("request %s: %s answered %d: %s", request_id, replica.url, upstream.status,
                         raw[:2000].decode(errors="replace"))
             message = f"the model server could not complete the request (request id {request_id})"
-        return openai_error(upstream.status, reason, message, param=None, request_id=request_id)
+        answer = openai_error(upstream.status, reason, message, param=None, request_id=request_id)
+        answer.headers[VERSION_HEADER] = route.label  # which version failed: a canary's errors are told apart
+        return answer
 
     try:
         payload = json.loads(raw)

@@ -45,7 +45,7 @@ def test_weighted_targets_sum_to_100_and_leave_zero_weights_out() -> None:
     assert weighted_targets("medical-v3", "medical-v4", 10) == [("medical-v3", 90), ("medical-v4", 10)]
     assert weighted_targets("medical-v3", "medical-v4", 0) == [("medical-v3", 100)]
     assert weighted_targets("medical-v3", "medical-v4", 100) == [("medical-v4", 100)]
-    with pytest.raises(ValueError, match="0..100"):
+    with pytest.raises(ValueError, match=r"0\.\.100"):
         weighted_targets("medical-v3", "medical-v4", 101)
 
 
