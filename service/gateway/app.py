@@ -274,6 +274,7 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
 
     @admin.delete("/admin/aliases/{alias}")
     async def remove(alias: str) -> dict[str, object]:
+        core.clear_split(alias)
         removed = core.aliases.remove(alias)
         if removed is None:
             raise RoutingError(404, "unknown_alias", f"no alias `{alias}`")

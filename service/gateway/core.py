@@ -190,10 +190,10 @@ class GatewayCore:
         missing = [r.url for r in lora if name not in r.loaded]
         if missing or not lora:
             raise RoutingError(409, "version_not_loaded", f"`{name}` is not loaded on every healthy replica: {missing}")
+        split = self.aliases.split(alias)
         previous = self.aliases.switch(alias, name, number)
-        if self.aliases.split(alias) is None:
-            self.metrics.canary_weight.labels(alias).set(0)
-            self.metrics.canary_version.labels(alias).set(0)
+        if split is not None and split.name == name:
+            self._end_split(alias, split, "promoted")
         self.metrics.alias_version.labels(alias).set(number)
         self.metrics.alias_switched.labels(alias).set(time.time())
         return {"alias": alias, "current": name, "previous": previous.name if previous else None}
@@ -215,16 +215,29 @@ class GatewayCore:
         missing = [r.url for r in lora if name not in r.loaded]
         if missing or not lora:
             raise RoutingError(409, "version_not_loaded", f"`{name}` is not loaded on every healthy replica: {missing}")
+        before = self.aliases.split(alias)
+        if before is not None and before.name != name:
+            self._end_split(alias, before, "rolled_back")  # replaced by another candidate: this one did not make it
         self.aliases.set_split(alias, Split(name, weight, shadow, sticky))
-        self.metrics.canary_weight.labels(alias).set(weight)
-        self.metrics.canary_version.labels(alias).set(number)
+        self.metrics.canary_weight.labels(alias, name).set(weight)
+        for outcome in ("promoted", "rolled_back"):
+            # Exported at 0 from the start: Prometheus's increase() needs the 0 before the 1 to see the end.
+            self.metrics.canary_ended.labels(alias, name, outcome)
         return {"alias": alias, "canary": name, "weight": weight, "shadow": shadow, "sticky": sticky}
 
     def clear_split(self, alias: str) -> dict[str, object]:
+        """End a canary without promoting it (a rollback); a no-op when there is none."""
         removed = self.aliases.clear_split(alias)
-        self.metrics.canary_weight.labels(alias).set(0)
-        self.metrics.canary_version.labels(alias).set(0)
+        if removed is not None:
+            self._end_split(alias, removed, "rolled_back")
         return {"alias": alias, "removed": removed.name if removed else None}
+
+    def _end_split(self, alias: str, split: Split, outcome: str) -> None:
+        self.metrics.canary_ended.labels(alias, split.name, outcome).inc()
+        try:
+            self.metrics.canary_weight.remove(alias, split.name)
+        except KeyError:
+            pass  # never set in this process (a restarted gateway)
 
     async def drain(self, name: str, timeout: float = 60.0) -> int:
         """Wait until no request is in flight on `name`; it must no longer be an alias target."""

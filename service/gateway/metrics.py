@@ -45,10 +45,12 @@ class GatewayMetrics:
                                    registry=r)
         self.alias_switched = Gauge("exaone_gateway_alias_switch_timestamp_seconds", "Unix time of the last alias switch",
                                     ["alias"], registry=r)
+        # A canary's weight by candidate version (the series is removed when the canary ends), and how canaries
+        # ended: `promoted` (the alias switched to the candidate) or `rolled_back` (ended without that).
         self.canary_weight = Gauge("exaone_gateway_canary_weight_percent", "Share of an alias's requests sent to its "
-                                   "canary version (0: no canary)", ["alias"], registry=r)
-        self.canary_version = Gauge("exaone_gateway_canary_version", "Version number of an alias's canary (0: none)",
-                                    ["alias"], registry=r)
+                                   "canary version", ["alias", "version"], registry=r)
+        self.canary_ended = Counter("exaone_gateway_canary_ended", "Canaries ended, by outcome (promoted, rolled_back)",
+                                    ["alias", "version", "outcome"], registry=r)
         # Shadow requests: mirrored to a candidate, answers discarded; apart from the clients' own metrics.
         self.shadow_requests = Counter("exaone_gateway_shadow_requests", "Shadow requests to a candidate, by HTTP status "
                                        "(`error`: no answer)", ["alias", "version", "status"], registry=r)
