@@ -216,11 +216,15 @@ class AliasState(BaseModel):
     def without_canary(self) -> AliasState:
         return self if self.canary is None else self.model_copy(update={"canary": None})
 
-    def to_bytes(self) -> bytes:
+    def to_json(self) -> dict[str, Any]:
+        """The blob's (and the CLI's) JSON: `canary` only while there is one, so both read as before canaries."""
         data = self.model_dump(mode="json")
         if data["canary"] is None:
             del data["canary"]
-        return (json.dumps(data, indent=2) + "\n").encode()
+        return data
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode()
 
 
 # ---------------------------------------------------------------- helpers

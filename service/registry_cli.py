@@ -144,7 +144,7 @@ def publish(
     digest = manifest_sha256(manifest)
     if as_json:
         _print_json({"name": manifest.name, "domain": domain, "version": manifest.version, "manifest_sha256": digest,
-                     "alias": alias.model_dump() if alias else None})
+                     "alias": alias.to_json() if alias else None})
         return
     console.print(f"[green]published[/green] {manifest.name} (rank {manifest.rank}, manifest sha256 {digest})")
     if alias:
@@ -248,7 +248,7 @@ def alias(
     except (AdapterValidationError, RegistryError) as exc:
         raise _fail(exc) from None
     if as_json:
-        _print_json(state.model_dump())
+        _print_json(state.to_json())
         return
     console.print(f"{domain} -> {state.current_name or '(unset)'}  history {state.history}")
 
@@ -273,7 +273,7 @@ def rollback(
     except (AdapterValidationError, RegistryError) as exc:
         raise _fail(exc) from None
     if as_json:
-        _print_json(state.model_dump())
+        _print_json(state.to_json())
         return
     console.print(f"[yellow]rolled back[/yellow] {domain} -> {state.current_name}  history {state.history}")
 
@@ -423,7 +423,7 @@ def rollout_status(
     except RegistryError as exc:
         raise _fail(exc) from None
     if as_json:
-        _print_json({"alias": state.model_dump(mode="json"), "rollout": record.model_dump(mode="json") if record else None})
+        _print_json({"alias": state.to_json(), "rollout": record.model_dump(mode="json") if record else None})
         return
     canary = (f"canary v{state.canary.version} at {state.canary.weight} % (shadow {state.canary.shadow} %)"
               if state.canary else "no canary")
