@@ -217,7 +217,7 @@ def restart(c, stack=None, root=None, outputs=None):
             "shadow": "percent of the stable side's requests mirrored to the candidate (default 0)",
             "sticky_user": "keep each OpenAI `user` on one version",
             "min_requests": "candidate requests per window before it is judged (default 20)"})
-def rollout_adapters(c, domain, version, canary=10, step=25, interval=60.0, shadow=0, sticky_user=False,
+def rollout_adapters(c, domain, version, canary=10, step=25, interval=60, shadow=0, sticky_user=False,
                      min_requests=20, stack=None, root=None, outputs=None):
     """Canary rollout of one adapter version on every host: the registry's alias gets a canary (the desired
     state), each host's reconciler applies it, and each window is judged on the gateways' own per-version metrics
