@@ -7,6 +7,7 @@ share one object per gateway (no module-level state).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import zlib
@@ -234,10 +235,8 @@ class GatewayCore:
 
     def _end_split(self, alias: str, split: Split, outcome: str) -> None:
         self.metrics.canary_ended.labels(alias, split.name, outcome).inc()
-        try:
+        with contextlib.suppress(KeyError):  # never set in this process (a restarted gateway)
             self.metrics.canary_weight.remove(alias, split.name)
-        except KeyError:
-            pass  # never set in this process (a restarted gateway)
 
     async def drain(self, name: str, timeout: float = 60.0) -> int:
         """Wait until no request is in flight on `name`; it must no longer be an alias target."""
