@@ -85,7 +85,7 @@ def test_memory_aliases_refuse_to_drain_a_live_target() -> None:
 def test_desired_state_from_registry_alias_history() -> None:
     class FakeAlias:
         def __init__(self, current: int | None, history: list[int]) -> None:
-            self.current, self.history = current, history
+            self.current, self.history, self.canary = current, history, None
 
     class Registry:
         def domains(self) -> list[str]:

@@ -88,3 +88,43 @@ def test_validate_command(tmp_path: Path) -> None:
     assert bad.exit_code == 2
     report = json.loads(bad.stdout)
     assert report["code"] == "nan-weights" and "c_proj" in report["tensor"]
+
+
+@pytest.mark.azurite
+def test_rollout_status_and_rollout_argument_errors(azurite_blob: Azurite, tiny_adapters: dict[str, Path]) -> None:
+    from exaone_lora.canary import CanarySplit
+    from service.registry import open_registry
+    from service.rollout.record import RolloutRecord, WindowRecord, save
+
+    env = {"EXAONE_LORA_REGISTRY": azurite_blob.connection_string, "COLUMNS": "250"}
+    name = f"cli-{uuid.uuid4().hex[:10]}"
+    registry = open_registry(azurite_blob.connection_string, name)
+    registry.ensure_container()
+    for adapter in (tiny_adapters["medical"], tiny_adapters["legal"]):
+        registry.publish("medical", adapter, base_model_name=EXAONE_TINY.name, base_model_revision="0" * 40, max_rank=8)
+    registry.set_alias("medical", 1)
+    empty = runner.invoke(app, ["rollout-status", "medical", "--container", name], env=env)
+    assert empty.exit_code == 0 and "medical -> medical-v1, no canary" in empty.output
+    assert "no rollout recorded" in empty.output
+    registry.set_canary("medical", CanarySplit(version=2, weight=10, shadow=5))
+    save(registry, RolloutRecord(domain="medical", stable=1, candidate=2, settings={}, state="rolled_back",
+                                 reason="at 10 %: candidate error rate 50.0% > 5.0%",
+                                 windows=[WindowRecord(weight=10, at=0, verdict="fail", reason="error rate",
+                                                       measurements={"candidate_requests": 30,
+                                                                     "candidate_error_rate": 0.5})]))
+    shown = runner.invoke(app, ["rollout-status", "medical", "--container", name], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "canary v2 at 10 % (shadow 5 %)" in shown.output and "rolled_back" in shown.output
+    assert "50.0%" in shown.output and "candidate error rate 50.0% > 5.0%" in shown.output
+    as_json = json.loads(runner.invoke(app, ["rollout-status", "medical", "--json", "--container", name], env=env).stdout)
+    assert as_json["alias"]["canary"]["weight"] == 10 and as_json["rollout"]["state"] == "rolled_back"
+
+    no_gateway = runner.invoke(app, ["rollout", "medical", "2", "--container", name], env=env)
+    assert no_gateway.exit_code == 2 and "--gateway-admin" in no_gateway.output
+    bad_interval = runner.invoke(app, ["rollout", "medical", "2", "--interval", "soon", "--gateway-admin",
+                                       "http://127.0.0.1:1", "--engine", "http://127.0.0.1:2", "--container", name],
+                                 env={**env, "EXAONE_GATEWAY_ADMIN_KEY": "k" * 24})
+    assert bad_interval.exit_code == 2 and "'soon' is not a duration" in bad_interval.output
+    help_text = runner.invoke(app, ["rollout", "--help"], env=env).output
+    for option in ("--canary", "--step", "--interval", "--shadow", "--sticky-user", "--min-requests"):
+        assert option in help_text

@@ -84,6 +84,7 @@ class TrafficLoop:
     max_seconds: float = 20.0
     statuses: Counter[int] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[tuple[str, int]] = field(default_factory=Counter)  # (version served, status)
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -121,6 +122,7 @@ class TrafficLoop:
                 with self._lock:
                     self.statuses[response.status_code] += 1
                     self.versions[response.headers.get(VERSION_HEADER, "?")] += 1
+                    self.outcomes[(response.headers.get(VERSION_HEADER, "?"), response.status_code)] += 1
                     if not ok:
                         self.failures.append(f"{response.status_code}: {response.text[:200] if not stream else 'stream'}")
 

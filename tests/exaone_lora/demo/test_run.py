@@ -37,9 +37,11 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(stack_root: Path, tmp_p
     report = DemoReport(console)
     run_demo(options, console, report)
     assert report.ok, report.steps
-    assert [s.name.split()[0] for s in report.steps] == [str(i) for i in range(1, 9)]
+    assert [s.name.split()[0] for s in report.steps] == [str(i) for i in range(1, 10)]
     traffic = report.facts["traffic"]
     assert isinstance(traffic, dict) and not traffic["failed"] and sum(traffic["ok"].values()) > 0
+    canary = report.facts["canary"]
+    assert isinstance(canary, dict) and canary["state"] == "promoted" and canary["failed"] == 0, canary
     served = report.facts["gateway_series"]
     assert isinstance(served, dict) and {"medical@medical-v1", "medical@medical-v2", "legal@legal-v1"} <= set(served)
     up = report.facts["prometheus_up"]

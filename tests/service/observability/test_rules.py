@@ -95,5 +95,6 @@ def test_rule_metric_names_are_the_expected_ones() -> None:
         "vllm:num_requests_running", "vllm:num_preemptions_total", "vllm:generation_tokens_total", "up",
         "exaone_gateway_request_errors_total", "exaone_gateway_requests_total",
         "exaone_gateway_request_duration_seconds_bucket", "exaone_gateway_request_duration_seconds_count",
-        "exaone_gateway_alias_switch_timestamp_seconds",
+        "exaone_gateway_alias_switch_timestamp_seconds", "exaone_gateway_canary_weight_percent",
+        "exaone_gateway_canary_ended_total",
     }
