@@ -223,8 +223,9 @@ def sbs_targets(summary: dict[str, Any], variant: str,
     """(target id, value, verdict) of issue 23's targets for one variant of a side-by-side run; `measured`
     holds the rows the issue-23 runner's other phases measured (`report_issue23.targets`)."""
     measured = measured or {}
+    # Rows a run did not measure (levels it left out) are no verdict either way.
     below = [key for key in SBS_THROUGHPUT_ROWS
-             if (_stat(summary, variant, key).get("over_reference_median") or 0.0) < 1.0]
+             if (r := _stat(summary, variant, key).get("over_reference_median")) is not None and r < 1.0]
     every = ("all rows ≥ 1.00" if not below else
              "below on " + ", ".join(f"{k} {_fmt(_stat(summary, variant, k).get('over_reference_median'))}"
                                      for k in below))
