@@ -134,8 +134,8 @@ def render(i23: dict[str, dict[str, Any]], img: Path, doc: Path) -> tuple[list[s
                   f"({m.get('adapters')}), {m.get('rounds')} × streams requests per measurement, "
                   f"{m.get('client_processes')} client processes, passes alternating the order of N; shipped config "
                   f"with `--max-cpu-loras {m.get('max_cpu_loras')}`. Aggregate tok/s median (min–max) over passes; "
-                  "running adapters: the most adapters vLLM's `lora_requests_info` gauge showed running at once "
-                  "(median of samples / max), waiting: median adapters with requests waiting.", "",
+                  "running adapters: adapters vLLM's `lora_requests_info` gauge showed running at once (median of its "
+                  "samples / max, one value per pass), waiting: median adapters it listed as waiting.", "",
                   "| GPU slots | adapters | aggregate tok/s | × of 4 adapters | running adapters (median / max) | "
                   "waiting adapters | load all (s) | preemptions |", "|---|---|---|---|---|---|---|---|"]
         for slots, run in runs:
@@ -147,7 +147,7 @@ def render(i23: dict[str, dict[str, Any]], img: Path, doc: Path) -> tuple[list[s
                 wait = [g.get("waiting_adapters_median") for g in gauges]
                 lines.append(f"| {slots} | {n} | {_spread_cell(run['summary'].get(key), 0)} | "
                              f"{_spread_cell(run['summary_over_first'].get(key))} | "
-                             f"{'/'.join(map(_f, med))} / {'/'.join(map(_f, mx))} | {'/'.join(map(_f, wait))} | "
+                             f"{', '.join(map(_f, med))} / {', '.join(map(_f, mx))} | {', '.join(map(_f, wait))} | "
                              f"{_f(run.get('load_all_s'), 1)} | {_f(run.get('preemptions'), 0)} |")
         lines.append("")
         images.append(plot_scaling(runs, img))
