@@ -80,7 +80,7 @@ case "$step" in
     limit=${1:-560}; t=0
     while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
     [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
-    grep -aE "ready |^pass |pass [0-9]|scaling |SKIP|wrote |Error|Traceback|RUNNER" $ROOT/runner.log | tail -50 || true
+    grep -aE "ready |^pass |pass [0-9]|scaling |SKIP|FAILED|wrote |Error|Traceback|RUNNER" $ROOT/runner.log | tail -50 || true
     tail -3 $ROOT/runner.log
     # One archive: at most 8 files come back per call.
     (cd $RES && ls issue23-*.json >/dev/null 2>&1 && tar czf "$OUT/issue23-json.tgz" issue23-*.json) || true
