@@ -10,6 +10,9 @@
 #                    once at one utilization, passes in alternating order; a *lora-tuned variant gets its
 #                    tiles restored from benchmarks/results/$BENCH_TILES (benchmarks/restore_tiles.py)
 #   sbspoll [SECONDS] wait for it, print the pass lines, copy sidebyside.json, the runner log and the server logs
+#   i23              start a detached issue-23 run (benchmarks/issue23.py): ready times, side by side, gateway,
+#                    adapter scaling, hot adapter; BENCH_I23_ARGS adds options (word-split)
+#   i23poll [SECONDS] wait for it (at most SECONDS), print its progress lines, copy issue23-*.json (one .tgz) and logs
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/root/site:/root/repo HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 ROOT=/root/bench
@@ -66,6 +69,24 @@ case "$step" in
     tail -c 2000000 $ROOT/runner.log > "$OUT/runner.log"
     tar czf "$OUT/server-logs.tgz" -C $RES $(cd $RES && ls sbs-*.log 2>/dev/null) 2>/dev/null || true
     nvidia-smi --query-gpu=name,memory.used,utilization.gpu,clocks.sm --format=csv,noheader; ls -la "$OUT" ;;
+  i23)
+    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
+    rm -f $ROOT/runner.done; cd /root/repo
+    setsid nohup bash -c "python3 -m benchmarks.issue23 run --root $ROOT --out $RES \
+      --tiles benchmarks/results/${BENCH_TILES:-lora-tune-h200.json} ${BENCH_I23_ARGS:-}; touch $ROOT/runner.done" \
+      > $ROOT/runner.log 2>&1 < /dev/null &
+    sleep 2; echo "issue-23 runner started" ;;
+  i23poll)
+    limit=${1:-560}; t=0
+    while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
+    [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
+    grep -aE "ready |^pass |pass [0-9]|scaling |SKIP|FAILED|wrote |Error|Traceback|RUNNER" $ROOT/runner.log | tail -50 || true
+    tail -3 $ROOT/runner.log
+    # One archive: at most 8 files come back per call.
+    (cd $RES && ls issue23-*.json >/dev/null 2>&1 && tar czf "$OUT/issue23-json.tgz" issue23-*.json) || true
+    tail -c 3000000 $ROOT/runner.log > "$OUT/runner.log"
+    (cd $RES && ls i23-*.log >/dev/null 2>&1 && tar czf "$OUT/server-logs.tgz" i23-*.log) || true
+    nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader; ls -la "$OUT" ;;
   poll)
     limit=${1:-560}; t=0
     while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import report_issue23
+
 # Targets of issue 9: (key, label, comparison, threshold).
 TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("lora_over_base", "LoRA single-stream / base single-stream", ">=", 0.85),
@@ -50,7 +52,8 @@ def load_runs(results: Path) -> list[Run]:
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
         # A side-by-side run (benchmarks/sidebyside.py, with "passes") has its own section.
-        if "meta" in data and data["meta"].get("variant") not in SPECIAL and "passes" not in data:
+        if ("meta" in data and data["meta"].get("variant") not in SPECIAL and "passes" not in data
+                and not report_issue23.is_issue23_phase(path)):
             runs.append(Run(str(data["meta"].get("variant", path.stem)), path, data))
     if not runs:
         raise FileNotFoundError(f"no benchmark result JSON (with a 'meta' block) in {results}")
@@ -167,9 +170,11 @@ def render_dual(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-# Issue 23's side-by-side run: the shipped poc config (capture sizes + dual-stream + tuned tiles) and the
-# candidate tier default, each divided by the reference variant measured in the same passes.
-SHIPPED = "capture-dual-stream-lora-tuned"
+# Issue 23's side-by-side runs: the shipped poc config and (in the first run) the candidate tier default, each
+# divided by the reference variant measured in the same passes. A run names its shipped variant in
+# meta["shipped"] (benchmarks/issue23.py); the first run (machine 8) shipped capture sizes + dual-stream + tiles.
+SHIPPED = "dual-stream-lora-tuned"
+LEGACY_SHIPPED = "capture-dual-stream-lora-tuned"
 CANDIDATE = "dual-stream-lora-tuned"
 # (summary key, label, digits): the rows of issue 23's table; "every row >= reference" covers the tok/s rows.
 SBS_ROWS: tuple[tuple[str, str, int], ...] = (
@@ -183,13 +188,17 @@ SBS_ROWS: tuple[tuple[str, str, int], ...] = (
     ("mixed_32", "32 streams mixed (tok/s)", 0),
     ("base_128", "128 streams base-only (tok/s)", 0),
     ("mixed_128", "128 streams mixed (tok/s)", 0),
+    ("base_256", "256 streams base-only (tok/s)", 0),
+    ("mixed_256", "256 streams mixed (tok/s)", 0),
     ("mixed_over_base_128", "128 streams mixed / base-only", 2),
+    ("mixed_over_base_256", "256 streams mixed / base-only", 2),
     ("base_itl_p50_ms_32", "32 streams base-only ITL p50 (ms, lower is better)", 2),
     ("base_itl_p50_ms_128", "128 streams base-only ITL p50 (ms, lower is better)", 2),
     ("mixed_itl_p50_ms_128", "128 streams mixed ITL p50 (ms, lower is better)", 2),
+    ("base_itl_p50_ms_256", "256 streams base-only ITL p50 (ms, lower is better)", 2),
 )
 SBS_THROUGHPUT_ROWS = ("base_1", "adapter_1", "all_models_per_stream", "base_8", "mixed_8", "base_32", "mixed_32",
-                       "base_128", "mixed_128")
+                       "base_128", "mixed_128", "base_256", "mixed_256")
 
 
 def _stat(summary: dict[str, Any], variant: str, key: str) -> dict[str, Any]:
@@ -209,10 +218,14 @@ def _value_cell(st: dict[str, Any], digits: int) -> str:
     return f"{_fmt(st['median'], digits)} ({_fmt(st['min'], digits)}–{_fmt(st['max'], digits)})"
 
 
-def sbs_targets(summary: dict[str, Any], variant: str) -> list[tuple[str, str, str]]:
-    """(target id, value, verdict) of issue 23's targets for one variant of a side-by-side run."""
+def sbs_targets(summary: dict[str, Any], variant: str,
+                measured: dict[str, tuple[str, str]] | None = None) -> list[tuple[str, str, str]]:
+    """(target id, value, verdict) of issue 23's targets for one variant of a side-by-side run; `measured`
+    holds the rows the issue-23 runner's other phases measured (`report_issue23.targets`)."""
+    measured = measured or {}
+    # Rows a run did not measure (levels it left out) are no verdict either way.
     below = [key for key in SBS_THROUGHPUT_ROWS
-             if (_stat(summary, variant, key).get("over_reference_median") or 0.0) < 1.0]
+             if (r := _stat(summary, variant, key).get("over_reference_median")) is not None and r < 1.0]
     every = ("all rows ≥ 1.00" if not below else
              "below on " + ", ".join(f"{k} {_fmt(_stat(summary, variant, k).get('over_reference_median'))}"
                                      for k in below))
@@ -221,8 +234,8 @@ def sbs_targets(summary: dict[str, Any], variant: str) -> list[tuple[str, str, s
     return [("every_row", every, "**met**" if not below else "missed"),
             ("adapter_over_base", _fmt(adapter), _met(adapter, ">=", 0.90)),
             ("mixed_over_base_128", _fmt(mixed), _met(mixed, ">=", 0.90)),
-            ("gateway_128", "–", "not measured"), ("ready", "–", "not measured"), ("merged_hot", "–", "not measured"),
-            ("adapter_scaling", "–", "not measured")]
+            *[(t, *measured.get(t, ("–", "not measured")))
+              for t in ("gateway_128", "ready", "merged_hot", "adapter_scaling")]]
 
 
 SBS_TARGET_LABELS = {
@@ -236,13 +249,19 @@ SBS_TARGET_LABELS = {
 }
 
 
-def render_sidebyside(data: dict[str, Any], path: Path, limits: dict[str, str]) -> list[str]:
+def render_sidebyside(data: dict[str, Any], path: Path, limits: dict[str, str],
+                      measured: dict[str, tuple[str, str]] | None = None,
+                      heading: str = "## Reference vs shipped config, same machine (issue 23)") -> list[str]:
+    """One side-by-side run: its table and issue 23's target rows (with `measured` from the runner's other
+    phases), then every variant's medians and argv."""
     meta, summary = data.get("meta", {}), data.get("summary") or {}
+    shipped_v = meta.get("shipped", LEGACY_SHIPPED)
     variants = list(summary)
     reference = meta.get("reference", variants[0] if variants else "reference")
     passes = data.get("passes") or []
-    lines = ["## Reference vs shipped config, same machine (issue 23)", "",
-             f"One run of `benchmarks/sidebyside.py` (`{path.name}`): GPU {str(meta.get('gpu')).split(',')[0]}, "
+    runner = "benchmarks/issue23.py" if meta.get("runner") == "issue23" else "benchmarks/sidebyside.py"
+    lines = [heading, "",
+             f"One run of `{runner}` (`{path.name}`): GPU {str(meta.get('gpu')).split(',')[0]}, "
              f"vLLM {meta.get('vllm_version')}, commit `{meta.get('git_commit')}`, {meta.get('utc')}. Every variant's "
              f"server up at once on the one GPU, each at `--gpu-memory-utilization {meta.get('utilization')}` and "
              "`--max-num-seqs 256` (same KV capacity for all; "
@@ -255,26 +274,27 @@ def render_sidebyside(data: dict[str, Any], path: Path, limits: dict[str, str]) 
              f"({meta.get('rounds')} × streams requests, {meta.get('client_processes')} client processes, the two "
              f"modes alternating which goes first); {meta.get('max_tokens')} forced output tokens. Cells: median "
              "(min–max) over passes; ratios are medians of the per-pass ratio to the reference (min–max).", ""]
-    if reference in summary and SHIPPED in summary:
-        extra = CANDIDATE in summary
-        lines += [f"| measure | reference (`{reference}`) | shipped (`{SHIPPED}`) | shipped / reference |"
+    if reference in summary and shipped_v in summary:
+        extra = CANDIDATE in summary and shipped_v != CANDIDATE
+        lines += [f"| measure | reference (`{reference}`) | shipped (`{shipped_v}`) | shipped / reference |"
                   + (f" candidate (`{CANDIDATE}`) | candidate / reference |" if extra else ""),
                   "|---|---|---|---|" + ("---|---|" if extra else "")]
         for key, label, digits in SBS_ROWS:
-            ref, ship = _stat(summary, reference, key), _stat(summary, SHIPPED, key)
+            ref, ship = _stat(summary, reference, key), _stat(summary, shipped_v, key)
             row = f"| {label} | {_value_cell(ref, digits)} | {_value_cell(ship, digits)} | {_ratio_cell(ship)} |"
             if extra:
                 cand = _stat(summary, CANDIDATE, key)
                 row += f" {_value_cell(cand, digits)} | {_ratio_cell(cand)} |"
             lines.append(row)
         lines += ["", "### Targets of issue 23", "",
-                  f"| target | shipped (`{SHIPPED}`) | candidate (`{CANDIDATE}`) | what limits it |", "|---|---|---|---|"]
-        shipped = sbs_targets(summary, SHIPPED)
+                  f"| target | shipped (`{shipped_v}`) |" + (f" candidate (`{CANDIDATE}`) |" if extra else "")
+                  + " what limits it |", "|---|---|" + ("---|" if extra else "") + "---|"]
+        shipped = sbs_targets(summary, shipped_v, measured)
         cand_targets = dict((t, (v, m)) for t, v, m in sbs_targets(summary, CANDIDATE)) if extra else {}
         for target, value, verdict in shipped:
             cv, cm = cand_targets.get(target, ("–", "not measured"))
-            lines.append(f"| {SBS_TARGET_LABELS[target]} | {value} ({verdict}) | {cv} ({cm}) | "
-                         f"{limits.get(target, '')} |")
+            lines.append(f"| {SBS_TARGET_LABELS[target]} | {value} ({verdict}) | " + (f"{cv} ({cm}) | " if extra else "")
+                         + f"{limits.get(target, '')} |")
         lines.append("")
     lines += ["### One factor at a time", "",
               "Median over passes (and the median per-pass ratio to the reference).", "",
@@ -406,15 +426,25 @@ def plot_ttft(runs: list[Run], img: Path) -> Path:
 
 def render(runs: list[Run], images: list[Path], doc: Path, preface: str = "",
            dual: dict[str, Any] | None = None,
-           sidebyside: list[tuple[Path, dict[str, Any]]] | None = None, limits: dict[str, str] | None = None) -> str:
+           sidebyside: list[tuple[Path, dict[str, Any]]] | None = None,
+           limits: dict[str, dict[str, str]] | None = None, issue23: dict[str, dict[str, Any]] | None = None,
+           extra_lines: list[str] | None = None) -> str:
     rel = [os.path.relpath(p, doc.parent) for p in images]
     lines = ["# Serving benchmarks", "",
              "Generated by `python -m benchmarks.report` from the JSON in `benchmarks/results/`; do not edit by hand.",
              ""]
     if preface:
         lines += [preface.strip(), ""]
-    for path, data in sidebyside or []:
-        lines += render_sidebyside(data, path, limits or {})
+    # The issue-23 runner's side-by-side file is the current run; earlier side-by-side runs follow it.
+    ordered = sorted(sidebyside or [], key=lambda pd: pd[1].get("meta", {}).get("runner") != "issue23")
+    for i, (path, data) in enumerate(ordered):
+        current = data.get("meta", {}).get("runner") == "issue23"
+        heading = ("## Reference vs shipped config, same machine (issue 23)" if i == 0 else
+                   f"## Earlier side-by-side run (`{path.name}`, issue 23)")
+        lines += render_sidebyside(data, path, (limits or {}).get(path.name, {}),
+                                   report_issue23.targets(issue23 or {}) if current else None, heading)
+        if current and extra_lines:
+            lines += extra_lines
 
     # One row per run: the runs outnumber the targets, and a row reads as one configuration's verdict.
     lines += ["## Targets (issue 9)", "",
@@ -544,11 +574,14 @@ def generate(results: Path, doc: Path, img: Path, preface_file: Path | None = No
     doc.parent.mkdir(parents=True, exist_ok=True)
     dual_path = results / "dual.json"
     dual = json.loads(dual_path.read_text()) if dual_path.exists() else None
-    sidebyside = [(p, data) for p in sorted(results.glob("*.json"))
-                  if "passes" in (data := json.loads(p.read_text())) and "meta" in data]
+    sidebyside = [(p, data) for p in sorted(results.glob("*.json")) if not report_issue23.is_issue23_phase(p)
+                  and "passes" in (data := json.loads(p.read_text())) and "meta" in data]
+    # Hand-written "what limits it" texts, per side-by-side result file.
     limits_path = Path(__file__).with_name("sidebyside_limits.json")
     limits = json.loads(limits_path.read_text()) if limits_path.exists() else {}
-    doc.write_text(render(runs, images, doc, preface, dual, sidebyside, limits))
+    issue23 = report_issue23.load_issue23(results)
+    extra_lines, _ = report_issue23.render(issue23, img, doc)
+    doc.write_text(render(runs, images, doc, preface, dual, sidebyside, limits, issue23, extra_lines))
     return doc
 
 

@@ -1,0 +1,187 @@
+"""The parts of `docs/benchmarks.md` that come from `benchmarks/issue23.py`'s phase files (`issue23-*.json`):
+ready times, gateway vs direct, adapter scaling (table and plot), hot adapter, and their issue-23 target rows.
+
+`report.py` owns the document; this module turns one run's phase files into target verdicts and sections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# Issue 23's thresholds (one place): restart and cold ready seconds, gateway/direct, hot/base, 64/4 adapters.
+RESTART_MAX_S, COLD_MAX_S = 45.0, 150.0
+GATEWAY_MIN, HOT_MIN, SCALING_MIN = 0.95, 1.0, 0.8
+SCALING_KEY = "64"  # adapters whose aggregate is compared with the first (4) count
+
+
+def load_issue23(results: Path) -> dict[str, dict[str, Any]]:
+    """Phase name (`ready`, `gateway`, `scaling-4`, `hot`, ...) -> its JSON; the side-by-side phase is left to
+    the side-by-side renderer."""
+    return {p.stem.removeprefix("issue23-"): json.loads(p.read_text()) for p in sorted(results.glob("issue23-*.json"))
+            if p.stem != "issue23-sidebyside"}
+
+
+def is_issue23_phase(path: Path) -> bool:
+    return path.stem.startswith("issue23-") and path.stem != "issue23-sidebyside"
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**met**" if ok else "missed")
+
+
+def _median(spread: dict[str, Any] | None) -> float | None:
+    return None if not spread else spread.get("median")
+
+
+def _spread_cell(spread: dict[str, Any] | None, digits: int = 2) -> str:
+    if not spread or spread.get("median") is None:
+        return "–"
+    return f"{_f(spread['median'], digits)} ({_f(spread['min'], digits)}–{_f(spread['max'], digits)})"
+
+
+def scaling_runs(i23: dict[str, dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """(GPU slots, phase JSON) of every scaling run, fewest slots (the tier's) first."""
+    runs = [(int(d["meta"]["gpu_slots"]), d) for k, d in i23.items() if k.startswith("scaling-") and d.get("passes")]
+    return sorted(runs, key=lambda r: r[0])
+
+
+def targets(i23: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Target id (report.SBS_TARGET_LABELS) -> (value cell, verdict) for what the phase files measured."""
+    out: dict[str, tuple[str, str]] = {}
+    starts = (i23.get("ready") or {}).get("starts") or {}
+    restart = (starts.get("shipped_restart") or {}).get("ready_s")
+    cold = (starts.get("shipped_cold") or {}).get("ready_s")
+    if restart is not None or cold is not None:
+        ok = None if restart is None or cold is None else restart <= RESTART_MAX_S and cold <= COLD_MAX_S
+        out["ready"] = (f"restart {_f(restart, 1)} s, cold {_f(cold, 1)} s", _verdict(ok))
+    gw = (i23.get("gateway") or {}).get("summary") or {}
+    base, mixed = _median(gw.get("base_only_gateway_over_direct")), _median(gw.get("mixed_adapters_gateway_over_direct"))
+    if base is not None or mixed is not None:
+        out["gateway_128"] = (f"base-only {_f(base)}, mixed {_f(mixed)}",
+                              _verdict(base is not None and mixed is not None and min(base, mixed) >= GATEWAY_MIN))
+    hot = _median(((i23.get("hot") or {}).get("summary") or {}).get("hot_over_base"))
+    if hot is not None:
+        out["merged_hot"] = (_f(hot), _verdict(hot >= HOT_MIN))
+    runs = scaling_runs(i23)
+    if runs:
+        slots, tier = runs[0]
+        ratio = _median((tier.get("summary_over_first") or {}).get(SCALING_KEY))
+        cell = f"{_f(ratio)} ({slots} GPU slots)"
+        for more_slots, run in runs[1:]:
+            cell += f"; {_f(_median((run.get('summary_over_first') or {}).get(SCALING_KEY)))} ({more_slots} slots)"
+        out["adapter_scaling"] = (cell, _verdict(None if ratio is None else ratio >= SCALING_MIN))
+    return out
+
+
+def render(i23: dict[str, dict[str, Any]], img: Path, doc: Path) -> tuple[list[str], list[Path]]:
+    """Markdown sections for the phases present, and the plots written."""
+    lines: list[str] = []
+    images: list[Path] = []
+    ready = i23.get("ready")
+    if ready:
+        m = ready.get("meta", {})
+        lines += ["### Ready times (issue 23 runner)", "",
+                  f"`issue23-ready.json`: GPU {str(m.get('gpu')).split(',')[0]}, vLLM {m.get('vllm_version')}, commit "
+                  f"`{m.get('git_commit')}`, {m.get('utc')}. {m.get('description', '')}; utilization "
+                  f"{m.get('utilization')}; tiles: {ready.get('tiles', {})}. Timeline: seconds from process start to "
+                  "the first log line of each milestone; vLLM's durations are its own log's.", "",
+                  "| start | ready (s) | imports done | engine process up | model loaded | torch.compile done | "
+                  "KV cache allocated | graph capture started | engine initialised | weights load (s) | "
+                  "torch.compile (s) | graph capture (s) | init engine (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, st in (ready.get("starts") or {}).items():
+            t, d = st.get("timeline_s") or {}, st.get("vllm_durations_s") or {}
+            lines.append(f"| {name} | {_f(st.get('ready_s'), 1)} | " + " | ".join(
+                _f(t.get(k), 1) for k in ("api_process_up", "engine_core_started", "model_loaded", "compile_done",
+                                          "kv_cache_allocated", "graph_capture_started", "engine_initialised"))
+                + " | " + " | ".join(
+                _f(d.get(k), 1) for k in ("weights_load_s", "torch_compile_s", "graph_capture_s", "init_engine_s"))
+                + " |")
+        lines.append("")
+    gw = i23.get("gateway")
+    if gw:
+        m = gw.get("meta", {})
+        lines += ["### Through the gateway vs direct, 128 streams (issue 23 runner)", "",
+                  f"`issue23-gateway.json`: the project's gateway (`{' '.join(m.get('gateway_argv', [])[1:6])} ...`, the "
+                  f"command its systemd unit runs, loopback without an API key) over the shipped replica; "
+                  f"{m.get('streams')} streams, {m.get('rounds')} × streams requests per measurement, "
+                  f"{m.get('client_processes')} client processes, direct and gateway alternating which goes first.", "",
+                  "| pass | first | base-only direct (tok/s) | base-only gateway | gateway / direct | mixed direct | "
+                  "mixed gateway | gateway / direct |", "|---|---|---|---|---|---|---|---|"]
+        for i, p in enumerate(gw.get("passes") or []):
+            lines.append(f"| {i} | {p['order'][0]} | {_f(p['direct']['base_only']['aggregate_tok_s'], 0)} | "
+                         f"{_f(p['gateway']['base_only']['aggregate_tok_s'], 0)} | {_f(p['base_only_gateway_over_direct'])} | "
+                         f"{_f(p['direct']['mixed_adapters']['aggregate_tok_s'], 0)} | "
+                         f"{_f(p['gateway']['mixed_adapters']['aggregate_tok_s'], 0)} | "
+                         f"{_f(p['mixed_adapters_gateway_over_direct'])} |")
+        s = gw.get("summary") or {}
+        lines += [f"| median (min–max) | | | | {_spread_cell(s.get('base_only_gateway_over_direct'))} | | | "
+                  f"{_spread_cell(s.get('mixed_adapters_gateway_over_direct'))} |", ""]
+    runs = scaling_runs(i23)
+    if runs:
+        m = runs[0][1].get("meta", {})
+        lines += ["### Scaling with the number of adapters (issue 23 runner)", "",
+                  f"{m.get('streams')} streams spread round-robin over N distinct rank-32 adapters "
+                  f"({m.get('adapters')}), {m.get('rounds')} × streams requests per measurement, "
+                  f"{m.get('client_processes')} client processes, passes alternating the order of N; shipped config "
+                  f"with `--max-cpu-loras {m.get('max_cpu_loras')}`. Aggregate tok/s median (min–max) over passes; "
+                  "running adapters: adapters vLLM's `lora_requests_info` gauge showed running at once (median of its "
+                  "samples / max, one value per pass), waiting: median adapters it listed as waiting.", "",
+                  "| GPU slots | adapters | aggregate tok/s | × of 4 adapters | running adapters (median / max) | "
+                  "waiting adapters | load all (s) | preemptions |", "|---|---|---|---|---|---|---|---|"]
+        for slots, run in runs:
+            for n in run["meta"]["counts"]:
+                key = str(n)
+                gauges = [p[key]["lora_gauge"] for p in run["passes"] if key in p]
+                med = [g.get("running_adapters_median") for g in gauges]
+                mx = [g.get("running_adapters_max") for g in gauges]
+                wait = [g.get("waiting_adapters_median") for g in gauges]
+                lines.append(f"| {slots} | {n} | {_spread_cell(run['summary'].get(key), 0)} | "
+                             f"{_spread_cell(run['summary_over_first'].get(key))} | "
+                             f"{', '.join(map(_f, med))} / {', '.join(map(_f, mx))} | {', '.join(map(_f, wait))} | "
+                             f"{_f(run.get('load_all_s'), 1)} | {_f(run.get('preemptions'), 0)} |")
+        lines.append("")
+        images.append(plot_scaling(runs, img))
+        lines += [f"![adapter scaling]({os.path.relpath(images[-1], doc.parent)})", ""]
+    hot = i23.get("hot")
+    if hot:
+        s = hot.get("summary") or {}
+        lines += ["### Hot adapter through the gateway: merged replica vs base (issue 23 runner)", "",
+                  f"`issue23-hot.json`: merged replica of `{hot['meta'].get('hot_alias')}` beside the shipped LoRA "
+                  f"replica, the gateway over both; {hot['meta'].get('requests')} sequential requests per model per "
+                  f"pass, alternating. Hot / base single-stream decode: {_spread_cell(s.get('hot_over_base'))}; "
+                  f"merge {hot.get('merge_s')} s, merged replica ready {hot.get('merged_ready_s')} s; gateway routes "
+                  f"{hot.get('gateway_routes', {})}.", ""]
+    return lines, images
+
+
+def plot_scaling(runs: list[tuple[int, dict[str, Any]]], img: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for slots, run in runs:
+        counts = run["meta"]["counts"]
+        ax.plot(counts, [run["summary"][str(n)]["median"] for n in counts], marker="o", label=f"{slots} GPU slots")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("distinct adapters (round-robin)")
+    ax.set_ylabel(f"aggregate tok/s at {runs[0][1]['meta']['streams']} streams")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = img / "adapter_scaling.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
