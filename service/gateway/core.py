@@ -234,6 +234,10 @@ class GatewayCore:
             "routing": self.routing,
             "replicas": [{"url": r.url, "healthy": r.healthy, "loaded": sorted(r.loaded), "outstanding": r.outstanding,
                           "base": list(r.base or ()), "lora_slots": r.slots, "recent_adapters": list(r.sent.recent),
+                          "load": None if r.load is None else {
+                              "running": r.load.running, "waiting": r.load.waiting,
+                              "kv_cache_usage": r.load.kv_cache_usage, "adapters": sorted(r.load.active_adapters),
+                              "age_s": round(time.monotonic() - r.load.read_at, 3)},
                           "kind": "lora" if r.serves_base(self.served_name) else "merged"}
                          for r in self.replicas],
             "in_flight": dict(self.traffic.in_flight),

@@ -4,10 +4,12 @@ Two policies (`exaone_lora.spec.RoutingPolicy`):
 
 - `least-outstanding`: the gateway's own count of requests in flight on each replica, nothing else.
 - `scored` (the default): the Gateway API Inference Extension's endpoint picker, in request units. A replica's
-  cost is its queue (the larger of the gateway's own outstanding count and vLLM's running + waiting, so neither a
-  stale scrape nor traffic from elsewhere hides load), plus a penalty for a nearly full KV cache (vLLM preempts
-  there), plus the cost of a LoRA slot swap when the route's adapter is not resident and every slot is taken
-  (the request then waits until a slot frees, and another adapter is evicted). With adapters outnumbering GPU
+  cost is its load: requests vLLM has not scheduled yet (waiting) count whole, requests in the running batch
+  (the larger of the gateway's own outstanding count and vLLM's running, so traffic from elsewhere is not
+  hidden) count RUNNING_WEIGHT each, since a new request joins the batch rather than queueing behind them; plus
+  a penalty for a nearly full KV cache (vLLM preempts there); plus the cost of a LoRA slot swap when the route's
+  adapter is not resident and every slot is taken (the request then waits until a slot frees, and another
+  adapter is evicted). With adapters outnumbering GPU
   slots, affinity keeps each adapter on the replicas where it already sits instead of cycling every adapter
   through every replica's slots.
 
@@ -28,14 +30,16 @@ from exaone_lora.spec import RoutingPolicy
 
 POLICIES: tuple[str, ...] = get_args(RoutingPolicy)
 
-# Costs in request units: how many requests' worth of queue a condition weighs.
+# Costs in request units: how many waiting requests' worth of queue a condition weighs.
+# A request in the running batch slows each decode step a little; it does not make a new request wait.
+RUNNING_WEIGHT = 0.5
 # Waiting for a LoRA slot costs about a whole generation of the adapter in the slot, plus the swap itself; with
 # short CPU requests that is a few queued requests. Large enough that an adapter stays put while the replica
 # that holds it is no more than this many requests busier than the others.
 SWAP_COST = 3.0
-# Taking a free slot costs a copy of the weights into it (no waiting): small, but enough that, loads equal, a
-# replica that already holds the adapter wins over one that would load it.
-FREE_SLOT_COST = 0.5
+# Taking a free slot costs a copy of the weights into it (no waiting), but it uses up a slot another adapter could
+# have had: a replica holding the adapter wins while it runs no more than 1 / RUNNING_WEIGHT more requests.
+FREE_SLOT_COST = 1.0
 # KV cache: no cost below this share in use; above it, up to KV_COST at 100 % (preemption and recomputation).
 KV_SAFE = 0.8
 KV_COST = 8.0
@@ -184,10 +188,10 @@ def score(candidate: Candidate, adapter: str | None, policy: str, now: float, tt
     if policy != "scored":
         raise ValueError(f"unknown routing policy {policy!r}: one of {', '.join(POLICIES)}")
     load = fresh(candidate.load, now, ttl)
-    queue = float(candidate.outstanding)
+    queue = RUNNING_WEIGHT * candidate.outstanding  # without a fresh scrape: the gateway's own count only
     kv = 0.0
     if load is not None:
-        queue = max(queue, load.running + load.waiting)
+        queue = RUNNING_WEIGHT * max(candidate.outstanding, load.running) + load.waiting
         kv = KV_COST * max(0.0, load.kv_cache_usage - KV_SAFE) / (1.0 - KV_SAFE)
     return Score(candidate.url, candidate.fast, queue, kv, affinity_cost(adapter, candidate, load),
                  candidate.order)

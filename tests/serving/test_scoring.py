@@ -14,6 +14,7 @@ from service.gateway.engine import EngineClient
 from service.gateway.scoring import (
     FREE_SLOT_COST,
     POLICIES,
+    RUNNING_WEIGHT,
     SWAP_COST,
     Candidate,
     EngineLoad,
@@ -117,7 +118,7 @@ def test_stale_metrics_fall_back_to_outstanding_counts() -> None:
     queued = EngineLoad(running=9, waiting=30, kv_cache_usage=0.99, max_loras=2, read_at=NOW - 2 * METRICS_TTL_S)
     a = Candidate("http://127.0.0.1:1", outstanding=3, order=0, load=stale, slots=2)
     b = Candidate("http://127.0.0.1:2", outstanding=1, order=1, load=queued, slots=2)
-    assert [score(c, None, "scored", NOW, METRICS_TTL_S).total for c in (a, b)] == [3.0, 1.0]
+    assert [score(c, None, "scored", NOW, METRICS_TTL_S).total for c in (a, b)] == [3 * RUNNING_WEIGHT, RUNNING_WEIGHT]
     assert choose([a, b], None, "scored", NOW, METRICS_TTL_S).url == b.url
     # The same scrapes, fresh: b's 39 queued requests and full KV cache count now.
     fresh_b = Candidate(b.url, 1, 1, load=EngineLoad(9, 30, 0.99, max_loras=2, read_at=NOW), slots=2)
@@ -133,7 +134,8 @@ def test_affinity_costs_are_ordered() -> None:
     assert score(c, "a2-v1", "scored", NOW, METRICS_TTL_S).affinity == SWAP_COST  # both slots taken
     one = Candidate("http://127.0.0.1:1", 0, 0, remembered=("a0-v1",), slots=2)
     assert score(one, "a2-v1", "scored", NOW, METRICS_TTL_S).affinity == FREE_SLOT_COST
-    assert 0 < FREE_SLOT_COST < 1 < SWAP_COST  # a free slot never outweighs one queued request; a swap does
+    # One more running request does not outweigh residency; a swap outweighs a free slot and a waiting request.
+    assert 0 < RUNNING_WEIGHT < FREE_SLOT_COST < SWAP_COST and SWAP_COST > 1
 
 
 def test_unknown_policy_is_refused() -> None:
