@@ -6,7 +6,7 @@ Two policies (`exaone_lora.spec.RoutingPolicy`):
 - `scored` (the default): the Gateway API Inference Extension's endpoint picker, in request units. A replica's
   cost is its load: requests vLLM has not scheduled yet (waiting) count whole, requests in the running batch
   (the larger of the gateway's own outstanding count and vLLM's running, so traffic from elsewhere is not
-  hidden) count RUNNING_WEIGHT each, since a new request joins the batch rather than queueing behind them; plus
+  hidden) count RUNNING_WEIGHT each; plus
   a penalty for a nearly full KV cache (vLLM preempts there); plus the cost of a LoRA slot swap when the route's
   adapter is not resident and every slot is taken (the request then waits until a slot frees, and another
   adapter is evicted). With adapters outnumbering GPU
@@ -31,14 +31,16 @@ from exaone_lora.spec import RoutingPolicy
 POLICIES: tuple[str, ...] = get_args(RoutingPolicy)
 
 # Costs in request units: how many waiting requests' worth of queue a condition weighs.
-# A request in the running batch slows each decode step a little; it does not make a new request wait.
-RUNNING_WEIGHT = 0.5
+# A request in the running batch does not make a new one wait, but it slows every decode step. Measured
+# (docs/routing-benchmarks.md): at 0.5 a hot adapter piled up on one replica (p50 +38 % against
+# least-outstanding); at 1.0 it spills to a second replica sooner, with p50 even and still fewer slot loads.
+RUNNING_WEIGHT = 1.0
 # Waiting for a LoRA slot costs about a whole generation of the adapter in the slot, plus the swap itself; with
 # short CPU requests that is a few queued requests. Large enough that an adapter stays put while the replica
 # that holds it is no more than this many requests busier than the others.
 SWAP_COST = 3.0
 # Taking a free slot costs a copy of the weights into it (no waiting), but it uses up a slot another adapter could
-# have had: a replica holding the adapter wins while it runs no more than 1 / RUNNING_WEIGHT more requests.
+# have had: a replica holding the adapter wins while it runs fewer than FREE_SLOT_COST / RUNNING_WEIGHT more requests.
 FREE_SLOT_COST = 1.0
 # KV cache: no cost below this share in use; above it, up to KV_COST at 100 % (preemption and recomputation).
 KV_SAFE = 0.8

@@ -134,8 +134,8 @@ def test_affinity_costs_are_ordered() -> None:
     assert score(c, "a2-v1", "scored", NOW, METRICS_TTL_S).affinity == SWAP_COST  # both slots taken
     one = Candidate("http://127.0.0.1:1", 0, 0, remembered=("a0-v1",), slots=2)
     assert score(one, "a2-v1", "scored", NOW, METRICS_TTL_S).affinity == FREE_SLOT_COST
-    # One more running request does not outweigh residency; a swap outweighs a free slot and a waiting request.
-    assert 0 < RUNNING_WEIGHT < FREE_SLOT_COST < SWAP_COST and SWAP_COST > 1
+    # A free slot weighs at least one running request; a swap more than a free slot and a waiting request.
+    assert 0 < RUNNING_WEIGHT <= FREE_SLOT_COST < SWAP_COST and SWAP_COST > 1
 
 
 def test_unknown_policy_is_refused() -> None:
