@@ -232,7 +232,7 @@ def render_report(result: dict[str, Any], preface: str) -> str:
              f"{c['adapters']} adapters, {c['max_loras']} LoRA slots per replica, 2 replicas; {c['requests']} requests "
              f"per run ({c['concurrency']} concurrent clients, {c['max_tokens']} tokens each, the same seeded sequence "
              f"for both policies), {c['passes']} passes alternating the policy order. Commit `{result['commit']}`, "
-             f"{result['cpu']}: {result['machine']}.", "",
+             f"{result['cpu']}: {result['machine']}." + (f" Note: {result['note']}." if result.get("note") else ""), "",
              "| policy | LoRA slot loads, median [range] | replicas per adapter | p50 latency (ms), median [range] | "
              "p99 latency (ms), median [range] | failed / requests |",
              "|---|---|---|---|---|---|"]
