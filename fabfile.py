@@ -25,7 +25,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from exaone_lora.spec import DeploymentSpec, SpecError, load_spec
-from provisioning import adapters, kernel_tuning, monitoring, patches, units
+from provisioning import adapters, kernel_tuning, monitoring, patches, rollout, units
 from provisioning import bootstrap as boot
 from provisioning.outputs import OutputsError, StackOutputs
 from provisioning.remote import remember_host_keys
@@ -207,3 +207,36 @@ def restart(c, stack=None, root=None, outputs=None):
     """Restart the serving units and wait for /health."""
     spec = _spec(stack, root)
     _run(c, spec, "restart", lambda conn, report: units.restart(conn, spec), _outputs(outputs))
+
+
+@task(name="rollout-adapters",
+      help={**STACK_HELP, "domain": "the alias to roll out, e.g. medical", "version": "the candidate version",
+            "canary": "the candidate's first share of the alias's requests, percent (default 10)",
+            "step": "added after each window that holds; at 100 the candidate is promoted (default 25)",
+            "interval": "seconds per analysis window (default 60)",
+            "shadow": "percent of the stable side's requests mirrored to the candidate (default 0)",
+            "sticky_user": "keep each OpenAI `user` on one version",
+            "min_requests": "candidate requests per window before it is judged (default 20)"})
+def rollout_adapters(c, domain, version, canary=10, step=25, interval=60, shadow=0, sticky_user=False,
+                     min_requests=20, stack=None, root=None, outputs=None):
+    """Canary rollout of one adapter version on every host: the registry's alias gets a canary (the desired
+    state), each host's reconciler applies it, and each window is judged on the gateways' own per-version metrics
+    (error rate, p95 TTFT and time per output token against the stable version). Promoted at 100 %, rolled back
+    (the alias stays on its version) when a window does not hold; Ctrl-C/SIGTERM end the canary the same way.
+    `exaone-lora adapters rollout-status DOMAIN` shows the record."""
+    from service.rollout.analysis import Thresholds
+    from service.rollout.controller import RolloutError, RolloutSettings
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    spec = _spec(stack, root)
+    out = _outputs(outputs)
+    settings = RolloutSettings(canary=int(canary), step=int(step), interval_s=float(interval), shadow=int(shadow),
+                               sticky="user" if sticky_user else None,
+                               thresholds=Thresholds(min_requests=int(min_requests)))
+    try:
+        ref = adapters.registry_settings(spec, out)
+        record = rollout.rollout_adapters(_connections(c, spec, out), spec, ref, domain, int(version), settings)
+    except (adapters.DeployError, RolloutError, OutputsError) as exc:
+        raise Exit(str(exc)) from None
+    if record.state != "promoted":
+        raise Exit(f"{domain}: {record.state}: {record.reason}", code=3)

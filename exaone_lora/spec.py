@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from exaone_lora import PROJECT
+from exaone_lora.canary import CanarySplit
 from exaone_lora.cidrs import too_broad
 from exaone_lora.naming import version_name
 from exaone_lora.tiers import SKUS, TIER_DEFAULTS, GpuSku, Tier
@@ -351,6 +352,12 @@ class CanaryPin(AdapterPin):
     last steps of a deploy (docs/aks.md)."""
 
     weight: int = Field(ge=0, le=100)
+
+    @property
+    def split(self) -> CanarySplit:
+        """The canary in the model the registry's alias and the gateway use (no shadow or sticky key on AKS: the
+        Inference Extension splits by weight only)."""
+        return CanarySplit(version=self.version, weight=self.weight)
 
 
 class AksAutoscaling(_Model):

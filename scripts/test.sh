@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs everything it needs, then lint + pytest.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/foundation -x`).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/exaone_lora/test_spec.py -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The venvs, the test host's image and its vLLM venv need ~11 GB at the peak: say so before a full disk

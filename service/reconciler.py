@@ -6,7 +6,8 @@ run, and a run with nothing to do does nothing. Order matters for zero lost requ
 
 1. load every wanted version on every replica (downloaded and validated first);
 2. warm each version that is about to receive traffic up on every replica (a real generation);
-3. switch aliases (only to versions whose load and warm-up succeeded everywhere);
+3. switch aliases (only to versions whose load and warm-up succeeded everywhere), then set or end each
+   alias's canary split (a candidate version taking a share of the alias's traffic; same rule);
 4. drain and unload versions nothing points to, keeping the most recent previous versions loaded
    for a fast rollback while `max_cpu_loras` allows (least recently used evicted first).
 
@@ -23,10 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from exaone_lora.canary import CanarySplit
 from service.gateway.engine import EngineClient
 from service.gateway.names import parse_version_name, version_name
+from service.gateway.state import Split
 
-ActionKind = Literal["load", "warmup", "switch", "drain", "unload"]
+ActionKind = Literal["load", "warmup", "switch", "split", "unsplit", "drain", "unload"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,19 @@ class DesiredAlias:
     alias: str
     version: int
     previous: int | None = None  # the registry's previous version: the rollback target worth keeping
+    canary: CanarySplit | None = None  # the registry's canary: a candidate taking a share of the traffic
 
     @property
     def name(self) -> str:
         return version_name(self.alias, self.version)
+
+    @property
+    def split(self) -> Split | None:
+        """The canary as the gateway holds it (None: every request goes to `name`)."""
+        c = self.canary
+        if c is None or c.version == self.version:
+            return None
+        return Split(version_name(self.alias, c.version), c.weight, c.shadow, c.sticky)
 
 
 def desired_from_mapping(mapping: Mapping[str, int | tuple[int, int | None]]) -> dict[str, DesiredAlias]:
@@ -57,7 +69,7 @@ def desired_from_registry(registry: Any) -> dict[str, DesiredAlias]:
         if state.current is None:
             continue
         previous = next((v for v in reversed(state.history) if v != state.current), None)
-        out[domain] = DesiredAlias(domain, state.current, previous)
+        out[domain] = DesiredAlias(domain, state.current, previous, state.canary)
     return out
 
 
@@ -109,6 +121,9 @@ class AliasSink(Protocol):
     async def last_used(self) -> dict[str, float]: ...
     async def refresh(self) -> None: ...
     async def switch(self, alias: str, name: str) -> None: ...
+    async def splits(self) -> dict[str, Split]: ...
+    async def set_split(self, alias: str, split: Split) -> None: ...
+    async def clear_split(self, alias: str) -> None: ...
     async def drain(self, name: str, timeout: float = 60.0) -> None: ...
 
 
@@ -117,9 +132,19 @@ class MemoryAliases:
     """Alias table without a gateway (a single vLLM behind nothing, tests of planning)."""
 
     table: dict[str, str] = field(default_factory=dict)
+    canaries: dict[str, Split] = field(default_factory=dict)
 
     async def aliases(self) -> dict[str, str]:
         return dict(self.table)
+
+    async def splits(self) -> dict[str, Split]:
+        return dict(self.canaries)
+
+    async def set_split(self, alias: str, split: Split) -> None:
+        self.canaries[alias] = split
+
+    async def clear_split(self, alias: str) -> None:
+        self.canaries.pop(alias, None)
 
     async def last_used(self) -> dict[str, float]:
         return {}
@@ -131,7 +156,7 @@ class MemoryAliases:
         self.table[alias] = name
 
     async def drain(self, name: str, timeout: float = 60.0) -> None:
-        if name in self.table.values():
+        if name in self.table.values() or name in {c.name for c in self.canaries.values()}:
             raise RuntimeError(f"{name} is still the target of an alias")
 
 
@@ -141,6 +166,7 @@ class Action:
     name: str
     replica: str | None = None
     alias: str | None = None
+    split: Split | None = None  # for `split`: the canary to set
 
 
 @dataclass(frozen=True)
@@ -148,6 +174,7 @@ class Observed:
     replicas: dict[str, frozenset[str]]  # replica url -> loaded adapter names
     aliases: dict[str, str]
     last_used: dict[str, float]
+    splits: dict[str, Split] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,7 +194,7 @@ def plan(desired: Mapping[str, DesiredAlias], observed: Observed, *, max_cpu_lor
         parsed = parse_version_name(name)
         return parsed is not None and parsed[0] in managed
 
-    required = {d.name for d in desired.values()}
+    required = {d.name for d in desired.values()} | {d.split.name for d in desired.values() if d.split is not None}
     loaded_anywhere = set().union(*observed.replicas.values()) if observed.replicas else set()
     foreign = max((len([n for n in names if not is_managed(n)]) for names in observed.replicas.values()), default=0)
     warnings: list[str] = []
@@ -205,10 +232,22 @@ def plan(desired: Mapping[str, DesiredAlias], observed: Observed, *, max_cpu_lor
                 newly_loaded.add(name)
     switches = [(d.alias, d.name) for d in sorted(desired.values(), key=lambda d: d.alias)
                 if observed.aliases.get(d.alias) != d.name]
-    warm = sorted({name for _, name in switches} | (newly_loaded & required))
+    # A canary is set (or changed) where it differs from the gateway's, and ended where the registry has none; a
+    # switch to the candidate (a promotion) ends it in the gateway by itself.
+    split_changes: list[Action] = []
+    for d in sorted(desired.values(), key=lambda d: d.alias):
+        have = observed.splits.get(d.alias)
+        if d.split is not None and have != d.split:
+            split_changes.append(Action("split", d.split.name, alias=d.alias, split=d.split))
+        elif d.split is None and have is not None and have.name != d.name:
+            split_changes.append(Action("unsplit", have.name, alias=d.alias))
+    new_candidates = {a.name for a in split_changes
+                      if a.kind == "split" and getattr(observed.splits.get(a.alias or ""), "name", None) != a.name}
+    warm = sorted({name for _, name in switches} | (newly_loaded & required) | new_candidates)
     for name in warm:
         actions += [Action("warmup", name, replica=url) for url in observed.replicas]
     actions += [Action("switch", name, alias=alias) for alias, name in switches]
+    actions += split_changes
     for name in sorted(evict):
         actions.append(Action("drain", name))
         actions += [Action("unload", name, replica=url) for url, names in observed.replicas.items() if name in names]
@@ -230,6 +269,7 @@ class Reconciler:
             replicas={e.url: frozenset(m.adapters) for e, m in zip(self.engines, models, strict=True)},
             aliases=await self.aliases.aliases(),
             last_used=await self.aliases.last_used(),
+            splits=await self.aliases.splits(),
         )
 
     async def plan(self, desired: Mapping[str, DesiredAlias]) -> Plan:
@@ -262,7 +302,8 @@ class Reconciler:
                 return
             report["done"].append({**asdict(action), "seconds": round(time.perf_counter() - t0, 4), **detail})
 
-        by_kind = {k: [a for a in the_plan.actions if a.kind == k] for k in ("load", "warmup", "switch", "drain", "unload")}
+        by_kind = {k: [a for a in the_plan.actions if a.kind == k]
+                   for k in ("load", "warmup", "switch", "split", "unsplit", "drain", "unload")}
         for name in sorted({a.name for a in by_kind["load"]}):
             try:
                 parsed = parse_version_name(name)
@@ -280,6 +321,13 @@ class Reconciler:
                 report["failed"].append({**asdict(action), "error": "skipped: load or warm-up failed"})
                 continue
             await run(action)
+        for action in by_kind["split"]:
+            if action.name in broken:
+                report["failed"].append({**asdict(action), "error": "skipped: load or warm-up failed"})
+                continue
+            await run(action)
+        for action in by_kind["unsplit"]:
+            await run(action)
         for action in by_kind["drain"]:
             await run(action)  # a failed drain marks the version broken: it is then not unloaded
         await asyncio.gather(*(run(a) for a in by_kind["unload"] if a.name not in broken))
@@ -295,6 +343,14 @@ class Reconciler:
         if action.kind == "switch":
             assert action.alias is not None
             await self.aliases.switch(action.alias, action.name)
+            return {}
+        if action.kind == "split":
+            assert action.alias is not None and action.split is not None
+            await self.aliases.set_split(action.alias, action.split)
+            return {}
+        if action.kind == "unsplit":
+            assert action.alias is not None
+            await self.aliases.clear_split(action.alias)
             return {}
         if action.kind == "drain":
             await self.aliases.drain(action.name, self.drain_timeout)

@@ -5,7 +5,8 @@ Blob layout in the container (default `adapters`):
     {domain}/v{N}/adapter_config.json
     {domain}/v{N}/adapter_model.safetensors
     {domain}/v{N}/manifest.json          (written last: a version exists once its manifest does)
-    {domain}/alias.json                  {"domain", "current": N|null, "history": [N, ...]}
+    {domain}/alias.json                  {"domain", "current": N|null, "history": [N, ...], "canary"?: {...}}
+    {domain}/rollout.json                the last rollout's record (service.rollout), for `adapters rollout-status`
 
 Immutability is enforced by the storage service, not by convention: every version blob is written with
 `If-None-Match: *` (`overwrite=False`), so two publishers racing for v{N} cannot both win, and a prefix
@@ -43,6 +44,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient, ContentSettings, ExponentialRetry
 from pydantic import BaseModel, ConfigDict, Field
 
+from exaone_lora.canary import CanarySplit
 from exaone_lora.model_shape import SHAPES, ModelShape
 from service.manifest import (
     ADAPTER_FILES,
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 ALIAS_FILE = "alias.json"
+ROLLOUT_FILE = "rollout.json"
 # Bounded retries: compare-and-swap loops and version claims give up rather than spin forever.
 MAX_ATTEMPTS = 25
 STALE_PARTIAL_SECONDS = 3600
@@ -169,22 +172,28 @@ def _access_errors(method: Callable[P, R]) -> Callable[P, R]:
 
 
 class AliasState(BaseModel):
-    """What clients get when they call `domain`: the current version and the versions that were current before."""
+    """What clients get when they call `domain`: the current version, the versions that were current before, and
+    an optional canary (a candidate version taking a share of the traffic). Blobs written before canaries existed
+    have no `canary` key and parse as "no canary"; one without a canary is written without the key, byte for byte
+    as before."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     domain: str
     current: int | None = None
     history: list[int] = Field(default_factory=list)
+    canary: CanarySplit | None = None
 
     @property
     def current_name(self) -> str | None:
         return version_name(self.domain, self.current) if self.current is not None else None
 
     def switched(self, version: int) -> AliasState:
-        if version == self.current:
+        """`version` becomes current (a deploy, or a canary's promotion); any canary ends with it."""
+        if version == self.current and self.canary is None:
             return self
-        return AliasState(domain=self.domain, current=version, history=[*self.history, version])
+        history = self.history if version == self.current else [*self.history, version]
+        return AliasState(domain=self.domain, current=version, history=history)
 
     def rolled_back(self) -> AliasState:
         """Drop the current version from the top of the history; the one before it becomes current."""
@@ -196,8 +205,26 @@ class AliasState(BaseModel):
                                 f"(current {self.current}, history {self.history})")
         return AliasState(domain=self.domain, current=history[-1], history=history)
 
+    def with_canary(self, split: CanarySplit) -> AliasState:
+        if self.current is None:
+            raise AliasConflictError(f"alias {self.domain!r} has no current version: deploy one before a canary")
+        if split.version == self.current:
+            raise AliasConflictError(f"{version_name(self.domain, split.version)} is already the current version of "
+                                     f"{self.domain!r}; a canary needs another version")
+        return self.model_copy(update={"canary": split})
+
+    def without_canary(self) -> AliasState:
+        return self if self.canary is None else self.model_copy(update={"canary": None})
+
+    def to_json(self) -> dict[str, Any]:
+        """The blob's (and the CLI's) JSON: `canary` only while there is one, so both read as before canaries."""
+        data = self.model_dump(mode="json")
+        if data["canary"] is None:
+            del data["canary"]
+        return data
+
     def to_bytes(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), indent=2) + "\n").encode()
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode()
 
 
 # ---------------------------------------------------------------- helpers
@@ -530,6 +557,54 @@ class AdapterRegistry:
         return self._update_alias(domain, change)
 
     @_access_errors
+    def set_canary(self, domain: str, split: CanarySplit, *, expected_current: int | EllipsisType | None = ...
+                   ) -> AliasState:
+        """Give `split.version` (which must exist) `split.weight` percent of the alias's traffic. With
+        `expected_current`, refuse if the alias's current version moved; a canary of another version is replaced."""
+        if split.version not in self.versions(domain):
+            raise VersionNotFoundError(f"{version_name(domain, split.version)} is not in the registry")
+
+        def change(state: AliasState) -> AliasState:
+            if expected_current is not ... and state.current != expected_current:
+                raise AliasConflictError(f"alias {domain!r} points at {state.current}, expected {expected_current}")
+            return state.with_canary(split)
+
+        return self._update_alias(domain, change)
+
+    @_access_errors
+    def clear_canary(self, domain: str) -> AliasState:
+        """End a canary without promoting it: every request goes to the current version again."""
+        return self._update_alias(domain, lambda s: s.without_canary())
+
+    @_access_errors
+    def promote_canary(self, domain: str, version: int) -> AliasState:
+        """The canary `version` becomes current (the same change as a deploy), the canary ends. Refused when the
+        alias's canary is another version (someone started another rollout); a no-op once it is current."""
+
+        def change(state: AliasState) -> AliasState:
+            if state.current == version and state.canary is None:
+                return state
+            if state.canary is None or state.canary.version != version:
+                raise AliasConflictError(f"alias {domain!r} has no canary of version {version} to promote "
+                                         f"(canary: {state.canary})")
+            return state.switched(version)
+
+        return self._update_alias(domain, change)
+
+    @_access_errors
+    def put_rollout_record(self, domain: str, data: bytes) -> None:
+        """The last rollout's record beside the alias (overwritten by the next rollout; the alias stays the state)."""
+        self.container.upload_blob(f"{check_name(domain, 'domain')}/{ROLLOUT_FILE}", data, overwrite=True,
+                                   content_settings=ContentSettings(content_type="application/json"))
+
+    @_access_errors
+    def rollout_record(self, domain: str) -> bytes | None:
+        try:
+            return bytes(self.container.download_blob(f"{check_name(domain, 'domain')}/{ROLLOUT_FILE}").readall())
+        except ResourceNotFoundError:
+            return None
+
+    @_access_errors
     def rollback(self, domain: str) -> int:
         """Move `current` back to the previous version in the history; returns that version."""
         state = self._update_alias(domain, lambda s: s.rolled_back())
@@ -606,6 +681,7 @@ __all__ = [
     "AdapterRegistry",
     "AliasConflictError",
     "AliasState",
+    "CanarySplit",
     "ConcurrencyError",
     "IntegrityError",
     "RegistryAccessError",

@@ -1,4 +1,5 @@
-"""`exaone-lora adapters ...`: publish, list, show, alias, rollback, validate and download adapter versions.
+"""`exaone-lora adapters ...`: publish, list, show, alias, rollback, validate and download adapter versions;
+rollout (canary steps judged on the gateway's metrics, promoted or rolled back on their own) and rollout-status.
 
 Where the registry is: `--registry` (an account URL, or the dev stack's Azurite connection string), else
 `--outputs FILE` (what `pulumi stack output --json` writes), else $EXAONE_LORA_REGISTRY. Who signs in:
@@ -143,7 +144,7 @@ def publish(
     digest = manifest_sha256(manifest)
     if as_json:
         _print_json({"name": manifest.name, "domain": domain, "version": manifest.version, "manifest_sha256": digest,
-                     "alias": alias.model_dump() if alias else None})
+                     "alias": alias.to_json() if alias else None})
         return
     console.print(f"[green]published[/green] {manifest.name} (rank {manifest.rank}, manifest sha256 {digest})")
     if alias:
@@ -247,7 +248,7 @@ def alias(
     except (AdapterValidationError, RegistryError) as exc:
         raise _fail(exc) from None
     if as_json:
-        _print_json(state.model_dump())
+        _print_json(state.to_json())
         return
     console.print(f"{domain} -> {state.current_name or '(unset)'}  history {state.history}")
 
@@ -272,9 +273,178 @@ def rollback(
     except (AdapterValidationError, RegistryError) as exc:
         raise _fail(exc) from None
     if as_json:
-        _print_json(state.model_dump())
+        _print_json(state.to_json())
         return
     console.print(f"[yellow]rolled back[/yellow] {domain} -> {state.current_name}  history {state.history}")
+
+
+def _duration(text: str) -> float:
+    """`60s`, `2m`, `1.5` (seconds): the window length of a rollout."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, factor = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, factor = text, 1.0
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 60s, 2m, 0.5s)") from None
+    if not 0 < value <= 86400:
+        raise typer.BadParameter(f"{text!r}: a window must be longer than 0 and at most a day")
+    return value
+
+
+@app.command()
+def rollout(
+    domain: Domain,
+    version: Annotated[int, typer.Argument(help="the candidate version (published, validated)")],
+    canary: Annotated[int, typer.Option(min=1, max=99, help="the candidate's first share of the alias's requests, "
+                                        "percent")] = 10,
+    step: Annotated[int, typer.Option(min=1, max=100, help="added to the share after each window that holds; at 100 "
+                                      "the candidate is promoted (the alias switches to it, as a deploy)")] = 25,
+    interval: Annotated[str, typer.Option(help="length of one analysis window, e.g. 60s, 2m")] = "60s",
+    shadow: Annotated[int, typer.Option(min=0, max=100, help="percent of the stable side's requests also sent to the "
+                                        "candidate in the background (answers discarded, measured)")] = 0,
+    sticky_user: Annotated[bool, typer.Option("--sticky-user", help="keep each OpenAI `user` on one version "
+                                              "(hashed); requests without `user` are split at random")] = False,
+    min_requests: Annotated[int, typer.Option(min=1, help="candidate requests per window before it is judged")] = 20,
+    max_error_rate: Annotated[float, typer.Option(min=0, max=1, help="candidate error rate (5xx) that fails a window "
+                                                  "whatever the stable version does")] = 0.05,
+    max_error_rate_increase: Annotated[float, typer.Option(min=0, max=1, help="allowed error rate above the stable "
+                                                           "version's")] = 0.02,
+    max_latency_ratio: Annotated[float, typer.Option(min=1, help="allowed candidate/stable ratio of the p95 TTFT and "
+                                                     "time per output token")] = 1.5,
+    max_waits: Annotated[int, typer.Option(min=1, help="windows in a row without enough candidate traffic before "
+                                           "giving up (rolled back)")] = 5,
+    gateway_admin: Annotated[list[str] | None, typer.Option(
+        help="gateway admin URL (repeat per host; e.g. an SSH tunnel to a host's admin port)")] = None,
+    engine: Annotated[list[str] | None, typer.Option(
+        help="vLLM replica URL behind the gateway (repeat); with several --gateway-admin, GATEWAY_INDEX=URL")] = None,
+    admin_key_file: Annotated[Path | None, typer.Option(help="admin key file (else $EXAONE_GATEWAY_ADMIN_KEY)")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="where versions are downloaded for the replicas")] =
+        Path("/data/lora-adapters"),
+    base_config: BaseConfigOpt = None,
+    max_rank: MaxRank = 32,
+    max_cpu_loras: Annotated[int, typer.Option(min=1, help="the replicas' max_cpu_loras")] = 4,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
+) -> None:
+    """Canary rollout of DOMAIN's VERSION: the candidate takes --canary percent of the alias's requests, then
+    --step more after each --interval window in which its error rate and p95 latencies (TTFT, time per output token,
+    from the gateways' own per-version metrics) held against the stable version's; at 100 it is promoted. A window
+    that does not hold rolls it back (the alias stays on its stable version) and records why. Ctrl-C or SIGTERM end
+    the canary the same way. Re-running after an interruption goes on from the registry's canary weight. Each change
+    is written to the registry's alias (the desired state) and applied by the reconciler of every gateway given."""
+    import asyncio
+    import signal
+
+    import httpx
+
+    from service.gateway import EngineClient, GatewayAdmin
+    from service.gateway.server import ADMIN_KEY_ENV, read_secret
+    from service.reconciler import Reconciler, RegistrySource
+    from service.rollout.analysis import Thresholds
+    from service.rollout.controller import RolloutController, RolloutError, RolloutSettings
+    from service.rollout.hosts import GatewayHost, GatewayHosts, HostsError
+
+    if not gateway_admin:
+        raise typer.BadParameter("give --gateway-admin URL (the gateway's admin listener) and its --engine URLs")
+    key = read_secret(ADMIN_KEY_ENV, admin_key_file)
+    if not key:
+        raise typer.BadParameter(f"no admin key: set ${ADMIN_KEY_ENV} or --admin-key-file")
+    engines: dict[int, list[str]] = {}
+    for item in engine or []:
+        index, sep, url = item.partition("=")
+        if sep and index.isdigit():
+            engines.setdefault(int(index), []).append(url)
+        else:
+            engines.setdefault(0, []).append(item)
+    if set(engines) - set(range(len(gateway_admin))) or len(engines) < len(gateway_admin):
+        raise typer.BadParameter("every --gateway-admin needs its --engine URLs (GATEWAY_INDEX=URL with several)")
+    settings = RolloutSettings(canary=canary, step=step, interval_s=_duration(interval), shadow=shadow,
+                               sticky="user" if sticky_user else None, max_waits=max_waits,
+                               thresholds=Thresholds(min_requests=min_requests, max_error_rate=max_error_rate,
+                                                     max_error_rate_increase=max_error_rate_increase,
+                                                     max_latency_ratio=max_latency_ratio))
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    base = str(base_config) if base_config else None
+
+    async def go() -> Any:
+        async with httpx.AsyncClient() as client:
+            hosts = [GatewayHost(GatewayAdmin(url, key, client),
+                                 Reconciler([EngineClient(u, client) for u in engines[i]], GatewayAdmin(url, key, client),
+                                            RegistrySource(registry, cache_dir, base, max_rank), max_cpu_loras))
+                     for i, url in enumerate(gateway_admin)]
+            controller = RolloutController(registry, domain, version, settings, GatewayHosts(registry, hosts),
+                                           say=lambda line: console.print(escape(line)))
+            task = asyncio.current_task()
+            assert task is not None
+            # SIGTERM as Ctrl-C: the task is cancelled and the controller ends the canary before exiting.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+            return await controller.run()
+
+    try:
+        result = asyncio.run(go())
+    except (RolloutError, HostsError, RegistryError, httpx.HTTPError) as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/yellow]: the canary was ended; {domain} stays on its stable version")
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if result.state == "promoted" else 3)
+
+
+@app.command("rollout-status")
+def rollout_status(
+    domain: Domain,
+    registry_location: Registry = None,
+    outputs: Outputs = None,
+    container: Container = None,
+    identity: IdentityOpt = IdentityChoice.operator,
+    client_id: ClientId = None,
+    ca_file: CaFile = None,
+    registry_env_file: EnvFile = None,
+    as_json: JsonOut = False,
+) -> None:
+    """The alias's canary now, and the last rollout's record: each window's weight, measurements, verdict and why,
+    and the decision (running, promoted, rolled back, aborted)."""
+    from service.rollout.record import load
+
+    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    try:
+        state = registry.alias(domain)
+        record = load(registry, domain)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json({"alias": state.to_json(), "rollout": record.model_dump(mode="json") if record else None})
+        return
+    canary = (f"canary v{state.canary.version} at {state.canary.weight} % (shadow {state.canary.shadow} %)"
+              if state.canary else "no canary")
+    console.print(f"{domain} -> {state.current_name or '(unset)'}, {canary}")
+    if record is None:
+        console.print("no rollout recorded")
+        return
+    console.print(f"last rollout: v{record.stable} -> v{record.candidate}: [bold]{record.state}[/bold]"
+                  f"{': ' + escape(record.reason) if record.reason else ''}")
+    table = Table("weight %", "verdict", "candidate req", "cand. err", "stable err", "cand. TTFT p95", "stable TTFT p95",
+                  "reason")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for w in record.windows:
+        m = w.measurements
+        table.add_row(str(w.weight), w.verdict, num(m.get("candidate_requests"), ".0f"),
+                      num(m.get("candidate_error_rate"), ".1%"), num(m.get("stable_error_rate"), ".1%"),
+                      num(m.get("candidate_ttft_q"), ".3f"), num(m.get("stable_ttft_q"), ".3f"), escape(w.reason))
+    console.print(table)
 
 
 @app.command()

@@ -6,7 +6,8 @@
 4 provision the host with the Fabric task code: bootstrap (CPU path), install-service, deploy-adapters;
 5 OpenAI-SDK requests for the base model and each alias through the gateway;
 6 deploy medical v2 while a bounded client loop runs, then roll back: zero failed requests;
-7 per-alias metrics from the gateway; 8 the seed's 8-step lifecycle against the engine.
+7 canary medical v2 10 % -> 100 % under load (`fab rollout-adapters`' code): judged on the gateway's metrics, promoted;
+8 per-alias metrics from the gateway; 9 the seed's 8-step lifecycle against the engine.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
@@ -31,6 +33,11 @@ from exaone_lora.demo.sample_data import write_domain
 from exaone_lora.demo.traffic import BoundedTraffic
 from exaone_lora.local.processes import REPO, azurite
 from exaone_lora.spec import DeploymentSpec, load_spec
+
+if TYPE_CHECKING:
+    from fabric import Connection
+
+    from service.registry_location import RegistrySettings
 
 DOMAINS = ("medical", "legal")
 
@@ -207,6 +214,29 @@ def _record_state(options: DemoOptions, pids: dict[str, int], spec: DeploymentSp
     options.state_file.write_text(json.dumps(state, indent=2))
 
 
+def step_canary(options: DemoOptions, conn: Connection, spec: DeploymentSpec, ref: RegistrySettings, api: str,
+                report: DemoReport, console: Console) -> None:
+    """medical v2 as a canary at 10 %, then 55 %, then promoted, under a bounded client loop on `medical`; each
+    window is judged on the gateway's own per-version metrics. Short windows: the demo shows the mechanism, a
+    real rollout judges minutes (`--interval 60`)."""
+    from provisioning.rollout import rollout_adapters
+    from service.rollout.analysis import Thresholds
+    from service.rollout.controller import RolloutSettings
+
+    settings = RolloutSettings(canary=10, step=45, interval_s=4.0, max_waits=10,
+                               thresholds=Thresholds(min_requests=3, max_latency_ratio=5.0, latency_slack_s=1.0))
+    with BoundedTraffic(api, "demo-no-key", ["medical"], workers=options.traffic_workers, max_requests=2000,
+                        max_seconds=180) as traffic:
+        record = rollout_adapters([conn], spec, ref, "medical", 2, settings, report=console.print)
+    outcome = traffic.result
+    report.facts["canary"] = {"state": record.state, "windows": [f"{w.weight} %: {w.verdict}" for w in record.windows],
+                              "requests": outcome.total, "failed": outcome.failures}
+    if record.state != "promoted":
+        raise DemoError(f"the canary of medical v2 was not promoted: {record.state}: {record.reason}")
+    if outcome.failures or not outcome.total:
+        raise DemoError(f"requests failed during the canary: {outcome.errors[:5]}")
+
+
 def run_demo(options: DemoOptions, console: Console, report: DemoReport | None = None) -> DemoReport:
     """Run every step; raises on the first failure (the report says which step), stops everything unless --keep."""
     from exaone_lora.local.testhost import boot_testhost
@@ -276,7 +306,11 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
             if outcome.failures or not outcome.total:
                 raise DemoError(f"requests failed during the deploy: {outcome.errors[:5]}")
 
-        with report.step("7 per-alias metrics from the gateway") as result:
+        with report.step("7 canary medical v2 10 % -> 100 % under load") as result:
+            step_canary(options, conn, spec, ref, api, report, console)
+            result.detail = str(report.facts["canary"])
+
+        with report.step("8 per-alias metrics from the gateway") as result:
             series = gateway_series(f"http://127.0.0.1:{spec.gateway.admin_port}")
             table = Table(title="exaone_gateway_requests_total")
             table.add_column("alias")
@@ -295,7 +329,7 @@ def run_demo(options: DemoOptions, console: Console, report: DemoReport | None =
                 raise DemoError(f"the host's Prometheus does not see every target up: {up}")
             result.detail = f"{len(series)} alias/version series; Prometheus targets up: {', '.join(sorted(up))}"
 
-        with report.step("8 the seed's 8-step lifecycle against the engine") as result:
+        with report.step("9 the seed's 8-step lifecycle against the engine") as result:
             engine = replica_urls(spec)[0]
             adapters = {d: Path(f"/data/lora-adapters/{d}-v1") for d in DOMAINS}
             lifecycle = run_lifecycle(engine, adapters, served_name=spec.model.served_name)

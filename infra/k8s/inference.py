@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from exaone_lora.canary import weighted_targets
 from exaone_lora.spec import DeploymentSpec
 from infra.k8s.common import (
     EPP_LABELS,
@@ -156,13 +157,14 @@ def http_route(spec: DeploymentSpec) -> dict[str, Any]:
 
 def alias_targets(spec: DeploymentSpec) -> dict[str, list[tuple[str, int]]]:
     """alias -> [(immutable version name, weight)], from the pins: the pinned version takes what its canary leaves;
-    a version at weight 0 is left out (the API's weights start at 1) but its pods still serve it."""
+    a version at weight 0 is left out (the API's weights start at 1) but its pods still serve it. The split is the
+    gateway's (`exaone_lora.canary`: the same model and arithmetic the VM path's registry canary uses)."""
     canaries = {c.alias: c for c in spec.aks.canaries}
     targets: dict[str, list[tuple[str, int]]] = {}
     for pin in spec.adapters:
         canary = canaries.get(pin.alias)
-        split = [(pin.name, 100)] if canary is None else [(pin.name, 100 - canary.weight), (canary.name, canary.weight)]
-        targets[pin.alias] = [(name, weight) for name, weight in split if weight > 0]
+        split = canary.split if canary is not None else None
+        targets[pin.alias] = weighted_targets(pin.name, canary.name if canary else None, split.weight if split else 0)
     return targets
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+from service.gateway.state import Split
+
 
 class AdminError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
@@ -49,3 +51,22 @@ class GatewayAdmin:
 
     async def drain(self, name: str, timeout: float = 60.0) -> None:
         await self._call("POST", f"/admin/versions/{name}/drain", {"timeout": timeout}, timeout=timeout + 10)
+
+    async def splits(self) -> dict[str, Split]:
+        canaries = (await self.state()).get("canaries", {})
+        return {alias: Split(str(c["name"]), int(c["weight"]), int(c["shadow"]), c.get("sticky"))
+                for alias, c in canaries.items()}
+
+    async def set_split(self, alias: str, split: Split) -> None:
+        await self._call("PUT", f"/admin/aliases/{alias}/canary", {"name": split.name, "weight": split.weight,
+                                                                   "shadow": split.shadow, "sticky": split.sticky,
+                                                                   "warmup": False})
+
+    async def clear_split(self, alias: str) -> None:
+        await self._call("DELETE", f"/admin/aliases/{alias}/canary")
+
+    async def metrics(self) -> str:
+        """The gateway's Prometheus text (on the admin listener, no key needed)."""
+        response = await self._client.get(f"{self.url}/metrics", timeout=30)
+        response.raise_for_status()
+        return response.text

@@ -191,6 +191,14 @@ class SwitchRequest(BaseModel):
     warmup: bool = True
 
 
+class CanaryRequest(BaseModel):
+    name: str = Field(description="the candidate's immutable version name, `domain-vN` of the alias's domain")
+    weight: int = Field(ge=0, le=100, description="percent of the alias's requests sent to the candidate")
+    shadow: int = Field(default=0, ge=0, le=100, description="percent of the other requests mirrored to it")
+    sticky: str | None = Field(default=None, description="`user`: the same OpenAI `user` always lands on one side")
+    warmup: bool = True
+
+
 class DrainRequest(BaseModel):
     timeout: float = Field(default=60.0, gt=0, le=600)
 
@@ -262,8 +270,22 @@ def _admin_app(core: GatewayCore, admin_key: str) -> FastAPI:
             await asyncio.gather(*(r.engine.warmup(name) for r in core.lora_replicas() if name in r.loaded))
         return core.switch_alias(alias, name)
 
+    @admin.put("/admin/aliases/{alias}/canary")
+    async def canary(alias: str, body: CanaryRequest) -> dict[str, object]:
+        check_name(body.name)
+        await core.refresh()
+        if body.warmup:
+            await asyncio.gather(*(r.engine.warmup(body.name) for r in core.lora_replicas() if body.name in r.loaded))
+        return core.set_split(alias, body.name, body.weight, body.shadow, body.sticky)
+
+    @admin.delete("/admin/aliases/{alias}/canary")
+    async def end_canary(alias: str) -> dict[str, object]:
+        # Idempotent: ending a canary that is not there is what a rollback after a restart does.
+        return core.clear_split(alias)
+
     @admin.delete("/admin/aliases/{alias}")
     async def remove(alias: str) -> dict[str, object]:
+        core.clear_split(alias)
         removed = core.aliases.remove(alias)
         if removed is None:
             raise RoutingError(404, "unknown_alias", f"no alias `{alias}`")

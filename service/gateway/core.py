@@ -7,20 +7,24 @@ share one object per gateway (no module-level state).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
 import zlib
 from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
+from pydantic import ValidationError
 
+from exaone_lora.canary import CanarySplit, takes_candidate, takes_shadow
 from service.gateway.engine import EngineClient, EngineError
 from service.gateway.guards import GuardError, check_alias_target
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.names import parse_version_name
 from service.gateway.scoring import POLICIES, Candidate, MetricsParseError, choose, parse_vllm_metrics
-from service.gateway.state import AliasTable, Replica, Route, Traffic
+from service.gateway.state import AliasTable, Replica, Route, Split, Traffic
 
 log = logging.getLogger("service.gateway")
 
@@ -63,6 +67,12 @@ class GatewayCore:
     merged_spill_at: int = 64
     # How `pick` orders the replicas that may take a request (service.gateway.scoring).
     routing: str = "scored"
+    # Draws the canary and shadow choices of requests without a sticky key (seeded in tests).
+    rng: random.Random = field(default_factory=random.Random)
+    # Shadow requests in flight at most; beyond it a request is not mirrored (counted as skipped), so a slow
+    # candidate can never pile work up behind the clients' own requests.
+    max_shadow_in_flight: int = 8
+    shadow_in_flight: int = 0
     # Inference requests (every streamed token) go through aiohttp; `client` (httpx) makes the few admin calls.
     _inference: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
@@ -100,7 +110,10 @@ class GatewayCore:
             await self._inference.close()
 
     # -- routing -------------------------------------------------------------------------------
-    def resolve(self, model: object) -> Route:
+    def resolve(self, model: object, user: object = None) -> Route:
+        """The version one request is served by, decided once on arrival (in-flight requests keep it): the alias's
+        version, or its canary's candidate for the canary's share (by the request's `user` when the split is
+        sticky on it). A request that stays on the alias's version may be mirrored to the candidate (`shadow`)."""
         if not isinstance(model, str) or not model:
             raise RoutingError(400, "invalid_request", "the request needs a `model` (an adapter alias or the base model)")
         if model == self.served_name:
@@ -110,7 +123,14 @@ class GatewayCore:
             known = sorted([self.served_name, *self.aliases.targets()])
             shown = model if len(model) <= 64 else f"{model[:64]}..."
             raise RoutingError(404, "model_not_found", f"The model `{shown}` does not exist. Available: {', '.join(known)}")
-        return Route(alias=model, upstream_model=target.name, label=target.name)
+        split = self.aliases.split(model)
+        if split is None or split.name == target.name:
+            return Route(alias=model, upstream_model=target.name, label=target.name)
+        key = user if split.sticky == "user" and isinstance(user, str) and user else None
+        if takes_candidate(model, split.weight, key, self.rng):
+            return Route(alias=model, upstream_model=split.name, label=split.name)
+        shadow = split.name if takes_shadow(split.shadow, self.rng) else None
+        return Route(alias=model, upstream_model=target.name, label=target.name, shadow=shadow)
 
     def lora_replicas(self) -> list[Replica]:
         """Healthy multi-LoRA replicas: the ones versions are loaded into, warmed on and switched across."""
@@ -210,10 +230,52 @@ class GatewayCore:
         missing = [r.url for r in lora if name not in r.loaded]
         if missing or not lora:
             raise RoutingError(409, "version_not_loaded", f"`{name}` is not loaded on every healthy replica: {missing}")
+        split = self.aliases.split(alias)
         previous = self.aliases.switch(alias, name, number)
+        if split is not None and split.name == name:
+            self._end_split(alias, split, "promoted")
         self.metrics.alias_version.labels(alias).set(number)
         self.metrics.alias_switched.labels(alias).set(time.time())
         return {"alias": alias, "current": name, "previous": previous.name if previous else None}
+
+    def set_split(self, alias: str, name: str, weight: int, shadow: int = 0, sticky: str | None = None
+                  ) -> dict[str, object]:
+        """Send `weight` percent of `alias` to `name` (mirror `shadow` percent of the rest). Like a switch, only to a
+        version of the alias's own domain that every LoRA replica has loaded; the alias must exist already."""
+        try:
+            number = check_alias_target(alias, name)
+            CanarySplit(version=number, weight=weight, shadow=shadow, sticky=sticky)  # type: ignore[arg-type]
+        except GuardError as exc:
+            raise RoutingError(400, "alias_domain_mismatch", str(exc)) from None
+        except ValidationError as exc:
+            raise RoutingError(400, "bad_split", f"canary of `{alias}`: {exc.errors()[0]['msg']}") from None
+        if self.aliases.get(alias) is None:
+            raise RoutingError(404, "unknown_alias", f"no alias `{alias}`: switch it to its stable version first")
+        lora = self.lora_replicas()
+        missing = [r.url for r in lora if name not in r.loaded]
+        if missing or not lora:
+            raise RoutingError(409, "version_not_loaded", f"`{name}` is not loaded on every healthy replica: {missing}")
+        before = self.aliases.split(alias)
+        if before is not None and before.name != name:
+            self._end_split(alias, before, "rolled_back")  # replaced by another candidate: this one did not make it
+        self.aliases.set_split(alias, Split(name, weight, shadow, sticky))
+        self.metrics.canary_weight.labels(alias, name).set(weight)
+        for outcome in ("promoted", "rolled_back"):
+            # Exported at 0 from the start: Prometheus's increase() needs the 0 before the 1 to see the end.
+            self.metrics.canary_ended.labels(alias, name, outcome)
+        return {"alias": alias, "canary": name, "weight": weight, "shadow": shadow, "sticky": sticky}
+
+    def clear_split(self, alias: str) -> dict[str, object]:
+        """End a canary without promoting it (a rollback); a no-op when there is none."""
+        removed = self.aliases.clear_split(alias)
+        if removed is not None:
+            self._end_split(alias, removed, "rolled_back")
+        return {"alias": alias, "removed": removed.name if removed else None}
+
+    def _end_split(self, alias: str, split: Split, outcome: str) -> None:
+        self.metrics.canary_ended.labels(alias, split.name, outcome).inc()
+        with contextlib.suppress(KeyError):  # never set in this process (a restarted gateway)
+            self.metrics.canary_weight.remove(alias, split.name)
 
     async def drain(self, name: str, timeout: float = 60.0) -> int:
         """Wait until no request is in flight on `name`; it must no longer be an alias target."""
@@ -232,6 +294,8 @@ class GatewayCore:
             "aliases": {a: {"name": t.name, "version": t.version, "switched_at": t.switched_at}
                         for a, t in sorted(self.aliases.targets().items())},
             "routing": self.routing,
+            "canaries": {a: {"name": c.name, "weight": c.weight, "shadow": c.shadow, "sticky": c.sticky}
+                         for a, c in sorted(self.aliases.splits().items())},
             "replicas": [{"url": r.url, "healthy": r.healthy, "loaded": sorted(r.loaded), "outstanding": r.outstanding,
                           "base": list(r.base or ()), "lora_slots": r.slots, "recent_adapters": list(r.sent.recent),
                           "load": None if r.load is None else {

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service.gateway.core import GatewayCore, RoutingError
+from service.gateway.shadow import mirror
 from service.gateway.state import Replica, Route
 
 VERSION_HEADER = "x-exaone-adapter-version"
@@ -73,6 +74,8 @@ class _Accounting:
         self.replica: Replica | None = None
         self.closed = False
         self.streaming = False  # a stream took the books over: it closes them when it ends
+        self.first_at: float | None = None
+        self.completion = 0
         core.traffic.begin(route.upstream_model)
         core.metrics.in_flight.labels(route.alias).inc()
 
@@ -83,11 +86,13 @@ class _Accounting:
         replica.outstanding += 1
 
     def first_token(self) -> None:
-        self.core.metrics.ttft.labels(self.route.alias, self.route.label).observe(time.perf_counter() - self.start)
+        self.first_at = time.perf_counter()
+        self.core.metrics.ttft.labels(self.route.alias, self.route.label).observe(self.first_at - self.start)
 
     def tokens(self, completion: int, prompt: int = 0) -> None:
         m, alias, label = self.core.metrics, self.route.alias, self.route.label
         if completion > 0:
+            self.completion += completion
             m.tokens.labels(alias, label).inc(completion)
         if prompt > 0:
             m.prompt_tokens.labels(alias, label).inc(prompt)
@@ -100,7 +105,10 @@ class _Accounting:
         m.requests.labels(alias, label, str(status)).inc()
         if error:
             m.errors.labels(alias, label, error).inc()
-        m.duration.labels(alias, label).observe(time.perf_counter() - self.start)
+        now = time.perf_counter()
+        m.duration.labels(alias, label).observe(now - self.start)
+        if error is None and self.first_at is not None and self.completion >= 2:
+            m.tpot.labels(alias, label).observe((now - self.first_at) / (self.completion - 1))
         m.in_flight.labels(alias).dec()
         self.core.traffic.end(self.route.upstream_model)
         if self.replica is not None:
@@ -145,12 +153,13 @@ async def forward(core: GatewayCore, path: str, body: dict[str, Any], headers: d
                   request_id: str | None = None) -> Response:
     request_id = request_id or uuid.uuid4().hex
     try:
-        route = core.resolve(body.get("model"))
+        route = core.resolve(body.get("model"), body.get("user"))
     except RoutingError as exc:
         core.metrics.errors.labels("unknown", "none", exc.code).inc()
         return openai_error(exc.status, exc.code, exc.message, request_id=request_id)
 
     acct = _Accounting(core, route)
+    mirror(core, route, path, body, headers)
     try:
         return await _forward(core, route, path, body, headers, acct, request_id)
     except asyncio.CancelledError:  # the client went away while the replica was being asked
@@ -230,7 +239,9 @@ async def _forward(core: GatewayCore, route: Route, path: str, body: dict[str, A
             log.warning("request %s: %s answered %d: %s", request_id, replica.url, upstream.status,
                         raw[:2000].decode(errors="replace"))
             message = f"the model server could not complete the request (request id {request_id})"
-        return openai_error(upstream.status, reason, message, param=None, request_id=request_id)
+        answer = openai_error(upstream.status, reason, message, param=None, request_id=request_id)
+        answer.headers[VERSION_HEADER] = route.label  # which version failed: a canary's errors are told apart
+        return answer
 
     try:
         payload = json.loads(raw)

@@ -24,34 +24,66 @@ class AliasTarget:
 
 
 @dataclass(frozen=True)
+class Split:
+    """A canary of one alias as the gateway holds it: `name` (the candidate version) takes `weight` percent, and
+    `shadow` percent of the rest is mirrored to it. The model of the numbers is `exaone_lora.canary.CanarySplit`."""
+
+    name: str
+    weight: int
+    shadow: int = 0
+    sticky: str | None = None
+
+
+@dataclass(frozen=True)
 class Route:
-    """Where one request goes: `label` is what metrics show as version (`base` for the base model)."""
+    """Where one request goes: `label` is what metrics show as version (`base` for the base model).
+
+    `shadow`: the candidate version this request is also mirrored to (answer discarded), decided on arrival."""
 
     alias: str
     upstream_model: str
     label: str
+    shadow: str | None = None
 
 
 class AliasTable:
     def __init__(self) -> None:
         self._targets: dict[str, AliasTarget] = {}
+        self._splits: dict[str, Split] = {}
 
     def get(self, alias: str) -> AliasTarget | None:
         return self._targets.get(alias)
 
+    def split(self, alias: str) -> Split | None:
+        return self._splits.get(alias)
+
     def switch(self, alias: str, name: str, version: int) -> AliasTarget | None:
         previous = self._targets.get(alias)
         self._targets[alias] = AliasTarget(alias, name, version, time.time())
+        split = self._splits.get(alias)
+        if split is not None and split.name == name:
+            del self._splits[alias]  # the candidate became the alias's version: a promotion ends the canary
         return previous
 
+    def set_split(self, alias: str, split: Split) -> None:
+        self._splits[alias] = split
+
+    def clear_split(self, alias: str) -> Split | None:
+        return self._splits.pop(alias, None)
+
     def remove(self, alias: str) -> AliasTarget | None:
+        self._splits.pop(alias, None)
         return self._targets.pop(alias, None)
 
     def targets(self) -> dict[str, AliasTarget]:
         return dict(self._targets)
 
+    def splits(self) -> dict[str, Split]:
+        return dict(self._splits)
+
     def pointed_names(self) -> set[str]:
-        return {t.name for t in self._targets.values()}
+        """Versions clients can reach: alias targets and canary candidates (neither may be drained or unloaded)."""
+        return {t.name for t in self._targets.values()} | {s.name for s in self._splits.values()}
 
 
 @dataclass

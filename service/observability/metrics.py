@@ -38,6 +38,8 @@ GW_TOKENS = "exaone_gateway_generated_tokens_total"
 GW_IN_FLIGHT = "exaone_gateway_in_flight_requests"
 GW_ALIAS_VERSION = "exaone_gateway_alias_version"
 GW_ALIAS_SWITCH = "exaone_gateway_alias_switch_timestamp_seconds"
+GW_CANARY_WEIGHT = "exaone_gateway_canary_weight_percent"
+GW_CANARY_ENDED = "exaone_gateway_canary_ended_total"
 
 
 def bucket(histogram: str) -> str:

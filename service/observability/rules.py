@@ -34,6 +34,10 @@ class AlertThresholds:
     switch_window_minutes: int = 10
     # How much pre-switch history forms the previous version's baseline.
     baseline_minutes: int = 30
+    # A canary candidate fails more than this share of its requests (5xx): the rollout controller rolls it back
+    # within one window; the alert is for the canaries nobody is watching (one set by hand, a controller gone).
+    canary_error_ratio: float = 0.05
+    canary_rollback_window_minutes: int = 30
 
 
 def _alert(name: str, expr: str, severity: str, component: str, summary: str, description: str,
@@ -142,6 +146,32 @@ def gateway_rules(t: AlertThresholds) -> list[dict[str, Any]]:
             f"The alias was switched in the last {window} and the new version's p95 request latency is more than "
             f"{t.latency_regression_factor:g}x the previous version's. Consider rolling the alias back.",
             "2m",
+        ),
+        _alert(
+            "GatewayCanaryErrorRatioHigh",
+            f"(\n"
+            f'  sum by (alias, version) (rate({m.GW_REQUESTS}{{status=~"5.."}}[5m]))\n'
+            f"  /\n"
+            f"  sum by (alias, version) (rate({m.GW_REQUESTS}[5m]))\n"
+            f"  > {t.canary_error_ratio}\n"
+            f")\n"
+            f"and on (alias, version)\n"
+            f"  (max by (alias, version) ({m.GW_CANARY_WEIGHT}) > 0)",
+            "warning", "gateway",
+            "Canary {{ $labels.version }} of {{ $labels.alias }} fails {{ $value | humanizePercentage }} of its requests",
+            f"A canary candidate with traffic has failed more than {t.canary_error_ratio:.0%} of its requests for 2 "
+            "minutes. A running `exaone-lora adapters rollout` rolls it back by itself; otherwise end the canary with "
+            "`exaone-lora adapters alias ALIAS CURRENT_VERSION` and `fab deploy-adapters`.",
+            "2m",
+        ),
+        _alert(
+            "GatewayCanaryRolledBack",
+            f'sum by (alias, version) (increase({m.GW_CANARY_ENDED}{{outcome="rolled_back"}}'
+            f"[{t.canary_rollback_window_minutes}m])) > 0",
+            "warning", "gateway",
+            "Canary {{ $labels.version }} of {{ $labels.alias }} was rolled back",
+            "A canary ended without being promoted (the rollout controller's verdict, or an operator ended it). "
+            "`exaone-lora adapters rollout-status ALIAS` shows the windows and the reason.",
         ),
         _alert(
             "GatewayTargetDown",

@@ -3,7 +3,7 @@
 - `fab ...` lines: the task exists and takes every flag shown, and the stack is always named (no default stack).
 - `pulumi config set` lines: the key is one the spec (`exaone-lora:`) or the program (`ops:`) reads.
 - `exaone-lora ...` lines that need neither Azure nor a running stack are run here and must succeed.
-The same fab lines run end to end in `tests/rehearsal/` (as `exaone-lora rehearse --stack poc` runs them).
+The same fab lines run end to end in `tests/exaone_lora/rehearsal/` (as `exaone-lora rehearse --stack poc` runs them).
 """
 
 from __future__ import annotations

@@ -141,10 +141,15 @@ def test_patch_model_on_fixtures(bootstrapped: Bootstrapped) -> None:
 
 def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
     c = bootstrapped.host.connection
+    unit = units.vllm_unit_name(0)
+    # Whether or not an earlier test installed the units, the one on the host now differs from the rendered text,
+    # so install-service must rewrite it and restart (the test does not depend on what ran before it).
+    path = f"{units.UNIT_DIR}/{unit}"
+    c.run(f"if test -f {path}; then echo '# drifted' >> {path}; fi", hide=True)
     start = time.monotonic()
     changes = units.install_service(c, host_spec, health_timeout=600)
     print(f"install-service to healthy: {time.monotonic() - start:.0f} s")
-    assert any(ch.changed and ch.step.startswith("restart") for ch in changes)
+    assert any(ch.changed and ch.step.startswith("restart") for ch in changes), changes
     # A real chat completion through the vLLM that systemd runs inside the host.
     r = httpx.post(f"{_api(host_spec)}/v1/chat/completions", timeout=120, json={
         "model": "exaone", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0})
@@ -154,7 +159,6 @@ def test_install_service_restarts_after_kill(bootstrapped: Bootstrapped, host_sp
     r = httpx.post(f"{_api(host_spec)}/v1/completions", timeout=300, json={
         "model": "exaone", "prompt": "hi", "max_tokens": 2, "temperature": 0, "logprobs": 2})
     assert r.status_code == 200, f"{r.text}\n{_journal(host_spec)}"
-    unit = units.vllm_unit_name(0)
     first = units.status(c, host_spec)[0]
     assert first.active == "active" and first.main_pid > 0
     c.run(f"kill -9 {first.main_pid}", hide=True)
@@ -218,12 +222,23 @@ def _gateway_target(c: Connection, spec: DeploymentSpec, alias: str) -> str | No
     return adapters._gateway_alias(c, spec, alias, DEFAULT_LAYOUT)
 
 
-def test_deploy_switch_idempotence_and_rollback(serving: Bootstrapped, host_spec: DeploymentSpec,
-                                                registry: AdapterRegistry, ref: RegistrySettings) -> None:
+@pytest.fixture
+def medical_at_v1(serving: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
+                  ref: RegistrySettings) -> Bootstrapped:
+    """Each deploy test starts from medical v1 serving, whatever ran before it (the tests do not depend on order)."""
     c = serving.host.connection
-    first = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
-    assert {ch.step: ch.detail for ch in first}["alias medical"] == "nothing -> 1"
+    fresh = registry.alias("medical").current is None
+    changes = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
+    if fresh:
+        assert {ch.step: ch.detail for ch in changes}["alias medical"] == "nothing -> 1"
+    assert registry.alias("medical").current == 1
     assert _gateway_target(c, host_spec, "medical") == "medical-v1"
+    return serving
+
+
+def test_deploy_switch_idempotence_and_rollback(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec,
+                                                registry: AdapterRegistry, ref: RegistrySettings) -> None:
+    c = medical_at_v1.host.connection
     v1 = fingerprint(host_spec, "medical")
     again = deploy_adapters(c, host_spec, ref, ["medical"], version=1, report=lambda _: None)
     assert [ch for ch in again if ch.changed] == [], again
@@ -248,9 +263,9 @@ def test_deploy_switch_idempotence_and_rollback(serving: Bootstrapped, host_spec
     assert registry.alias("medical").current == 1  # one history: the registry's
 
 
-def test_deploy_checksum_mismatch_is_refused(serving: Bootstrapped, host_spec: DeploymentSpec,
+def test_deploy_checksum_mismatch_is_refused(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec,
                                              registry: AdapterRegistry, ref: RegistrySettings) -> None:
-    c = serving.host.connection
+    c = medical_at_v1.host.connection
     before = fingerprint(host_spec, "medical")
     blob = registry.container.get_blob_client("medical/v3/adapter_model.safetensors")
     data = bytearray(blob.download_blob().readall())
@@ -287,10 +302,10 @@ def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 120)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_deploy_interrupted_leaves_previous_version(serving: Bootstrapped, host_spec: DeploymentSpec,
+def test_deploy_interrupted_leaves_previous_version(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec,
                                                     registry: AdapterRegistry, testhost: TestHost, stack_root: Path,
                                                     azurite_blob: Azurite, sig: signal.Signals) -> None:
-    c = serving.host.connection
+    c = medical_at_v1.host.connection
     before = fingerprint(host_spec, "medical")
     proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4", hold="desired:120")
     _wait_for_line(proc, "holding at desired")
@@ -314,9 +329,9 @@ def test_deploy_interrupted_leaves_previous_version(serving: Bootstrapped, host_
         assert back.communicate(timeout=300)[0] and back.returncode == 0
 
 
-def test_fab_deploy_through_cli(serving: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
+def test_fab_deploy_through_cli(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec, registry: AdapterRegistry,
                                 testhost: TestHost, stack_root: Path, azurite_blob: Azurite, ref: RegistrySettings) -> None:
-    c = serving.host.connection
+    c = medical_at_v1.host.connection
     proc = _fab(testhost, stack_root, azurite_blob, "--domain", "medical", "--version", "4")
     text = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, text
@@ -345,7 +360,10 @@ def test_fab_refuses_a_missing_stack(testhost: TestHost, stack_root: Path) -> No
 # ------------------------------------------------------------------ merged replica
 
 
-def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, host_spec: DeploymentSpec) -> None:
+# Three merged vLLM starts on the CPU, plus the units' first start when this test runs first.
+@pytest.mark.timeout(1800)
+def test_merged_replica_folds_restarts_and_prunes(serving: Bootstrapped, host_spec: DeploymentSpec,
+                                                  ref: RegistrySettings) -> None:
     """`ensure_merged`, the host side of a merged replica's deploy, on the real host: the merge CLI runs in the
     gateway's code with vLLM's Python, the unit starts from its env file, re-runs change nothing, and only the
     current and previous folded versions are kept."""
@@ -355,9 +373,12 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
     from service.merged_replicas import merged_env_file, merged_root, merged_unit_name, merged_units
     from tests.support.processes import free_port
 
-    c = bootstrapped.host.connection
+    c = serving.host.connection
+    # The versions to fold must be on the host and v1 serving: prepared here, so the test passes in any order.
+    for version in (2, 4, 1):
+        deploy_adapters(c, host_spec, ref, ["medical"], version=version, report=lambda _: None)
     deployed = out(c, f"ls {ROOT}").split()
-    assert {"medical-v1", "medical-v2", "medical-v4"} <= set(deployed), f"the deploy tests run first: {deployed}"
+    assert {"medical-v1", "medical-v2", "medical-v4"} <= set(deployed), deployed
     merged = MergedReplicaSpec(alias="medical", port=free_port(), max_num_seqs=4)
     pin = {"alias": "medical", "version": 1, "blob_path": "medical/v1", "sha256": "0" * 64, "rank": 8}
     spec = DeploymentSpec.model_validate(host_spec.model_dump() | {
@@ -368,7 +389,7 @@ def test_merged_replica_folds_restarts_and_prunes(bootstrapped: Bootstrapped, ho
     put_bytes(c, merged_units(spec)[unit].encode(), f"/etc/systemd/system/{unit}")
     sh(c, f"systemctl daemon-reload && systemctl enable {unit}")
     try:
-        assert _gateway_target(c, host_spec, "medical") == "medical-v1"  # since the deploy tests
+        assert _gateway_target(c, host_spec, "medical") == "medical-v1"
         merged_url = f"http://127.0.0.1:{merged.port}"
         first = adapters.ensure_merged(c, spec, merged, "medical-v1", report=lambda _: None, health_timeout=600)
         assert first.changed and first.detail == "nothing -> medical-v1"

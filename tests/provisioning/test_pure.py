@@ -91,3 +91,11 @@ def test_fab_list_shows_every_task_with_help() -> None:
                               capture_output=True, text=True, timeout=120, check=True).stdout
     for flag in ("--domain", "--version", "--rollback", "--dry-run", "--stack"):
         assert flag in helptext
+
+
+def test_fab_rollout_adapters_takes_the_canary_options() -> None:
+    helptext = subprocess.run([str(REPO / ".venv" / "bin" / "fab"), "--help", "rollout-adapters"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, check=True).stdout
+    for flag in ("--domain", "--version", "--canary=INT", "--step=INT", "--interval=INT", "--shadow=INT",
+                 "--sticky-user", "--min-requests=INT", "--stack"):
+        assert flag in helptext, helptext
