@@ -32,6 +32,8 @@ REVISION_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 # vLLM releases are pinned exactly: `0.26.0`, never a range.
 VERSION_PIN_PATTERN = re.compile(r"^\d+\.\d+\.\d+(\.post\d+)?$")
 BROADEST_SSH_PREFIX = {4: 16, 6: 48}
+# How the gateway picks among the replicas serving a request (service.gateway.scoring says what each does).
+RoutingPolicy = Literal["scored", "least-outstanding"]
 VLLM_ENV_PATTERN = re.compile(r"^VLLM_[A-Z0-9_]+$")
 # vLLM environment variables the deployment sets itself (caches, offline mode, runtime LoRA loading, where a
 # server computes, the API key, the tuned LoRA kernel folder): `serverEnv` may not override them.
@@ -231,6 +233,8 @@ class GatewaySpec(_Model):
     enabled: bool = True
     engine_port: int = Field(default=8081, ge=1024, le=65535)
     admin_port: int = Field(default=8082, ge=1024, le=65535)
+    routing: RoutingPolicy = Field(default="scored", description="replica choice: `scored` (queue, KV cache, LoRA "
+                                   "affinity from vLLM's metrics) or `least-outstanding` (the gateway's own count)")
 
 
 class MergedReplicaSpec(_Model):

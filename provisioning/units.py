@@ -72,7 +72,7 @@ Environment=PYTHONDONTWRITEBYTECODE=1
 EnvironmentFile={layout.env_file}
 ExecStart={layout.vllm_python} -m service.cli gateway --host {public_host} --port {spec.port} \\
   --admin-port {spec.gateway.admin_port} --served-name {spec.model.served_name} --adapter-root {layout.adapters} \\
-  {upstreams}{aliases}{guards}
+  --routing {spec.gateway.routing} {upstreams}{aliases}{guards}
 Restart=always
 RestartSec=3
 NoNewPrivileges=yes

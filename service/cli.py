@@ -77,6 +77,9 @@ def gateway(
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
     max_body_bytes: Annotated[int | None, typer.Option(min=1024, help="largest request body the public API reads (413 "
                                                                       "beyond; default 1 MiB)")] = None,
+    routing: Annotated[str | None, typer.Option(help="replica choice: scored (queue, KV cache, LoRA affinity from "
+                                                     "vLLM's metrics) or least-outstanding (default "
+                                                     "spec.gateway.routing, else scored)")] = None,
 ) -> None:
     """Run the gateway: public OpenAI API (aliases, streaming) and the admin listener (/metrics, keyed /admin/*).
 
@@ -119,9 +122,12 @@ def gateway(
             served_name=served_name or (spec.model.served_name if spec else "exaone"),
             initial_aliases=_pairs(alias, "--alias"), adapter_root=adapter_root,
             max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+            routing=routing or (spec.gateway.routing if spec else "scored"),
         )
     except GuardError as exc:
         raise typer.BadParameter(str(exc)) from None
+    except ValueError as exc:  # an unknown --routing
+        raise typer.BadParameter(str(exc), param_hint="--routing") from None
     public_port = port or (spec.port if spec else 8080)
     private_port = admin_port or (spec.gateway.admin_port if spec else 8082)
     if (tls_cert is None) != (tls_key is None):

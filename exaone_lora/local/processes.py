@@ -118,13 +118,15 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20) -> N
 @contextmanager
 def vllm_server(model_dir: Path, log: Path, *, max_loras: int = 2, max_cpu_loras: int = 4, max_lora_rank: int = 8,
                 served_name: str = "exaone", timeout: float = 300, lora: bool = True,
-                cpu: int | None = None) -> Iterator[RunningProcess]:
+                cpu: int | None = None, extra_env: dict[str, str] | None = None) -> Iterator[RunningProcess]:
     """A real OpenAI-compatible vLLM server (CPU build) on a free loopback port, runtime LoRA updates on
     (`lora=False`: a plain server, e.g. a merged replica serving one version as its base model).
 
     Its argv and environment are the `dev` stack's (target local), rendered by `service.vllm_config` like every
     other vLLM the project starts, with these LoRA limits; its caches live under the checkout's `.cache`.
     `cpu`: the core its worker computes on (see `cpu_slot`); None keeps vLLM's automatic binding.
+    `extra_env`: added to the rendered environment (e.g. `VLLM_LOGGING_LEVEL=DEBUG`, whose LoRA slot activations
+    the routing benchmark counts).
     """
     from exaone_lora.spec import MergedReplicaSpec, load_spec
     from service.layout import HostLayout
@@ -145,6 +147,7 @@ def vllm_server(model_dir: Path, log: Path, *, max_loras: int = 2, max_cpu_loras
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     if cpu is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu)
+    env.update(extra_env or {})
     with run_process(launch.command(str(vllm_python())), log, f"http://127.0.0.1:{port}/health", timeout, env=env) as proc:
         yield proc
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.gateway.body import DEFAULT_MAX_BODY_BYTES, BodyError, read_request
-from service.gateway.core import GatewayCore, RoutingError
+from service.gateway.core import METRICS_INTERVAL_S, GatewayCore, RoutingError
 from service.gateway.engine import EngineError
 from service.gateway.guards import API_KEY_ENV, GuardError, adapter_path, check_alias_target, check_key
 from service.gateway.names import parse_version_name, version_name
@@ -53,14 +53,16 @@ def _bearer_ok(expected: str | None, header: str | None) -> bool:
 def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "exaone", api_key: str | None = None,
                    require_api_key: bool = False, engine_api_key: str | None = None, refresh_seconds: float = 5.0,
                    initial_aliases: dict[str, str] | None = None, core: GatewayCore | None = None,
-                   adapter_root: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> GatewayApps:
+                   adapter_root: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                   routing: str = "scored") -> GatewayApps:
     """Build the public and admin apps over one shared core.
 
     `admin_key` is mandatory (an admin API without a key is refused at construction); `api_key`
     protects the public API and must be set when `require_api_key` (a GuardError otherwise); a key
     shorter than 16 characters is always refused. `engine_api_key` is what vLLM itself expects.
     `initial_aliases` (alias -> version name, e.g. from the registry's alias.json) are switched at
-    start-up where every replica has the version loaded; the reconciler does the rest.
+    start-up where every replica has the version loaded; the reconciler does the rest. `routing` is the replica
+    choice (`service.gateway.scoring`); `scored` reads every replica's /metrics in the background.
     """
     check_key("the gateway admin key", admin_key, required=True)
     check_key(f"the public API key (${API_KEY_ENV})", api_key, required=require_api_key)
@@ -68,7 +70,7 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
         raise GuardError(f"the request body limit must be at least 1024 bytes, got {max_body_bytes}")
     for alias, name in (initial_aliases or {}).items():
         check_alias_target(alias, name)
-    core = core or GatewayCore.for_upstreams(served_name, upstreams, engine_api_key=engine_api_key)
+    core = core or GatewayCore.for_upstreams(served_name, upstreams, engine_api_key=engine_api_key, routing=routing)
     core.adapter_root = adapter_root or core.adapter_root
     upstream_headers = {"Authorization": f"Bearer {engine_api_key}"} if engine_api_key else {}
 
@@ -85,11 +87,20 @@ def create_gateway(upstreams: list[str], *, admin_key: str, served_name: str = "
                 await asyncio.sleep(refresh_seconds)
                 await core.refresh()
 
-        task = asyncio.create_task(keep_fresh())
+        async def keep_loads() -> None:
+            # The scorer's view of each replica's queue, KV cache and LoRA slots; stale after METRICS_TTL_S.
+            while True:
+                await core.read_loads()
+                await asyncio.sleep(METRICS_INTERVAL_S)
+
+        tasks = [asyncio.create_task(keep_fresh())]
+        if core.routing == "scored":
+            tasks.append(asyncio.create_task(keep_loads()))
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             await core.aclose()
 
     public = FastAPI(title="EXAONE LoRA gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

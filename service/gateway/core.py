@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import zlib
@@ -22,7 +23,10 @@ from service.gateway.engine import EngineClient, EngineError
 from service.gateway.guards import GuardError, check_alias_target
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.names import parse_version_name
+from service.gateway.scoring import POLICIES, Candidate, MetricsParseError, choose, parse_vllm_metrics
 from service.gateway.state import AliasTable, Replica, Route, Split, Traffic
+
+log = logging.getLogger("service.gateway")
 
 
 class RoutingError(Exception):
@@ -40,6 +44,11 @@ MAX_UPSTREAM_CONNECTIONS = 512
 # vLLM (uvicorn) closes a keep-alive connection idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE); the gateway drops its
 # idle ones sooner, so it does not send a request on a connection the replica is closing at that moment.
 UPSTREAM_KEEPALIVE_S = 3.0
+# The `scored` policy reads each replica's /metrics this often, waits this long for an answer, and trusts a scrape
+# this long: a queue changes within a request's life (seconds on a GPU), and a scrape of vLLM costs it ~1 ms.
+METRICS_INTERVAL_S = 0.5
+METRICS_TIMEOUT_S = 1.0
+METRICS_TTL_S = 2.0
 
 
 @dataclass
@@ -56,6 +65,8 @@ class GatewayCore:
     # A merged replica takes its version's requests until this many are outstanding on it; beyond that the
     # overflow goes to the LoRA replicas (a merged replica is one GPU share, not the whole fleet).
     merged_spill_at: int = 64
+    # How `pick` orders the replicas that may take a request (service.gateway.scoring).
+    routing: str = "scored"
     # Draws the canary and shadow choices of requests without a sticky key (seeded in tests).
     rng: random.Random = field(default_factory=random.Random)
     # Shadow requests in flight at most; beyond it a request is not mirrored (counted as skipped), so a slow
@@ -65,14 +76,18 @@ class GatewayCore:
     # Inference requests (every streamed token) go through aiohttp; `client` (httpx) makes the few admin calls.
     _inference: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.routing not in POLICIES:
+            raise ValueError(f"unknown routing policy {self.routing!r}: one of {', '.join(POLICIES)}")
+
     @classmethod
     def for_upstreams(cls, served_name: str, upstreams: list[str], *, engine_api_key: str | None = None,
-                      client: httpx.AsyncClient | None = None) -> GatewayCore:
+                      client: httpx.AsyncClient | None = None, routing: str = "scored") -> GatewayCore:
         if not upstreams:
             raise ValueError("the gateway needs at least one vLLM upstream URL")
         http = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
         replicas = [Replica(EngineClient(url, http, api_key=engine_api_key)) for url in upstreams]
-        return cls(served_name=served_name, replicas=replicas, client=http)
+        return cls(served_name=served_name, replicas=replicas, client=http, routing=routing)
 
     def inference_session(self) -> aiohttp.ClientSession:
         """The pooled session inference requests are forwarded on, made on first use (it binds to the running
@@ -128,18 +143,26 @@ class GatewayCore:
 
     def pick(self, route: Route, exclude: set[str] | frozenset[str] = frozenset()) -> Replica:
         """A healthy replica serving the route: a merged replica of the version first (until it has
-        `merged_spill_at` outstanding), then least outstanding (sticky by alias on ties)."""
+        `merged_spill_at` outstanding), then the lowest cost under the routing policy (sticky by alias on ties)."""
         candidates = [r for r in self.replicas if r.healthy and r.url not in exclude and self.serves(r, route)]
         if not candidates:
             raise RoutingError(503, "no_replica", f"no healthy replica serves `{route.alias}` ({route.label}) right now")
         # Ties go to the alias's "home" replica, so its prompts keep hitting the same prefix cache.
         home = zlib.crc32(route.alias.encode()) % len(self.replicas)
         order = {r.url: (i - home) % len(self.replicas) for i, r in enumerate(self.replicas)}
+        by_url = {r.url: r for r in candidates}
+        adapter = None if route.label == "base" else route.upstream_model
 
-        def rank(r: Replica) -> tuple[int, int, int]:
-            fast = route.label != "base" and r.merged_for(route.upstream_model) and r.outstanding < self.merged_spill_at
-            return (0 if fast else 1, r.outstanding, order[r.url])
-        return min(candidates, key=rank)
+        def candidate(r: Replica) -> Candidate:
+            merged = adapter is not None and r.merged_for(adapter)
+            return Candidate(url=r.url, outstanding=r.outstanding, order=order[r.url],
+                             fast=merged and r.outstanding < self.merged_spill_at, load=r.load,
+                             remembered=tuple(r.sent.recent), slots=r.slots)
+        chosen = by_url[choose([candidate(r) for r in candidates], adapter, self.routing, time.monotonic(),
+                               METRICS_TTL_S).url]
+        if adapter is not None and not chosen.merged_for(adapter):
+            chosen.sent.touch(adapter)  # it now sits in one of that replica's LoRA slots
+        return chosen
 
     def path_of(self, replica: Replica, route: Route) -> str:
         if route.label == "base":
@@ -156,10 +179,26 @@ class GatewayCore:
                 replica.healthy = False
                 return
             replica.loaded = set(models.adapters)
+            replica.sent.keep_only(replica.loaded)  # an unloaded adapter left its slot too
             replica.base = models.base
             replica.healthy = True
             if replica.serves_base(self.served_name):
                 await self._heal(replica)
+        await asyncio.gather(*(one(r) for r in self.replicas))
+
+    async def read_loads(self) -> None:
+        """Scrape every replica's vLLM /metrics once (bounded by METRICS_TIMEOUT_S). A replica that does not answer
+        keeps its last scrape, which the scorer stops trusting after METRICS_TTL_S: routing then falls back to the
+        gateway's own outstanding counts. Health stays /v1/models' business (`refresh`)."""
+        async def one(replica: Replica) -> None:
+            try:
+                text = await replica.engine.metrics_text(METRICS_TIMEOUT_S)
+                load = parse_vllm_metrics(text, time.monotonic())
+            except (httpx.HTTPError, EngineError, MetricsParseError) as exc:
+                log.debug("metrics of %s not read: %s", replica.url, exc)
+                return
+            replica.load = load
+            replica.slots = load.max_loras or replica.slots
         await asyncio.gather(*(one(r) for r in self.replicas))
 
     async def _heal(self, replica: Replica) -> None:
@@ -254,10 +293,15 @@ class GatewayCore:
             "served_name": self.served_name,
             "aliases": {a: {"name": t.name, "version": t.version, "switched_at": t.switched_at}
                         for a, t in sorted(self.aliases.targets().items())},
+            "routing": self.routing,
             "canaries": {a: {"name": c.name, "weight": c.weight, "shadow": c.shadow, "sticky": c.sticky}
                          for a, c in sorted(self.aliases.splits().items())},
             "replicas": [{"url": r.url, "healthy": r.healthy, "loaded": sorted(r.loaded), "outstanding": r.outstanding,
-                          "base": list(r.base or ()),
+                          "base": list(r.base or ()), "lora_slots": r.slots, "recent_adapters": list(r.sent.recent),
+                          "load": None if r.load is None else {
+                              "running": r.load.running, "waiting": r.load.waiting,
+                              "kv_cache_usage": r.load.kv_cache_usage, "adapters": sorted(r.load.active_adapters),
+                              "age_s": round(time.monotonic() - r.load.read_at, 3)},
                           "kind": "lora" if r.serves_base(self.served_name) else "merged"}
                          for r in self.replicas],
             "in_flight": dict(self.traffic.in_flight),

@@ -65,6 +65,13 @@ class EngineClient:
                 base.append(str(entry["id"]))
         return EngineModels(tuple(base), adapters)
 
+    async def metrics_text(self, timeout: float) -> str:
+        """vLLM's Prometheus /metrics text (the scheduler's queue, KV-cache use, LoRA adapters in use)."""
+        response = await self._client.get(f"{self.url}/metrics", headers=self._headers, timeout=timeout)
+        if response.status_code != 200:
+            raise EngineError(self.url, "read metrics", response.status_code, _message(response))
+        return response.text
+
     async def load(self, name: str, path: str) -> bool:
         """Load adapter `name` from `path`; False when it was already loaded (nothing changed)."""
         response = await self._client.post(f"{self.url}/v1/load_lora_adapter", headers=self._headers,

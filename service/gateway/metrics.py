@@ -62,6 +62,10 @@ class GatewayMetrics:
                                       "was reached", ["alias"], registry=r)
         self.routed = Counter("exaone_gateway_routed_requests", "Requests placed on a replica, by alias and path "
                               "(base, lora, merged)", ["alias", "path"], registry=r)
+        # Which replica (its index in the gateway's --upstream list) took each version's requests: LoRA affinity
+        # (service.gateway.scoring) shows here as each version staying on few replicas.
+        self.placed = Counter("exaone_gateway_replica_requests", "Requests placed, by replica index and version",
+                              ["replica", "version"], registry=r)
         self.healed = Counter("exaone_gateway_healed_loads", "Versions re-loaded into a replica that had lost them "
                               "(restart)", ["version"], registry=r)
 

@@ -192,6 +192,7 @@ async def _forward(core: GatewayCore, route: Route, path: str, body: dict[str, A
         acct.attach(replica)
         tried.add(replica.url)
         core.metrics.routed.labels(route.alias, core.path_of(replica, route)).inc()
+        core.metrics.placed.labels(str(core.replicas.index(replica)), route.label).inc()
         try:
             upstream = await core.inference_session().post(f"{replica.url}{path}", json=upstream_body, headers=headers)
         except aiohttp.ClientConnectionError:

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from service.gateway.engine import EngineClient
+from service.gateway.scoring import EngineLoad, SlotMemory
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ class Replica:
     outstanding: int = 0
     healthy: bool = True
     base: tuple[str, ...] | None = None  # None until the first /v1/models answer
+    # The last scrape of its vLLM /metrics (the `scored` policy ignores it once older than its time to live),
+    # and its LoRA slot count, which a scrape tells once and which does not change while it runs.
+    load: EngineLoad | None = None
+    slots: int | None = None
+    sent: SlotMemory = field(default_factory=SlotMemory)  # the adapters the gateway sent here, most recent last
 
     @property
     def url(self) -> str:

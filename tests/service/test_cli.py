@@ -60,6 +60,10 @@ def test_gateway_command_refuses_unsafe_settings(monkeypatch: pytest.MonkeyPatch
     assert public_admin.exit_code == 2 and "loopback or a private address" in _flat(public_admin.output)
     short = runner.invoke(app, ["gateway", "--upstream", "http://127.0.0.1:9"], env={"EXAONE_GATEWAY_ADMIN_KEY": "short"})
     assert short.exit_code == 2 and "at least 16 characters" in _flat(short.output)
+    policy = runner.invoke(app, ["gateway", "--upstream", "http://127.0.0.1:9", "--routing", "random"],
+                           env={"EXAONE_GATEWAY_ADMIN_KEY": "k" * 32})
+    assert policy.exit_code == 2 and "unknown routing policy 'random': one of scored, least-outstanding" in _flat(
+        policy.output)
 
 
 def _flat(output: str) -> str:

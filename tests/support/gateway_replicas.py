@@ -61,6 +61,10 @@ class ScriptedReplica:
         try:
             while True:
                 method, path, raw = await read_request(reader)
+                if (method, path) == ("GET", "/metrics"):  # the gateway's scorer polls it: not a request under test
+                    reply(writer, 404, b'{"error":{"message":"no metrics here"}}')
+                    await writer.drain()
+                    continue
                 body = json.loads(raw) if raw else {}
                 self.requests.append((method, path, body))
                 if path == "/v1/models":

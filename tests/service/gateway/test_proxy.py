@@ -216,6 +216,8 @@ class ClosingReplica:
                 if (method, path) == ("GET", "/v1/models"):
                     reply(writer, 200, json.dumps({"data": [{"id": "exaone", "parent": None},
                                                             {"id": "medical-v1", "root": "/a", "parent": "exaone"}]}).encode())
+                elif (method, path) == ("GET", "/metrics"):  # the gateway's scorer polls it: not a completion
+                    reply(writer, 404, b"{}")
                 elif served:
                     return  # closes the connection: the request is never answered
                 else:
