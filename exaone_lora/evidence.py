@@ -92,15 +92,19 @@ def measured_mismatches(spec: DeploymentSpec, measured: Measured, *,
     unproven: list[str] = []
     engine = measured.engine
     wanted_build = GPU_BUILD if needs_gpu(spec) else CPU_BUILD
-    if engine.build != wanted_build:
+    # A stand-in's model marker records the pin it was uploaded for (`fab bootstrap --model-path`), not where the
+    # weights came from; its engine is not the stack's hardware either. Both pins stay unproven, whatever they say.
+    because = f"; stand-in: {measured.stand_in}" if measured.stand_in else ""
+    if engine.build != wanted_build or measured.stand_in:
         unproven.append(f"vllmVersion: pinned {spec.vllm_version!r} ({wanted_build} build), measured "
                         f"{engine.version!r} on a {engine.build} build ({engine.distribution or 'distribution unknown'})"
-                        f"{f'; stand-in: {measured.stand_in}' if measured.stand_in else ''}")
+                        f"{because}")
     elif engine.version != spec.vllm_version:
         wrong.append(f"vllmVersion: pinned {spec.vllm_version!r}, the server reports {engine.version!r}")
-    if measured.model_revision is None:
-        unproven.append(f"model.revision: pinned {spec.model.revision!r}, the host has no model marker "
-                        f"(.exaone-model.json) to measure it")
+    if measured.model_revision is None or measured.stand_in:
+        unproven.append(f"model.revision: pinned {spec.model.revision!r}, "
+                        + (f"the stand-in's model marker says {measured.model_revision!r}{because}"
+                           if measured.model_revision else "the host has no model marker (.exaone-model.json)"))
     elif measured.model_revision != spec.model.revision:
         wrong.append(f"model.revision: pinned {spec.model.revision!r}, the host's model is {measured.model_revision!r}")
     if spec.model.served_name not in measured.base_models:

@@ -170,3 +170,18 @@ def test_refused_when_the_server_served_another_adapter_version(root: Path) -> N
     assert "adapters.medical: pinned medical-v3, /v1/models served ['medical-v2']" in message
     assert f"adapters.medical.sha256: pinned {'c' * 64!r}, the host's medical-v3/manifest.json has None" in message
     assert "benchmark" not in message, "the benchmark's measurement matched: only the lifecycle is named"
+
+
+def test_a_stand_in_proves_neither_the_engine_nor_the_model_pin(root: Path) -> None:
+    spec = load_spec("poc", root)
+    # Everything matches on paper, even the build and the marker: but the record says it was a stand-in.
+    stand_in = Measured(**{**served_as_pinned(spec).__dict__, "stand_in": "rehearsal test host"})
+    record_evidence(root, spec, "lifecycle", True, {}, stand_in)
+    record_evidence(root, spec, "benchmark", True, {}, served_as_pinned(spec))
+    with pytest.raises(PromotionError) as refused:
+        promote("poc", "prod", root)
+    message = str(refused.value)
+    assert "vllmVersion: pinned '0.27.1' (cuda build)" in message and "stand-in: rehearsal test host" in message
+    assert "model.revision" in message and message.count("no proof of this pin") == 2
+    result = promote("poc", "prod", root, accept_stand_in=True)
+    assert result.written and len(result.unproven) == 2 and all(u.startswith("lifecycle: ") for u in result.unproven)

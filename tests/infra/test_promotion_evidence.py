@@ -158,11 +158,13 @@ def _other_base(m: dict[str, Any], name: str) -> str:
 
 def _gpu_other_version(m: dict[str, Any], version: str) -> str:
     m["engine"] = {"version": version, "build": "cuda", "distribution": f"vllm {version}"}
+    m["stand_in"] = None  # a record that claims to be the stack's own hardware
     return f"vllmVersion: pinned '0.26.0', the server reports {version!r}"
 
 
 def _other_revision(m: dict[str, Any], revision: str) -> str:
     m["model_revision"] = revision
+    m["stand_in"] = None
     return f"the host's model is {revision!r}"
 
 
