@@ -16,7 +16,7 @@ from fabric import Connection
 from exaone_lora.evidence import Measured
 from exaone_lora.spec import DeploymentSpec
 from provisioning.remote import sh
-from provisioning.service import gateway_src
+from provisioning.units import gateway_src
 from service.layout import DEFAULT_LAYOUT, HostLayout
 from service.replicas import replica_endpoints
 from service.served import git_commit
