@@ -31,8 +31,8 @@ import typer
 
 from benchmarks.client import percentile
 from benchmarks.sse_upstream import header_fields
-from benchmarks.suites import git_commit
 from exaone_lora.local.processes import free_port, run_process
+from service.served import git_commit
 
 ADMIN_KEY = "benchmark-admin-key-0123456789"  # a throwaway key for a gateway that only ever listens on loopback
 ALIAS, VERSION = "medical", "medical-v1"

@@ -25,6 +25,7 @@ import httpx
 
 from benchmarks.client import Job, RequestResult, post_json, run_jobs, stream_completion, summarize
 from benchmarks.client_pool import run_jobs_in_processes
+from service.served import git_commit
 
 # The seed's prompts (one per adapter domain); the text only sets the prompt length here.
 DOMAIN_PROMPTS: dict[str, str] = {
@@ -355,21 +356,6 @@ def gpu_name() -> str:
         return out or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "none (CPU)"
-
-
-def git_commit(root: str = ".") -> str:
-    """The commit benchmarked: the caller's BENCH_GIT_COMMIT (the device copy has no .git) or git's HEAD."""
-    env = os.environ.get("BENCH_GIT_COMMIT")
-    if env:
-        return env
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def metadata(url: str, server_argv: list[str], variant: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -220,6 +220,59 @@ def demo(
 
 
 @app.command()
+def bench(
+    stack: Annotated[str, typer.Option(help="the stack whose pins this run tests (evidence/<stack>/benchmark-*.json)")],
+    adapter: Annotated[list[str], typer.Option(
+        help="DOMAIN=DIR of an adapter on the server's disk, loaded under a name of this run's own (repeat)")],
+    url: Annotated[str | None, typer.Option(
+        help="the vLLM replica (not the gateway); default the stack's first replica on 127.0.0.1: run it on the "
+             "host, or through `ssh -L PORT:127.0.0.1:PORT`")] = None,
+    size: Annotated[str, typer.Option(help="tiny: a few requests per suite (CPU stand-in, minutes); full: the H100 "
+                                           "sizes of docs/benchmarks.md")] = "tiny",
+    suites: Annotated[str, typer.Option(help="comma-separated: test1,test2,quality,saturation,paired,swap")]
+        = "test1,test2,saturation",
+    root: Annotated[Path, typer.Option(help="repository root (stack files, evidence/)")] = Path("."),
+    adapters_dir: Annotated[Path | None, typer.Option(
+        help="the server's adapter folder, to hash each served version (default /data/lora-adapters if present)")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="the served model folder (default the stack's model path)")]
+        = None,
+    engine_python: Annotated[str | None, typer.Option(
+        help="the server's venv python, to read its vLLM build; default this interpreter")] = None,
+    stand_in: Annotated[str | None, typer.Option(help="why this server is a stand-in (e.g. 'CPU vLLM in CI')")] = None,
+) -> None:
+    """Benchmark a stack's vLLM server and record the result as the stack's `benchmark` promotion evidence.
+
+    First measures what the server serves (/v1/models, the sha256 of each served adapter version's files on this
+    host, vLLM's version and build, the model revision, the commit), then runs the suites at --size, loading the
+    --adapter directories under names of its own and unloading them after. Exit 0 when every request answered;
+    either way the record lands in evidence/<stack>/ and `exaone-lora infra promote --from <stack>` reads it."""
+    from benchmarks.stack_bench import bench_stack, parse_suites
+    from service.cli import measure_for
+    from service.replicas import replica_endpoints
+
+    try:
+        spec = load_spec(stack, root)
+        chosen = parse_suites(suites)
+    except (SpecError, ValueError) as exc:
+        raise typer.Exit(code=_fail(str(exc))) from None
+    pairs = dict(item.partition("=")[::2] for item in adapter)
+    missing = [f"{d}={p}" for d, p in pairs.items() if not d or not Path(p).is_dir()]
+    if missing:
+        raise typer.Exit(code=_fail(f"--adapter must be DOMAIN=DIR of an adapter directory: {', '.join(missing)}"))
+    url = url or replica_endpoints(spec)[0].url
+    measured = measure_for(url, spec, None, adapters_dir, model_dir, engine_python, stand_in)
+    try:
+        run = bench_stack(spec, url, pairs, measured, root, size=size, suites=chosen)
+    except (ValueError, RuntimeError) as exc:
+        raise typer.Exit(code=_fail(f"benchmark of {url} failed: {exc}")) from None
+    console.print(f"evidence: {run.evidence}")
+    if not run.passed:
+        _fail("requests failed: " + " | ".join(run.errors[:5]))
+        raise typer.Exit(1)
+    console.print(f"[green]benchmark passed[/green] ({', '.join(chosen)}, size {size})")
+
+
+@app.command()
 def rehearse(
     stack: Annotated[str, typer.Option(help="the Azure stack whose path to rehearse (its own spec, not dev's)")] = "poc",
     root: Annotated[Path, typer.Option(help="directory holding the stack files")] = Path("."),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 
+# The file in each version's folder (registry and host) whose sha256 a stack file pins.
+MANIFEST_FILE = "manifest.json"
+
 _VERSION = re.compile(r"^(?P<domain>[a-z0-9][a-z0-9_-]{0,62}?)-v(?P<number>[1-9][0-9]{0,5})$")
 
 

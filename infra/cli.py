@@ -129,19 +129,29 @@ def preview(stack: str = typer.Option(..., "--stack", "-s"), root: Path = ROOT) 
 
 @app.command()
 def promote(source: str = typer.Option(..., "--from"), target: str = typer.Option(..., "--to"),
-            dry_run: bool = typer.Option(False, "--dry-run", help="show the diff, write nothing"), root: Path = ROOT) -> None:
-    """Copy the tested pins (vLLM, model revision, adapter versions + sha256, server tuning) of --from into --to."""
+            dry_run: bool = typer.Option(False, "--dry-run", help="show the diff, write nothing"),
+            accept_stand_in: bool = typer.Option(
+                False, "--accept-stand-in",
+                help="accept evidence from a stand-in server (CPU vLLM, a checkpoint without the model marker) for the "
+                     "vLLM and model pins; they are listed as unproven"),
+            root: Path = ROOT) -> None:
+    """Copy the tested pins (vLLM, model revision, adapter versions + sha256, server tuning) of --from into --to.
+
+    Needs passing `lifecycle` (`exaone-lora serve lifecycle --evidence-stack`) and `benchmark` (`exaone-lora bench`)
+    evidence for exactly the pins of --from, whose measurement of the server matches every pin."""
     from infra.promotion import PromotionError
     from infra.promotion import promote as do_promote
 
     try:
-        result = do_promote(source, target, root, dry_run=dry_run)
+        result = do_promote(source, target, root, dry_run=dry_run, accept_stand_in=accept_stand_in)
     except PromotionError as exc:
         console.print(f"[red]{exc}[/red]")
         console.print(f"Pulumi.{target}.yaml was not changed.")
         raise typer.Exit(1) from None
     for kind, path in sorted(result.evidence.items()):
         console.print(f"evidence {kind}: {path}")
+    for line in result.unproven:
+        console.print(f"[yellow]unproven (stand-in accepted): {line}[/yellow]", soft_wrap=True)
     if not result.changed:
         console.print(f"Pulumi.{target}.yaml already has the pins of {source}: nothing to do")
         return

@@ -1,5 +1,8 @@
 """Stack promotion: copy the tested pins of one stack file into another, keeping the target's own tier, SKU,
-region, network and tags. Refuses unless the source has passing evidence (every kind) for exactly its pins.
+region, network and tags. Refuses unless the source has passing evidence (every required kind) for exactly its pins
+AND each record's measurement of the server (what `/v1/models` listed, the host's sha256 of the adapter files, the
+vLLM version and build it reported) matches every pin; a stand-in's measurement (CPU vLLM, tiny checkpoint) proves
+the vLLM and model pins of a GPU stack only when the operator accepts that explicitly (`accept_stand_in`).
 
 The target file is edited as a round-trip YAML document (ruamel.yaml keeps its comments and key order), the
 result is validated with the same loader Pulumi uses, and it replaces the old file only by an atomic rename.
@@ -19,7 +22,16 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from exaone_lora import PROJECT
-from exaone_lora.evidence import KINDS, evidence_records, passing_evidence, pins, pins_fingerprint
+from exaone_lora.evidence import (
+    REQUIRED_KINDS,
+    Measured,
+    evidence_records,
+    measured_mismatches,
+    passing_evidence,
+    pins,
+    pins_fingerprint,
+    read_evidence,
+)
 from exaone_lora.spec import DeploymentSpec, SpecError, build_spec, load_spec, read_config, stack_file
 
 # Spec keys (camelCase, as in the stack file) that make up the pins; everything else stays the target's.
@@ -42,6 +54,7 @@ class PromotionResult:
     diff: str
     evidence: dict[str, Path]
     written: bool
+    unproven: tuple[str, ...] = ()  # pins only a stand-in measured (accepted with accept_stand_in)
 
     @property
     def changed(self) -> bool:
@@ -69,12 +82,25 @@ def _pin_diff(old: dict[str, Any], new: dict[str, Any], path: str = "") -> list[
     return lines
 
 
-def check_evidence(root: Path, spec: DeploymentSpec) -> dict[str, Path]:
-    """Passing evidence for every kind for exactly the spec's pins, or PromotionError saying what is missing."""
-    found = passing_evidence(root, spec, KINDS)
+def check_evidence(root: Path, spec: DeploymentSpec, *,
+                   accept_stand_in: bool = False) -> tuple[dict[str, Path], list[str]]:
+    """Passing evidence for every required kind for exactly the spec's pins, whose measurement of the server matches
+    every pin; returns it and the pins only a stand-in measured. PromotionError says what is missing or differs."""
+    found = passing_evidence(root, spec, REQUIRED_KINDS)
     problems = []
-    for kind in KINDS:
+    unproven: list[str] = []
+    for kind in REQUIRED_KINDS:
         if kind in found:
+            path = found[kind]
+            try:
+                measured = Measured.from_dict(read_evidence(path).get("measured"))
+            except ValueError as exc:
+                problems.append(f"{kind} evidence {path.name} records no measurement of the server ({exc}): run "
+                                f"the {kind} command again (it measures what the server serves)")
+                continue
+            wrong, stand_in = measured_mismatches(spec, measured, accept_stand_in=accept_stand_in)
+            problems += [f"pin mismatch in {kind} evidence {path.name}: {line}" for line in wrong]
+            unproven += [f"{kind}: {line}" for line in stand_in if accept_stand_in]
             continue
         passing = [(p, r) for p, r in evidence_records(root, spec.stack, kind) if r.get("passed") is True]
         if passing:
@@ -88,7 +114,7 @@ def check_evidence(root: Path, spec: DeploymentSpec) -> dict[str, Path]:
                             f"{pins_fingerprint(spec)[:12]})")
     if problems:
         raise PromotionError(f"refusing to promote {spec.stack}: " + "\n".join(problems))
-    return found
+    return found, unproven
 
 
 def pin_values(spec: DeploymentSpec) -> dict[str, Any]:
@@ -135,7 +161,8 @@ def _apply_pins(config: CommentedMap, values: dict[str, Any]) -> None:
             insert_at += 1
 
 
-def promote(source: str, target: str, root: Path | str = ".", *, dry_run: bool = False) -> PromotionResult:
+def promote(source: str, target: str, root: Path | str = ".", *, dry_run: bool = False,
+            accept_stand_in: bool = False) -> PromotionResult:
     """Copy `source`'s tested pins into `Pulumi.<target>.yaml`; see the module docstring."""
     root = Path(root)
     if source == target:
@@ -145,7 +172,7 @@ def promote(source: str, target: str, root: Path | str = ".", *, dry_run: bool =
         old_target = load_spec(target, root)
     except SpecError as exc:
         raise PromotionError(f"cannot promote: {exc}") from None
-    evidence = check_evidence(root, src)
+    evidence, unproven = check_evidence(root, src, accept_stand_in=accept_stand_in)
 
     path = stack_file(target, root)
     original = path.read_text()
@@ -177,6 +204,6 @@ def promote(source: str, target: str, root: Path | str = ".", *, dry_run: bool =
             os.chmod(tmp, path.stat().st_mode & 0o777)
             os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a half-written one
             written = True
-        return PromotionResult(source, target, path, diff, evidence, written)
+        return PromotionResult(source, target, path, diff, evidence, written, tuple(unproven))
     finally:
         tmp.unlink(missing_ok=True)

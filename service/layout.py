@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+# Written by `fab bootstrap` next to the model's files (name, revision, sha256 per file); read back by the
+# evidence measurement (service.served) to report which revision a host serves.
+MODEL_MARKER = ".exaone-model.json"
+
 
 @dataclass(frozen=True)
 class HostLayout:

@@ -17,10 +17,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from exaone_lora.model_shape import ALL_LINEAR_MODULES
+from exaone_lora.naming import MANIFEST_FILE as MANIFEST_FILE  # re-exported: part of the adapter contract
 from exaone_lora.naming import version_name
 from exaone_lora.spec import ALIAS_PATTERN, SHA256_PATTERN
 
-MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # The only files a version holds besides its manifest: exactly what vLLM reads from a PEFT adapter.

@@ -11,6 +11,9 @@ stand-ins for what cannot exist here. Every place where the rehearsal differs fr
 - the VM's managed identity is a token endpoint on loopback that the host reaches through `identity.env`
   (Azure's instance metadata service needs no file); Blob is Azurite over HTTPS accepting Entra ID tokens;
 - no GPU: bootstrap and install-service print what they skip, and the CPU build of vLLM stands in.
+At the end it measures over SSH what the host serves (`provisioning.evidence.measure_host`) and writes it as the
+stack's `rehearsal` evidence (`<workdir>/project/evidence/<stack>/rehearsal-*.json`), marked as a stand-in
+(`STAND_IN`): it proves the path, never the GPU stack's vLLM or model pins.
 Everything else (`fab ... --stack poc --outputs out.json`, the registry, the reconciler, the gateway with the
 stack's API key) is the code and the command lines a user runs.
 """
@@ -27,6 +30,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
@@ -39,9 +43,16 @@ from exaone_lora.model_shape import EXAONE_TINY
 from exaone_lora.rehearsal.pulumi_cli import config_set, stack_output_json
 from exaone_lora.spec import MODEL_LICENSE_ACK, DeploymentSpec, load_spec
 
+if TYPE_CHECKING:  # heavy imports stay inside the steps that use them
+    from fabric import Connection
+
+    from service.registry import AdapterRegistry
+
 DOMAINS = ("medical", "legal")
 # Routable, never contacted: it only lands in the rendered NSG rule.
 OPERATOR_CIDR = "20.41.6.7/32"
+# What the rehearsal's evidence says about its server: promotion treats its vLLM and model as a stand-in's.
+STAND_IN = "rehearsal: CPU build of vLLM and a tiny EXAONE-shaped checkpoint on a systemd test host"
 
 
 class RehearsalError(RuntimeError):
@@ -237,8 +248,35 @@ def run_rehearsal(options: RehearsalOptions, console: Console, report: DemoRepor
             if state.current != 1:
                 raise RehearsalError(f"after the rollback the registry's medical alias is v{state.current}, not v1")
 
+        with report.step("8 evidence: what the host serves, measured over SSH") as result:
+            path = record_served(project, spec, host.connection, registry, report)
+            result.detail = f"{path.relative_to(workdir)}"
+
     report.facts["skipped"] = options.skipped
     return report
+
+
+def record_served(project: Path, spec: DeploymentSpec, connection: Connection, registry: AdapterRegistry,
+                  report: DemoReport) -> Path:
+    """Measure every replica of the host over SSH, check it serves the registry's current versions byte for byte,
+    and record it as the stack's `rehearsal` evidence (a stand-in's: see STAND_IN)."""
+    from exaone_lora.evidence import record_evidence
+    from exaone_lora.naming import MANIFEST_FILE, version_name
+    from provisioning.evidence import measure_host
+
+    measured = measure_host(connection, spec, stand_in=STAND_IN)
+    for replica in measured:
+        for domain in DOMAINS:
+            current = registry.alias(domain).current
+            if current is None:
+                raise RehearsalError(f"the registry has no current version of {domain}")
+            name = version_name(domain, current)
+            digest = replica.adapter_files.get(name, {}).get(MANIFEST_FILE)
+            if name not in replica.adapters or digest != registry.manifest_digest(domain, current):
+                raise RehearsalError(f"the host serves {replica.adapters} with manifests {replica.adapter_files}; "
+                                     f"expected {name} with the registry's manifest sha256")
+    report.facts["measured"] = [m.to_dict() for m in measured]
+    return record_evidence(project, spec, "rehearsal", True, {"facts": dict(report.facts)}, measured[0])
 
 
 def skipped_table(lines: list[str]) -> Table:

@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from exaone_lora.evidence import passing_evidence, pins, pins_fingerprint, read_evidence, record_evidence
-from exaone_lora.spec import load_spec
+from exaone_lora.evidence import (
+    Engine,
+    Measured,
+    passing_evidence,
+    pins,
+    pins_fingerprint,
+    read_evidence,
+    record_evidence,
+)
+from exaone_lora.naming import MANIFEST_FILE, version_name
+from exaone_lora.spec import DeploymentSpec, load_spec
 from infra.cli import app
 from infra.promotion import PromotionError, promote
 from tests.support.processes import REPO
@@ -37,10 +46,21 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def served_as_pinned(spec: DeploymentSpec) -> Measured:
+    """A measurement of a GPU server that serves exactly the spec's pins (the tools write these; see
+    test_promotion_evidence.py for records the real commands wrote)."""
+    names = {a.alias: version_name(a.alias, a.version) for a in spec.adapters}
+    return Measured(base_models=[spec.model.served_name], adapters=sorted(names.values()),
+                    max_model_len=spec.max_model_len,
+                    adapter_files={names[a.alias]: {MANIFEST_FILE: a.sha256} for a in spec.adapters},
+                    engine=Engine(spec.vllm_version, "cuda", f"vllm {spec.vllm_version}"),
+                    model_revision=spec.model.revision, commit="0" * 40)
+
+
 def tested(root: Path, stack: str = "poc") -> None:
     spec = load_spec(stack, root)
-    record_evidence(root, spec, "lifecycle", True, {"tests": 12})
-    record_evidence(root, spec, "benchmark", True, {"tok_s": 300})
+    record_evidence(root, spec, "lifecycle", True, {"tests": 12}, served_as_pinned(spec))
+    record_evidence(root, spec, "benchmark", True, {"tok_s": 300}, served_as_pinned(spec))
 
 
 def test_evidence_records_carry_the_pins_fingerprint(root: Path) -> None:
@@ -126,3 +146,42 @@ def test_cli_promote_dry_run_and_refusal(root: Path) -> None:
     done = runner.invoke(app, ["promote", "--from", "poc", "--to", "prod", "--root", str(root)])
     assert done.exit_code == 0 and "wrote" in done.output
     assert load_spec("prod", root).vllm_version == "0.27.1"
+
+
+def test_refused_when_evidence_records_no_measurement(root: Path) -> None:
+    spec = load_spec("poc", root)
+    # What records written before the measurement existed (or by hand) look like: the pins alone prove nothing.
+    record_evidence(root, spec, "lifecycle", True, {"tests": 12})
+    record_evidence(root, spec, "benchmark", True, {"tok_s": 300}, served_as_pinned(spec))
+    with pytest.raises(PromotionError, match=r"lifecycle evidence .* records no measurement of the server"):
+        promote("poc", "prod", root)
+
+
+def test_refused_when_the_server_served_another_adapter_version(root: Path) -> None:
+    spec = load_spec("poc", root)
+    served = served_as_pinned(spec)
+    other = Measured(**{**served.__dict__, "adapters": ["medical-v2"],
+                        "adapter_files": {"medical-v2": {MANIFEST_FILE: "d" * 64}}})
+    record_evidence(root, spec, "lifecycle", True, {}, other)
+    record_evidence(root, spec, "benchmark", True, {}, served)
+    with pytest.raises(PromotionError) as refused:
+        promote("poc", "prod", root)
+    message = str(refused.value)
+    assert "adapters.medical: pinned medical-v3, /v1/models served ['medical-v2']" in message
+    assert f"adapters.medical.sha256: pinned {'c' * 64!r}, the host's medical-v3/manifest.json has None" in message
+    assert "benchmark" not in message, "the benchmark's measurement matched: only the lifecycle is named"
+
+
+def test_a_stand_in_proves_neither_the_engine_nor_the_model_pin(root: Path) -> None:
+    spec = load_spec("poc", root)
+    # Everything matches on paper, even the build and the marker: but the record says it was a stand-in.
+    stand_in = Measured(**{**served_as_pinned(spec).__dict__, "stand_in": "rehearsal test host"})
+    record_evidence(root, spec, "lifecycle", True, {}, stand_in)
+    record_evidence(root, spec, "benchmark", True, {}, served_as_pinned(spec))
+    with pytest.raises(PromotionError) as refused:
+        promote("poc", "prod", root)
+    message = str(refused.value)
+    assert "vllmVersion: pinned '0.27.1' (cuda build)" in message and "stand-in: rehearsal test host" in message
+    assert "model.revision" in message and message.count("no proof of this pin") == 2
+    result = promote("poc", "prod", root, accept_stand_in=True)
+    assert result.written and len(result.unproven) == 2 and all(u.startswith("lifecycle: ") for u in result.unproven)

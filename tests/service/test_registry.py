@@ -219,3 +219,56 @@ def test_publish_validates_first_and_writes_nothing_when_refused(registry: Adapt
         _publish(registry, corpus["bad_name"].domain, corpus["bad_name"].path)
     assert list(registry.container.list_blobs()) == []
     assert _publish(registry, "medical", corpus["valid_bf16"].path).version == 1
+
+
+def _version_blobs(registry: AdapterRegistry, prefix: str) -> dict[str, tuple[bytes, str]]:
+    return {b.name: (registry.container.download_blob(b.name).readall(), str(b.etag))
+            for b in registry.container.list_blobs(name_starts_with=prefix)}
+
+
+def test_a_second_publisher_cannot_overwrite_a_published_version(azurite_blob: Azurite, container_name: str,
+                                                                 registry: AdapterRegistry,
+                                                                 tiny_adapters: dict[str, Path]) -> None:
+    """A second machine with write access (a Blob Contributor) publishing the same version again: refused with a
+    clear error, and every blob of the first publish keeps its bytes and ETag (it was never rewritten)."""
+    first = _publish(registry, "medical", tiny_adapters["medical"])
+    before = _version_blobs(registry, "medical/v1/")
+    assert sorted(before) == ["medical/v1/adapter_config.json", "medical/v1/adapter_model.safetensors",
+                              "medical/v1/manifest.json"]
+    contributor = open_registry(azurite_blob.connection_string, container_name)
+    with pytest.raises(VersionExistsError, match=r"^\[version-exists\] medical-v1 already exists; versions are immutable$"):
+        _publish(contributor, "medical", tiny_adapters["legal"], version=1)
+    # The publish path's own writes are conditional creates (If-None-Match: *), each of them refused by the storage.
+    for name in before:
+        with pytest.raises(ResourceExistsError) as caught:
+            contributor.container.upload_blob(name, b"other bytes", overwrite=False)
+        assert getattr(caught.value, "error_code", None) == "BlobAlreadyExists"
+    assert _version_blobs(registry, "medical/v1/") == before
+    assert registry.manifest("medical", 1) == first and contributor.versions("medical") == [1]
+
+
+def test_what_azurite_enforces_of_the_registry_storage_settings(registry: AdapterRegistry) -> None:
+    """Azurite (3.x) enforces conditional create, and nothing of the WORM settings the registry stack renders
+    (infra/registry.py: version-level immutability, a container immutability policy, versioning, soft delete).
+    On Azure those stop even an unconditional overwrite or a delete by a Blob Contributor; here they cannot be
+    shown, so this test pins down the emulator's behaviour (docs/azure.md) and fails if a new Azurite changes it."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import ImmutabilityPolicy
+
+    blob = registry.container.get_blob_client("code/v1/adapter_config.json")
+    created = blob.upload_blob(b"{}", overwrite=False)
+    assert created.get("version_id") is None, "Azurite keeps no blob versions"
+    with pytest.raises(ResourceExistsError):
+        blob.upload_blob(b"{}", overwrite=False)
+    policy = ImmutabilityPolicy(expiry_time=datetime.now(UTC) + timedelta(days=1), policy_mode="Unlocked")
+    for call in (lambda: blob.set_immutability_policy(policy), lambda: blob.set_legal_hold(True)):
+        with pytest.raises(HttpResponseError) as caught:
+            call()
+        assert caught.value.status_code == 501 and "not implemented" in str(caught.value)
+    # What only Azure's WORM policy stops: an unconditional overwrite and a delete are accepted by the emulator.
+    blob.upload_blob(b"rewritten", overwrite=True)
+    assert blob.download_blob().readall() == b"rewritten"
+    blob.delete_blob()
+    assert not blob.exists()
