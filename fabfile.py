@@ -170,7 +170,10 @@ def deploy_adapters(c, stack=None, domain=None, version=None, rollback=False, dr
     for change in changes:
         print(f"registry: {change.step}: {change.detail}")
 
+    touched: list[str] = []
+
     def action(conn: Connection, report: Any) -> list[Change]:
+        touched.append(conn.host)
         return adapters.reconcile_host(conn, spec, ref, dry_run=dry_run, report=report)
 
     try:
@@ -182,7 +185,20 @@ def deploy_adapters(c, stack=None, domain=None, version=None, rollback=False, dr
         if not dry_run:
             adapters.undo_desired(ref.open("operator"), changes)
             print("registry: aliases set back to the versions that were serving", file=sys.stderr)
+            if touched and changes:
+                _converge_back(c, spec, action, out)
         raise
+
+
+def _converge_back(c: Context, spec: DeploymentSpec, action: Action, outputs: StackOutputs | None) -> None:
+    """After a failed deploy, the hosts that did switch must follow the registry back, or a load balancer would
+    spread one alias over two versions: the same reconciler, now towards the restored desired state."""
+    print("hosts: converging every host back to the versions that were serving", file=sys.stderr)
+    try:
+        _run(c, spec, "deploy-adapters: back to the serving versions", action, outputs)
+    except Exit:
+        print("hosts: some did not converge back; run `fab deploy-adapters` again once they are reachable",
+              file=sys.stderr)
 
 
 @task(help=STACK_HELP)

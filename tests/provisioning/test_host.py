@@ -6,6 +6,7 @@ Tests run in file order and build on each other (bootstrap -> patch -> service -
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import signal
@@ -434,3 +435,27 @@ def test_fab_remembers_host_keys_and_refuses_a_changed_one(testhost: TestHost, s
     changed = subprocess.run([*fab, "-S", str(config), "-H", f"root@127.0.0.1:{testhost.port}", "status", "--stack", "dev"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert changed.returncode != 0 and "BadHostKeyException" in changed.stdout + changed.stderr, changed
+
+
+def test_a_host_that_fails_sends_every_host_back(medical_at_v1: Bootstrapped, host_spec: DeploymentSpec,
+                                                  registry: AdapterRegistry, testhost: TestHost, stack_root: Path,
+                                                  azurite_blob: Azurite, tmp_path: Path) -> None:
+    """prod-large: one `fab deploy-adapters` reaches every host of the outputs file; when one cannot converge, the
+    registry goes back and so do the hosts that had already switched (no alias served at two versions)."""
+
+    c = medical_at_v1.host.connection
+    unreachable = "127.0.0.3"  # a second VM behind the load balancer that refuses SSH
+    config = tmp_path / "ssh_config"
+    config.write_text(testhost.ssh_config.read_text() + f"\nHost {unreachable}\n  Port 1\n  ConnectTimeout 5\n")
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps({"hostIps": ["127.0.0.1", unreachable], "sshUser": "root"}))
+    env = {**os.environ, "EXAONE_LORA_ROOT": str(stack_root), adapters.REGISTRY_ENV: azurite_blob.connection_string}
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "fab"), "-S", str(config), "-i", str(testhost.key),
+                           "deploy-adapters", "--stack", "dev", "--outputs", str(outputs), "--domain", "medical",
+                           "--version", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text
+    assert unreachable in text and "medical -> medical-v2" in text, text  # the reachable host did switch ...
+    assert "converging every host back" in text, text
+    assert registry.alias("medical").current == 1  # ... and the registry and that host went back
+    assert _gateway_target(c, host_spec, "medical") == "medical-v1"
