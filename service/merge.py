@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from service.manifest import file_digest
 from service.validation import ValidatedAdapter, validate_adapter
 
 MERGED_RECORD = "merged.json"
@@ -37,14 +38,6 @@ class MergedModel:
     scale: float
     merged_weights: int
     reused: bool
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _scale(adapter_dir: Path, validated: ValidatedAdapter) -> float:
@@ -126,7 +119,7 @@ def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path |
         raise MergeError(f"{len(missing)} adapter targets have no base weight, e.g. {missing[0]}")
     (staging / MERGED_RECORD).write_text(json.dumps(
         {"recipe": recipe, "scale": scale, "merged_weights": len(merged),
-         "weights_sha256": {p.name: _sha256(p) for p in sorted(staging.glob("*.safetensors"))},
+         "weights_sha256": {p.name: file_digest(p).sha256 for p in sorted(staging.glob("*.safetensors"))},
          "validated": {k: v for k, v in asdict(validated).items() if k != "files"}},
         indent=2, default=str))
     # The merge runs as root (sudo) and vLLM as its service user: whatever the umask or the writer's

@@ -8,7 +8,6 @@ writes, and the git commit of the tool. Fabric runs the same code on a VM over S
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import httpx
 from exaone_lora.evidence import CPU_BUILD, GPU_BUILD, UNKNOWN_BUILD, Engine, Measured
 from exaone_lora.naming import parse_version_name
 from service.layout import MODEL_MARKER
+from service.manifest import file_digest
 
 # The checkout this code runs from: its commit is the tool's (the stack files may live anywhere).
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -76,14 +76,6 @@ def engine_distribution(python: str | None = None) -> tuple[str, str | None]:
     return UNKNOWN_BUILD, None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def adapter_hashes(folder: Path | None, names: list[str]) -> dict[str, dict[str, str]]:
     """sha256 of every file in `folder/<name>/` for each served version name; versions without a folder are absent."""
     hashes: dict[str, dict[str, str]] = {}
@@ -93,7 +85,7 @@ def adapter_hashes(folder: Path | None, names: list[str]) -> dict[str, dict[str,
         directory = folder / name
         if parse_version_name(name) is None or not directory.is_dir():
             continue  # a name of the lifecycle's own, or a version this folder does not hold
-        hashes[name] = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+        hashes[name] = {p.name: file_digest(p).sha256 for p in sorted(directory.iterdir()) if p.is_file()}
     return hashes
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from fabric import Config, Connection
 
 from exaone_lora.local.processes import INSTALL_HINT, REPO, free_port
+from provisioning.bootstrap import constraints_for
 
 CACHE = REPO / ".cache" / "testhost"
 ROOTFS = CACHE / "rootfs"
@@ -59,15 +60,21 @@ def build_rootfs(log: Path) -> Path:
 
 
 def build_wheelhouse(log: Path) -> Path:
-    """`pip download` the host's packages once (~880 MB, ~1 min): the test host installs from it with --no-index."""
-    wanted = "\n".join(WHEELHOUSE_REQUIREMENTS) + "\n"
+    """`pip download` the host's packages once (~880 MB, ~1 min): the test host installs from it with --no-index.
+
+    The download takes the same checked-in closure as the host's install (`-c`): without it, a release on PyPI
+    the day after (a newer filelock) fills the wheelhouse with versions the host's constraints refuse."""
+    pins = constraints_for(WHEELHOUSE_REQUIREMENTS[0])
+    if pins is None:
+        raise RuntimeError(f"no checked-in constraints for {WHEELHOUSE_REQUIREMENTS[0]} under provisioning/constraints")
+    wanted = "\n".join(WHEELHOUSE_REQUIREMENTS) + "\n" + pins.read_text()
     marker = WHEELHOUSE / COMPLETE
     if marker.exists() and marker.read_text() == wanted:
         return WHEELHOUSE
     partial = CACHE / f"wheelhouse.partial-{os.getpid()}"
     with log.open("ab") as out:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), *WHEELHOUSE_REQUIREMENTS],
-                       check=True, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), "-c", str(pins),
+                        *WHEELHOUSE_REQUIREMENTS], check=True, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
     (partial / COMPLETE).write_text(wanted)
     shutil.rmtree(WHEELHOUSE, ignore_errors=True)
     partial.rename(WHEELHOUSE)
