@@ -139,3 +139,15 @@ def test_azure_page_says_where_a_subscription_is_needed() -> None:
             if text_line and not text_line.startswith("#"):
                 assert OFFLINE.match(text_line) or text_line.startswith(("pulumi config set", "pulumi stack select")), \
                     f"`{text_line}` comes before the subscription mark but needs more than this machine"
+
+
+TEST_PATH = re.compile(r"\btests/[\w/]+\.py\b")
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """The docs point readers at the test that proves a claim: that file must exist (tests mirror the source tree)."""
+    named = {(doc.name, path) for doc in [*DOCS, *sorted((REPO / "benchmarks").glob("*.md"))]
+             for path in TEST_PATH.findall(doc.read_text())}
+    assert named, "the docs name no test file at all"
+    missing = sorted(f"{doc}: {path}" for doc, path in named if not (REPO / path).is_file())
+    assert missing == [], missing
