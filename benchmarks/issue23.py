@@ -83,6 +83,8 @@ class Runner:
         self.python = args.server_python or sys.executable
         self.adapters: dict[str, str] = json.loads((self.root / "adapters.json").read_text())
         self.states: dict[str, dict[str, Any]] = {}  # server name -> benchmarks.servers state
+        self.tiles: dict[str, Any] | None = None  # how the shipped variant's tuned tiles were restored
+        self.scaling_runs = 0  # each scaling server gets a port of its own
 
     def elapsed(self) -> float:
         return time.time() - self.t0
@@ -132,7 +134,8 @@ class Runner:
 
     def meta(self, url: str, argv: list[str], phase: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return metadata(url, argv, f"issue23-{phase}", {"runner_argv": sys.argv, "reference": self.args.reference,
-                                                        "shipped": self.args.shipped, **(extra or {})})
+                                                        "shipped": self.args.shipped, "tiles": self.tiles,
+                                                        **(extra or {})})
 
 
 def timed_start(runner: Runner, name: str, launch: VllmLaunch, served: str = "exaone") -> dict[str, Any]:
@@ -177,7 +180,8 @@ def phase_ready(runner: Runner) -> dict[str, Any]:
     ref, ship = runner.args.reference, runner.args.shipped
     for variant in (ref, ship):  # cold: nothing kept from an earlier start of this variant
         shutil.rmtree(runner.root / "cache" / variant, ignore_errors=True)
-    result: dict[str, Any] = {"tiles": restore_tiles(runner, ship), "starts": {}}
+    runner.tiles = restore_tiles(runner, ship)
+    result: dict[str, Any] = {"tiles": runner.tiles, "starts": {}}
     result["starts"]["shipped_cold"] = timed_start(runner, "shipped", runner.launch(ship, 1))
     print(f"shipped cold ready {result['starts']['shipped_cold']['ready_s']}s", flush=True)
     result["starts"]["reference_cold"] = timed_start(runner, "reference", runner.launch(ref, 0))
@@ -417,12 +421,20 @@ def phase_hot(runner: Runner) -> dict[str, Any]:
                                 max_num_seqs=spec.max_num_seqs)
     launch = merged_launch(spec, replica, version_name=names[HOT], model_path=str(merged.path),
                            layout=runner.layout("hot-merged"))
+    lora_start = None
+    if "shipped" not in runner.states:  # no `ready` phase: the LoRA replica starts here (on kept caches if any)
+        lora_start = timed_start(runner, "shipped", runner.launch(args.shipped, 1))
+    lora_url = runner.states["shipped"]["url"]
+    served = {m["id"] for m in httpx.get(f"{lora_url}/v1/models", timeout=30).json()["data"]}
+    for domain, path in runner.adapters.items():  # the versions the gateway's aliases name, on the LoRA replica
+        if names[domain] not in served:
+            asyncio.run(load_adapter(lora_url, names[domain], path))
     start = timed_start(runner, "merged", launch, served=names[HOT])
-    gw_url, argv = start_gateway(runner, [runner.states["shipped"]["url"], runner.states["merged"]["url"]], names)
+    gw_url, argv = start_gateway(runner, [lora_url, runner.states["merged"]["url"]], names)
     result: dict[str, Any] = {"meta": runner.meta(gw_url, runner.states["shipped"]["argv"], "hot", {
         "merged_argv": start["argv"], "gateway_argv": argv, "hot_alias": HOT, "requests": args.single_requests,
         "max_tokens": args.max_tokens}), "merge_s": round(merge_s, 1), "merged_ready_s": start["ready_s"],
-        "passes": []}
+        "lora_replica_start": lora_start, "passes": []}
     for p in range(args.passes):
         order = ["exaone", HOT] if p % 2 == 0 else [HOT, "exaone"]
         one: dict[str, Any] = {"order": order}
@@ -471,32 +483,59 @@ def guarded(runner: Runner, phase: str, fn: Any) -> None:
             runner.stop(name)
 
 
+PHASES = ("ready", "sidebyside", "gateway", "scaling", "hot")
+NEEDS_READY = ("sidebyside", "gateway")  # they measure the two servers `ready` leaves up
+
+
 def run(args: argparse.Namespace) -> None:
+    """The phases in the order given; `scaling-N` is the scaling phase at N GPU slots alone (so `hot` can run
+    between two slot counts), `scaling` is every `--scaling-slots` in turn."""
     runner = Runner(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    phases = set(args.phases)
     try:
-        phase_ready(runner)
-        targets = targets_of(runner)
+        if "ready" in args.phases:
+            phase_ready(runner)
+            targets = targets_of(runner)
+        else:
+            runner.tiles = restore_tiles(runner, args.shipped)  # into the shipped cache every later server uses
         with client_pool(args.client_processes) as pool:
             list(pool.map(time.sleep, [1.0] * args.client_processes))  # spawn every worker before timing
-            if "sidebyside" in phases:
-                phase_sidebyside(runner, targets, pool)
-            runner.stop("reference")  # the later phases use the shipped replica only
-            if "gateway" in phases and runner.allows("gateway"):
-                guarded(runner, "gateway", lambda: phase_gateway(runner, pool))
-            if "scaling" in phases:
-                for i, slots in enumerate(args.scaling_slots):
-                    if runner.allows("scaling"):
-                        guarded(runner, f"scaling-{slots}", lambda s=slots, i=i: phase_scaling(runner, pool, s, 2 + i))
-        if "hot" in phases and runner.allows("hot"):
-            guarded(runner, "hot", lambda: phase_hot(runner))
+            for phase in args.phases:
+                if phase == "sidebyside":
+                    phase_sidebyside(runner, targets, pool)
+                    runner.stop("reference")  # the later phases use the shipped replica only
+                elif phase == "gateway" and runner.allows("gateway"):
+                    runner.stop("reference")
+                    guarded(runner, "gateway", lambda: phase_gateway(runner, pool))
+                elif phase.startswith("scaling"):
+                    for slots in _scaling_slots(phase, args.scaling_slots):
+                        if runner.allows("scaling"):
+                            runner.stop("reference")
+                            runner.scaling_runs += 1
+                            guarded(runner, f"scaling-{slots}",
+                                    lambda s=slots: phase_scaling(runner, pool, s, 1 + runner.scaling_runs))
+                elif phase == "hot" and runner.allows("hot"):
+                    guarded(runner, "hot", lambda: phase_hot(runner))
     except Exception as exc:
         runner.write("error", {"error": f"{type(exc).__name__}: {exc}"[-4000:], "elapsed_s": runner.elapsed()})
         raise
     finally:
         runner.stop_all()
         print(f"RUNNER FINISHED after {runner.elapsed():.0f}s", flush=True)
+
+
+def _scaling_slots(phase: str, slots: list[int]) -> list[int]:
+    return slots if phase == "scaling" else [int(phase.removeprefix("scaling-"))]
+
+
+def _phases(text: str) -> list[str]:
+    phases = text.split(",")
+    bad = [p for p in phases if p not in PHASES and not re.fullmatch(r"scaling-[1-9][0-9]*", p)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown phase(s) {bad}: choose from {', '.join(PHASES)} or scaling-N")
+    if "ready" not in phases and any(p in NEEDS_READY for p in phases):
+        raise argparse.ArgumentTypeError(f"{' and '.join(NEEDS_READY)} measure the servers `ready` starts: add ready")
+    return phases
 
 
 def _ints(text: str) -> list[int]:
@@ -534,7 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--scaling-passes", type=int, default=2)
     r.add_argument("--scaling-slots", type=_ints, default=[4], help="GPU LoRA slots per scaling run; first = tier's")
     r.add_argument("--scaling-max-cpu-loras", type=int, default=256)
-    r.add_argument("--phases", type=lambda s: s.split(","), default=["sidebyside", "gateway", "scaling", "hot"])
+    r.add_argument("--phases", type=_phases, default=list(PHASES),
+                   help="comma-separated, run in this order; scaling-N runs one --scaling-slots entry")
     r.add_argument("--budget-s", type=float, default=1350, help="a phase starts only if its estimate is left")
     r.add_argument("--ready-timeout", type=float, default=480)
     r.add_argument("--merge-device", default="cuda")
