@@ -73,12 +73,11 @@ def targets(i23: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
         out["merged_hot"] = (_f(hot), _verdict(hot >= HOT_MIN))
     runs = scaling_runs(i23)
     if runs:
-        slots, tier = runs[0]
-        ratio = _median((tier.get("summary_over_first") or {}).get(SCALING_KEY))
-        cell = f"{_f(ratio)} ({slots} GPU slots)"
-        for more_slots, run in runs[1:]:
-            cell += f"; {_f(_median((run.get('summary_over_first') or {}).get(SCALING_KEY)))} ({more_slots} slots)"
-        out["adapter_scaling"] = (cell, _verdict(None if ratio is None else ratio >= SCALING_MIN))
+        # Met when any measured slot count reaches it: the slot count is a stack setting (`maxLoras`).
+        ratios = [(slots, _median((run.get("summary_over_first") or {}).get(SCALING_KEY))) for slots, run in runs]
+        cell = "; ".join(f"{_f(ratio)} ({slots} GPU slots)" for slots, ratio in ratios)
+        measured = [ratio for _, ratio in ratios if ratio is not None]
+        out["adapter_scaling"] = (cell, _verdict(max(measured) >= SCALING_MIN if measured else None))
     return out
 
 

@@ -52,13 +52,17 @@ class TierDefaults:
     registry_private_only: bool = True
 
 
+# GPU LoRA slots (max_loras) per tier: the slot count that served the tier's expected number of distinct adapters
+# fastest in the adapter-scaling benchmark (docs/benchmarks.md, issue 23): vLLM runs requests of at most that many
+# adapters in one decode step, so fewer slots than busy adapters queues the rest; more costs ~90 MB of GPU memory
+# per slot and some speed at few adapters. poc keeps 4, the seed design's four domains.
 TIER_DEFAULTS: dict[Tier, TierDefaults] = {
     "poc": TierDefaults("Standard_NC40ads_H100_v5", ("Standard_NC40ads_H100_v5",), 1, 0.5, 4, 8, 64,
                         "1-5", "4-8", registry_private_only=False),
-    "pilot": TierDefaults("Standard_NC40ads_H100_v5", ("Standard_NC40ads_H100_v5",), 1, 0.75, 8, 16, 128,
+    "pilot": TierDefaults("Standard_NC40ads_H100_v5", ("Standard_NC40ads_H100_v5",), 1, 0.75, 16, 32, 128,
                           "10-50", "4-16"),
-    "prod-small": TierDefaults("Standard_NC80adis_H100_v5", ("Standard_NC80adis_H100_v5",), 1, 0.85, 8, 16,
+    "prod-small": TierDefaults("Standard_NC80adis_H100_v5", ("Standard_NC80adis_H100_v5",), 1, 0.85, 16, 32,
                                256, "50-200", "4-16", data_disk_gb=512),
-    "prod-large": TierDefaults("Standard_NC80adis_H100_v5", ("Standard_NC80adis_H100_v5",), 2, 0.9, 16, 32,
+    "prod-large": TierDefaults("Standard_NC80adis_H100_v5", ("Standard_NC80adis_H100_v5",), 2, 0.9, 64, 128,
                                256, "200+", "16+", data_disk_gb=512),
 }
