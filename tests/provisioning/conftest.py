@@ -117,7 +117,7 @@ def second_host(bootstrapped: Bootstrapped, host_spec: DeploymentSpec, tiny_chec
     log = logs_dir / "testhost2.log"
     azurite_port = urlsplit(azurite_blob.blob_url).port
     assert azurite_port is not None, azurite_blob.blob_url
-    with private_network("th2") as net, forward_into(net, azurite_port, log), \
+    with private_network("th2") as net, forward_into(net, azurite_port, logs_dir / "testhost2-relay.log"), \
             boot_testhost(workdir, log, network=net) as host:
         _install_debs(host)
         messages: list[str] = []
