@@ -57,7 +57,11 @@ class Netns:
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and done.returncode != 0:
+        # e.g. "Operation not permitted": namespaces and veths need root (CAP_NET_ADMIN and CAP_SYS_ADMIN)
+        raise RuntimeError(f"`ip {' '.join(args)}` failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done
 
 
 def _free_subnet(seed: int) -> ipaddress.IPv4Network:
