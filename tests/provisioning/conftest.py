@@ -117,13 +117,18 @@ def second_host(bootstrapped: Bootstrapped, host_spec: DeploymentSpec, tiny_chec
     log = logs_dir / "testhost2.log"
     azurite_port = urlsplit(azurite_blob.blob_url).port
     assert azurite_port is not None, azurite_blob.blob_url
-    with private_network("th2") as net, forward_into(net, azurite_port, logs_dir / "testhost2-relay.log"), \
-            boot_testhost(workdir, log, network=net) as host:
-        _install_debs(host)
-        messages: list[str] = []
-        changes = bootstrap(host.connection, host_spec, wheelhouse=host.wheelhouse, model_path=tiny_checkpoint.path,
-                            report=messages.append)
-        units.install_service(host.connection, host_spec, health_timeout=600)
-        seconds = time.monotonic() - start
-        print(f"second test host at {host.address}: image, boot, bootstrap and install-service in {seconds:.0f} s")
-        yield Bootstrapped(host, changes, seconds, messages)
+    try:
+        with private_network("th2") as net, forward_into(net, azurite_port, logs_dir / "testhost2-relay.log"), \
+                boot_testhost(workdir, log, network=net) as host:
+            _install_debs(host)
+            messages: list[str] = []
+            changes = bootstrap(host.connection, host_spec, wheelhouse=host.wheelhouse,
+                                model_path=tiny_checkpoint.path, report=messages.append)
+            units.install_service(host.connection, host_spec, health_timeout=600)
+            seconds = time.monotonic() - start
+            print(f"second test host at {host.address}: image, boot, bootstrap and install-service in {seconds:.0f} s")
+            yield Bootstrapped(host, changes, seconds, messages)
+    finally:
+        # The copied venv tells nothing about a failure (the logs do): a kept temporary directory of a failed run
+        # should not hold a second 3.5 GB.
+        shutil.rmtree(workdir / "opt", ignore_errors=True)
