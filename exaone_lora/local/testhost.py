@@ -4,7 +4,8 @@ The root file system and a vLLM wheelhouse are built once per machine under .cac
 Each boot runs on a throw-away overlay (`--volatile=overlay`): every session starts from the clean image,
 with /data and /opt/exaone-lora bind-mounted from the session's temporary directory (the vLLM venv is
 ~3.5 GB, too big for the overlay's tmpfs). The host shares this machine's network namespace, so its
-services and Azurite are all on 127.0.0.1.
+services and Azurite are all on 127.0.0.1. A second host of the same stack (the same service ports) boots into
+a network namespace of its own instead (`network=`, exaone_lora.local.netns) and is reached at its address there.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from fabric import Config, Connection
 
+from exaone_lora.local.netns import Netns
 from exaone_lora.local.processes import INSTALL_HINT, REPO, free_port
 from provisioning.bootstrap import constraints_for
 
@@ -90,6 +92,7 @@ class TestHost:
     key: Path
     workdir: Path
     pid: int
+    address: str = "127.0.0.1"  # where sshd listens: this machine's loopback, or the host's own network namespace
     wheelhouse: str = "/wh"  # where the wheelhouse is mounted inside the host
     detached: bool = False  # set to leave the host running when the context ends (the demo's --keep)
 
@@ -98,17 +101,17 @@ class TestHost:
         """This host in ssh_config form, with a known-hosts file of its own: every boot of a new root file system
         has new host keys, and a port seen before must not meet a remembered key (`fab -S` reads it)."""
         path = self.workdir / "ssh_config"
-        path.write_text(f"Host 127.0.0.1\n  Port {self.port}\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+        path.write_text(f"Host {self.address}\n  Port {self.port}\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
                         f"  UserKnownHostsFile {self.workdir / 'known_hosts'}\n")
         return path
 
     @property
     def fab_args(self) -> list[str]:
-        return ["-S", str(self.ssh_config), "-H", f"root@127.0.0.1:{self.port}", "-i", str(self.key)]
+        return ["-S", str(self.ssh_config), "-H", f"root@{self.address}:{self.port}", "-i", str(self.key)]
 
     def connect(self) -> Connection:
         # in_stream=False: never mirror our stdin to the host (there is none under CI, and pytest forbids reading it).
-        return Connection("127.0.0.1", user="root", port=self.port, config=Config(overrides={"run": {"in_stream": False}}),
+        return Connection(self.address, user="root", port=self.port, config=Config(overrides={"run": {"in_stream": False}}),
                           connect_kwargs={"key_filename": str(self.key), "look_for_keys": False, "allow_agent": False})
 
 
@@ -122,7 +125,7 @@ def add_admin_user(host: TestHost, user: str) -> Connection:
         f"install -m 600 -o {quoted} -g {quoted} /root/.ssh/authorized_keys /home/{quoted}/.ssh/authorized_keys && "
         f"echo {shlex.quote(f'{user} ALL=(ALL) NOPASSWD:ALL')} > /etc/sudoers.d/90-cloud-init-users && "
         "chmod 440 /etc/sudoers.d/90-cloud-init-users", hide=True, in_stream=False)
-    return Connection("127.0.0.1", user=user, port=host.port, config=Config(overrides={"run": {"in_stream": False}}),
+    return Connection(host.address, user=user, port=host.port, config=Config(overrides={"run": {"in_stream": False}}),
                       connect_kwargs={"key_filename": str(host.key), "look_for_keys": False, "allow_agent": False})
 
 
@@ -144,8 +147,11 @@ def _wait_ssh(host: TestHost, process: subprocess.Popen[bytes], log: Path, timeo
 
 
 @contextmanager
-def boot_testhost(workdir: Path, log: Path) -> Iterator[TestHost]:
-    """Boot the host with its state under `workdir` (a kept `workdir` makes a re-run's provisioning a no-op)."""
+def boot_testhost(workdir: Path, log: Path, network: Netns | None = None) -> Iterator[TestHost]:
+    """Boot the host with its state under `workdir` (a kept `workdir` makes a re-run's provisioning a no-op).
+
+    `network`: boot inside that namespace, sshd on its address (port 22: the address is the host's alone);
+    without it the host shares this machine's network and sshd takes a free port on 127.0.0.1."""
     _need("systemd-nspawn", "systemd-container")
     rootfs = build_rootfs(log)
     wheelhouse = build_wheelhouse(log)
@@ -153,22 +159,25 @@ def boot_testhost(workdir: Path, log: Path) -> Iterator[TestHost]:
     key = workdir / "id_ed25519"
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    port = free_port()
-    (workdir / "sshd.conf").write_text(f"Port {port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n")
+    address, port = (network.address, 22) if network else ("127.0.0.1", free_port())
+    (workdir / "sshd.conf").write_text(f"Port {port}\nListenAddress {address}\nPasswordAuthentication no\n")
     for sub in ("data", "opt"):
         (workdir / sub).mkdir(exist_ok=True)
-    cmd = ["systemd-nspawn", "-D", str(rootfs), "-b", f"--machine=exaone-th-{os.getpid()}",
+    machine = f"exaone-th-{os.getpid()}" + (f"-{network.outside}" if network else "")
+    cmd = ["systemd-nspawn", "-D", str(rootfs), "-b", f"--machine={machine}",
            # No system bus on this machine (PID 1 is not systemd): do not register with machined.
            "--register=no", "--keep-unit", "--resolv-conf=bind-host", "--volatile=overlay",
            f"--bind-ro={key}.pub:/root/.ssh/authorized_keys",
            f"--bind-ro={workdir / 'sshd.conf'}:/etc/ssh/sshd_config.d/exaone-testhost.conf",
            f"--bind-ro={wheelhouse}:/wh",
            f"--bind={workdir / 'data'}:/data", f"--bind={workdir / 'opt'}:/opt/exaone-lora"]
+    if network:
+        cmd.append(f"--network-namespace-path={network.path}")
     with log.open("ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
-    host = TestHost(Connection("127.0.0.1", config=Config(overrides={"run": {"in_stream": False}})), port, key, workdir,
-                    process.pid)
+    host = TestHost(Connection(address, config=Config(overrides={"run": {"in_stream": False}})), port, key, workdir,
+                    process.pid, address)
     host.connection = host.connect()
     try:
         _wait_ssh(host, process, log)

@@ -23,8 +23,9 @@ from exaone_lora.spec import DeploymentSpec
 from provisioning import adapters, kernel_tuning, patches, units
 from provisioning.adapters import DeployError, deploy_adapters
 from provisioning.bootstrap import BootstrapError, bootstrap, nvidia_driver_plan, simulate_driver_install
-from provisioning.remote import RemoteError, out
+from provisioning.remote import RemoteError, out, sh
 from service import cpu_amx
+from service.gateway.guards import ADMIN_KEY_ENV
 from service.layout import DEFAULT_LAYOUT
 from service.registry import AdapterRegistry
 from service.registry_location import RegistrySettings
@@ -459,3 +460,100 @@ def test_a_host_that_fails_sends_every_host_back(medical_at_v1: Bootstrapped, ho
     assert "converging every host back" in text, text
     assert registry.alias("medical").current == 1  # ... and the registry and that host went back
     assert _gateway_target(c, host_spec, "medical") == "medical-v1"
+
+
+# ------------------------------------------------------------------ prod-large: two live hosts
+
+
+@pytest.fixture
+def both_at_v1(medical_at_v1: Bootstrapped, second_host: Bootstrapped, host_spec: DeploymentSpec,
+               ref: RegistrySettings) -> list[TestHost]:
+    """Two VMs of one stack serving medical v1: the first as every deploy test starts, the second converged to the
+    same registry (whatever an earlier test left on it)."""
+    adapters.reconcile_host(second_host.host.connection, host_spec, ref, report=lambda _: None)
+    hosts = [medical_at_v1.host, second_host.host]
+    assert [_gateway_target(h.connection, host_spec, "medical") for h in hosts] == ["medical-v1"] * 2
+    return hosts
+
+
+def _served_version(c: Connection, spec: DeploymentSpec, alias: str) -> str:
+    """A chat completion through the host's own gateway (asked on the host: the second one's loopback is its own):
+    which version answered it, by the gateway's `x-exaone-adapter-version` header."""
+    body = json.dumps({"model": alias, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                       "temperature": 0})
+    head = out(c, f"curl -s -o /dev/null -D - --max-time 300 -H 'Content-Type: application/json' "
+                  f"--data-binary {shlex.quote(body)} http://127.0.0.1:{spec.port}/v1/chat/completions")
+    lines = head.splitlines()
+    assert lines and " 200" in lines[0], head
+    versions = [v.strip() for k, _, v in (line.partition(":") for line in lines) if k.lower() == "x-exaone-adapter-version"]
+    assert len(versions) == 1, head
+    return versions[0]
+
+
+def _fab_on_hosts(hosts: list[TestHost], stack_root: Path, azurite: Azurite, tmp_path: Path,
+                  *args: str) -> subprocess.CompletedProcess[str]:
+    """`fab deploy-adapters` as an operator runs it on prod-large: no -H, every host from the outputs file's
+    `hostIps` (one ssh_config names each host's port and key)."""
+    config = tmp_path / "ssh_config"
+    config.write_text("\n".join(h.ssh_config.read_text() for h in hosts))
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps({"hostIps": [h.address for h in hosts], "sshUser": "root"}))
+    env = {**os.environ, "EXAONE_LORA_ROOT": str(stack_root), adapters.REGISTRY_ENV: azurite.connection_string}
+    return subprocess.run([str(REPO / ".venv" / "bin" / "fab"), "-S", str(config), "-i", str(hosts[0].key),
+                           "deploy-adapters", "--stack", "dev", "--outputs", str(outputs), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.timeout(1800)  # the second host's boot, bootstrap and first vLLM start when this test runs first
+def test_one_deploy_switches_every_live_host(both_at_v1: list[TestHost], host_spec: DeploymentSpec,
+                                             registry: AdapterRegistry, stack_root: Path, azurite_blob: Azurite,
+                                             tmp_path: Path) -> None:
+    """prod-large: the reconciler drives every VM behind the load balancer. One `fab deploy-adapters --outputs`
+    switches medical on both live hosts (the same stack, the same ports, each in its own network), each host's
+    gateway then answers with v2; one `--rollback` brings both back to v1."""
+    assert len({h.address for h in both_at_v1}) == 2
+    start = time.monotonic()
+    switched = _fab_on_hosts(both_at_v1, stack_root, azurite_blob, tmp_path, "--domain", "medical", "--version", "2")
+    text = switched.stdout + switched.stderr
+    print(f"one deploy of medical-v2 on two hosts: {time.monotonic() - start:.1f} s")
+    assert switched.returncode == 0, text
+    assert all(h.address in text for h in both_at_v1), text  # the summary names each host
+    assert registry.alias("medical").current == 2
+    for h in both_at_v1:
+        assert _gateway_target(h.connection, host_spec, "medical") == "medical-v2", (h.address, text)
+        assert _served_version(h.connection, host_spec, "medical") == "medical-v2", h.address
+
+    rolled = _fab_on_hosts(both_at_v1, stack_root, azurite_blob, tmp_path, "--domain", "medical", "--rollback")
+    text = rolled.stdout + rolled.stderr
+    assert rolled.returncode == 0, text
+    assert "2 -> 1" in text, text  # one registry: the rollback is one alias move, for every host
+    assert registry.alias("medical").current == 1
+    for h in both_at_v1:
+        assert _gateway_target(h.connection, host_spec, "medical") == "medical-v1", (h.address, text)
+        assert _served_version(h.connection, host_spec, "medical") == "medical-v1", h.address
+
+
+@pytest.mark.timeout(1800)
+def test_a_live_host_that_fails_sends_both_live_hosts_back(both_at_v1: list[TestHost], host_spec: DeploymentSpec,
+                                                           registry: AdapterRegistry, stack_root: Path,
+                                                           azurite_blob: Azurite, tmp_path: Path) -> None:
+    """prod-large with two live hosts, one of which cannot converge: its reconciler is refused by its own gateway
+    (the admin key it reads no longer matches the running gateway's). The other host switches; then the registry
+    goes back and that host converges back too, so both serve v1 again (no alias served at two versions)."""
+    second = both_at_v1[1]
+    secrets = shlex.quote(str(DEFAULT_LAYOUT.env_file))
+    sh(second.connection, f"cp -p {secrets} {secrets}.orig && "
+                          f"sed -i 's/^{ADMIN_KEY_ENV}=.*/{ADMIN_KEY_ENV}=not-the-gateways-key/' {secrets}")
+    try:
+        proc = _fab_on_hosts(both_at_v1, stack_root, azurite_blob, tmp_path, "--domain", "medical", "--version", "2")
+    finally:
+        sh(second.connection, f"mv -f {secrets}.orig {secrets}")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text
+    assert "medical -> medical-v2" in text, text  # the first host did switch ...
+    assert "401" in text and f"{second.address} did" in text, text  # ... the second one was refused, and named
+    assert "converging every host back" in text, text
+    assert registry.alias("medical").current == 1  # ... and the registry and both hosts went back
+    for h in both_at_v1:
+        assert _gateway_target(h.connection, host_spec, "medical") == "medical-v1", (h.address, text)
+        assert _served_version(h.connection, host_spec, "medical") == "medical-v1", h.address
