@@ -103,7 +103,8 @@ def _install_debs(host: TestHost) -> None:
     sh(c, "DEBIAN_FRONTEND=noninteractive dpkg -i /root/debs/*.deb >/dev/null && rm -rf /root/debs", timeout=900)
 
 
-@pytest.fixture(scope="session")
+# Module scope: only test_host.py deploys to two hosts, and its ~2.3 GB of memory is then free for the rest.
+@pytest.fixture(scope="module")
 def second_host(bootstrapped: Bootstrapped, host_spec: DeploymentSpec, tiny_checkpoint: Checkpoint,
                 azurite_blob: Azurite, tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[Bootstrapped]:
     """prod-large's second VM: the same stack (the same service ports) on a host booted in a network namespace of
