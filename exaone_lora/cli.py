@@ -19,6 +19,9 @@ from exaone_lora.model_shape import EXAONE_3_5_2_4B, EXAONE_TINY, ModelShape
 from exaone_lora.spec import STACKS, DeploymentSpec, SpecError, build_spec, load_spec, read_config, stack_file
 from exaone_lora.tiers import H100_80GB_HBM3, TIER_DEFAULTS, TIERS
 
+# The measurement's options, as `exaone-lora serve measure` and `serve lifecycle` take them (one wording).
+from service.cli import AdaptersDirOpt, EnginePythonOpt, ModelDirOpt, StandInOpt
+
 app = typer.Typer(
     help="Serve many EXAONE 3.5 LoRA adapters with vLLM on Azure GPUs, as code.",
     no_args_is_help=True,
@@ -232,13 +235,10 @@ def bench(
     suites: Annotated[str, typer.Option(help="comma-separated: test1,test2,quality,saturation,paired,swap")]
         = "test1,test2,saturation",
     root: Annotated[Path, typer.Option(help="repository root (stack files, evidence/)")] = Path("."),
-    adapters_dir: Annotated[Path | None, typer.Option(
-        help="the server's adapter folder, to hash each served version (default /data/lora-adapters if present)")] = None,
-    model_dir: Annotated[Path | None, typer.Option(help="the served model folder (default the stack's model path)")]
-        = None,
-    engine_python: Annotated[str | None, typer.Option(
-        help="the server's venv python, to read its vLLM build; default this interpreter")] = None,
-    stand_in: Annotated[str | None, typer.Option(help="why this server is a stand-in (e.g. 'CPU vLLM in CI')")] = None,
+    adapters_dir: AdaptersDirOpt = None,
+    model_dir: ModelDirOpt = None,
+    engine_python: EnginePythonOpt = None,
+    stand_in: StandInOpt = None,
 ) -> None:
     """Benchmark a stack's vLLM server and record the result as the stack's `benchmark` promotion evidence.
 
