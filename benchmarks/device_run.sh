@@ -18,12 +18,24 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/root/site:/root/repo HF_HUB_OFFLINE=1 VLLM
 ROOT=/root/bench
 RES=$ROOT/results
 OUT=${OUT:-/tmp/out}
+# The code a runner uses, copied fresh from this call's tree (it may have changed since install; `training` for
+# BENCH_TRAIN), and no done-marker of an earlier runner.
+fresh_repo() {
+  rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service training Pulumi.*.yaml /root/repo/
+  rm -f $ROOT/runner.done
+}
+# Wait for the detached runner's done-marker, at most $1 seconds (a call may run 10 minutes), and say which ended it.
+wait_runner() {
+  local limit=$1 t=0
+  while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
+  [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
+}
 step=$1; shift
 case "$step" in
   stage)
     mkdir -p /root/stage; cp ".gpu/c$1/part$1" /root/stage/; ls -la /root/stage ;;
   install)
-    rm -rf /root/repo; mkdir -p /root/repo; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
+    fresh_repo
     cd /root/stage && cat part? > wheels.tar && mkdir -p whl && tar xf wheels.tar -C whl && rm -f part? wheels.tar
     python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site whl/*.whl 2>&1 | tail -3
     cd /root/repo
@@ -38,17 +50,14 @@ case "$step" in
       --out $ROOT/cache/capture-dual-stream-lora-tuned/lora-kernels --budget-s "${BENCH_TUNE_BUDGET:-300}" 2>&1 | tail -80
     cp $RES/lora-tune.json "$OUT/" 2>/dev/null || true ;;
   bg)
-    # Fresh code for this run (the call's tree may have changed since install).
-    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service training Pulumi.*.yaml /root/repo/
-    rm -f $ROOT/runner.done
+    fresh_repo
     # BENCH_TRAIN="config ..." also runs those training-speed configurations once the serving variants are done.
     setsid nohup bash -c "cd /root/repo && bash benchmarks/device_run.sh cycle $*; \
       ${BENCH_TRAIN:+bash benchmarks/device_run.sh train $BENCH_TRAIN;} touch $ROOT/runner.done" \
       > $ROOT/runner.log 2>&1 < /dev/null &
     sleep 2; echo "runner started for: $*" ;;
   sbs)
-    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
-    rm -f $ROOT/runner.done; cd /root/repo
+    fresh_repo; cd /root/repo
     for v in "$@"; do case "$v" in *lora-tuned)
       python3 -m benchmarks.restore_tiles --report "benchmarks/results/${BENCH_TILES:-lora-tune-h200.json}" \
         --model-dir $ROOT/model --out $ROOT/cache/$v/lora-kernels \
@@ -59,9 +68,7 @@ case "$step" in
       ${BENCH_SBS_ARGS:-}; touch $ROOT/runner.done" > $ROOT/runner.log 2>&1 < /dev/null &
     sleep 2; echo "side-by-side started for: $variants" ;;
   sbspoll)
-    limit=${1:-560}; t=0
-    while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
-    [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
+    wait_runner "${1:-560}"
     grep -E "^pass |started |Error|error|Traceback|wrote " $ROOT/runner.log | tail -40 || true
     tail -5 $ROOT/runner.log
     for f in $RES/sbs-*.log; do [ -e "$f" ] && echo "$(basename "$f"): $(grep -aEo "(Available KV cache memory|GPU KV cache size|init engine|Graph capturing finished)[^\r]{0,80}" "$f" | tr '\n' ' ')"; done
@@ -70,16 +77,13 @@ case "$step" in
     tar czf "$OUT/server-logs.tgz" -C $RES $(cd $RES && ls sbs-*.log 2>/dev/null) 2>/dev/null || true
     nvidia-smi --query-gpu=name,memory.used,utilization.gpu,clocks.sm --format=csv,noheader; ls -la "$OUT" ;;
   i23)
-    rm -rf /root/repo; mkdir -p /root/repo $RES; cp -r benchmarks exaone_lora service Pulumi.*.yaml /root/repo/
-    rm -f $ROOT/runner.done; cd /root/repo
+    fresh_repo; cd /root/repo
     setsid nohup bash -c "python3 -m benchmarks.issue23 run --root $ROOT --out $RES \
       --tiles benchmarks/results/${BENCH_TILES:-lora-tune-h200.json} ${BENCH_I23_ARGS:-}; touch $ROOT/runner.done" \
       > $ROOT/runner.log 2>&1 < /dev/null &
     sleep 2; echo "issue-23 runner started" ;;
   i23poll)
-    limit=${1:-560}; t=0
-    while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
-    [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
+    wait_runner "${1:-560}"
     grep -aE "ready |^pass |pass [0-9]|scaling |SKIP|FAILED|wrote |Error|Traceback|RUNNER" $ROOT/runner.log | tail -50 || true
     tail -3 $ROOT/runner.log
     # One archive: at most 8 files come back per call.
@@ -88,9 +92,7 @@ case "$step" in
     (cd $RES && ls i23-*.log >/dev/null 2>&1 && tar czf "$OUT/server-logs.tgz" i23-*.log) || true
     nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader; ls -la "$OUT" ;;
   poll)
-    limit=${1:-560}; t=0
-    while [ ! -e $ROOT/runner.done ] && [ $t -lt "$limit" ]; do sleep 5; t=$((t+5)); done
-    [ -e $ROOT/runner.done ] && echo "RUNNER DONE" || echo "runner still going after ${limit}s"
+    wait_runner "${1:-560}"
     grep -E "SUMMARY|ready after|suite .* done|merged |profiles|Error|error|started |rc=|samples_per_s" $ROOT/runner.log | tail -60 || true
     cp $RES/*.json $RES/*.txt "$OUT/" 2>/dev/null || true
     for f in $RES/*.log; do [ -e "$f" ] && tail -c 400000 "$f" > "$OUT/$(basename "$f")"; done; ls -la "$OUT" ;;
