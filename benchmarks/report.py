@@ -173,7 +173,6 @@ def render_dual(data: dict[str, Any]) -> list[str]:
 # Issue 23's side-by-side runs: the shipped poc config and (in the first run) the candidate tier default, each
 # divided by the reference variant measured in the same passes. A run names its shipped variant in
 # meta["shipped"] (benchmarks/issue23.py); the first run (machine 8) shipped capture sizes + dual-stream + tiles.
-SHIPPED = "dual-stream-lora-tuned"
 LEGACY_SHIPPED = "capture-dual-stream-lora-tuned"
 CANDIDATE = "dual-stream-lora-tuned"
 # (summary key, label, digits): the rows of issue 23's table; "every row >= reference" covers the tok/s rows.

@@ -207,7 +207,7 @@ def test_the_report_marks_issue_23_targets_from_the_side_by_side_json(tmp_path: 
     (results / "run.json").write_text(json.dumps({"meta": {"variant": "plain"}, "suites": {}}))
     (results / "sbs.json").write_text(json.dumps({
         "meta": {"variant": "sidebyside", "reference": "reference", "gpu": "NVIDIA H200, 1 MiB", "levels": [128]},
-        "servers": {}, "passes": [{"order": ["reference", report.SHIPPED], "variants": {}}],
+        "servers": {}, "passes": [{"order": ["reference", report.LEGACY_SHIPPED], "variants": {}}],
         "summary": summary_table}))
     text = generate(results, tmp_path / "docs" / "benchmarks.md", tmp_path / "img").read_text()
     assert "## Reference vs shipped config, same machine (issue 23)" in text
