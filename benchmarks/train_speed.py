@@ -72,8 +72,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint = make_checkpoint(Path(args.root) / f"model-{args.make}", args.make, device=device).path
     else:
         checkpoint = Path(args.checkpoint)
-    config = SFTConfig(rank=args.rank, alpha=2 * args.rank, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
-                       targets=args.targets, max_length=args.max_length, seed=args.seed, eval_fraction=0.0,
+    for name, value in args.inductor:
+        setattr(torch._inductor.config, name, value)
+    config = SFTConfig(rank=args.rank, alpha=2 * args.rank, dropout=args.lora_dropout, micro_batch=args.micro_batch,
+                       grad_accum=args.grad_accum, targets=args.targets, max_length=args.max_length,
+                       seed=args.seed, eval_fraction=0.0,
                        packing=args.packing, padding_free=args.padding_free, chunked_ce=args.chunked_ce,
                        ce_chunk_tokens=args.ce_chunk_tokens,
                        bf16=None if args.bf16 is None else args.bf16 == "on", gradient_checkpointing=args.grad_ckpt,
@@ -98,18 +101,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.synchronize()
 
     trainer.model.train()
-    for _ in range(args.warmup_steps):
-        trainer.train_step()
+    for _ in trainer.train_steps(args.warmup_steps):
+        pass
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     samples = tokens = 0
     step_ms = []
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        began = time.perf_counter()
-        stats = trainer.train_step()  # ends by reading the loss: the host has waited for the GPU
-        step_ms.append(round((time.perf_counter() - began) * 1000, 1))
+    t0 = began = time.perf_counter()
+    # The training loop's own pipelining (one step in flight): a step's time is from one loss read to the next.
+    for stats in trainer.train_steps(args.steps):
+        now = time.perf_counter()
+        step_ms.append(round((now - began) * 1000, 1))
+        began = now
         samples, tokens = samples + stats.samples, tokens + stats.tokens
     sync()
     elapsed = time.perf_counter() - t0
@@ -190,7 +194,22 @@ def profile_step(trainer: Any, top: int = 20) -> dict[str, Any]:
     }
 
 
+def inductor_setting(text: str) -> tuple[str, Any]:
+    """`NAME=VALUE` for torch._inductor.config, VALUE as JSON (true, 1, "x"); unknown names are refused."""
+    import torch._inductor.config as inductor
+
+    name, sep, value = text.partition("=")
+    if not sep or not hasattr(inductor, name):
+        raise argparse.ArgumentTypeError(f"not a torch._inductor.config setting: {text!r} (want NAME=VALUE)")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{name}: value {value!r} is not JSON ({exc.msg})") from None
+
+
 def parser() -> argparse.ArgumentParser:
+    from training.sft import SFTConfig
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="an EXAONE-format checkpoint directory")
@@ -202,6 +221,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int, default=8)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--targets", default="all-linear")
+    p.add_argument("--lora-dropout", type=float, default=SFTConfig.dropout,
+                   help="the reference's 0.05 unless told; other values only to measure what dropout costs")
+    p.add_argument("--inductor", type=inductor_setting, action="append", default=[], metavar="NAME=VALUE",
+                   help="set torch._inductor.config.NAME (repeatable; VALUE parsed as JSON, e.g. cpp_wrapper=true)")
     p.add_argument("--sample-tokens", type=int, default=400)
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--packing", action="store_true")

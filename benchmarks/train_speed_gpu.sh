@@ -22,6 +22,7 @@ run() {
   python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print({k:d[k] for k in ('samples_per_step','samples_per_s','tokens_per_s','mfu','peak_memory_gib','loss_first','loss_last','mean_sample_tokens','setup_seconds')})" \
     "$OUT/train-$name.json" 2>&1 | tee -a "$LOG"
 }
+FLAT="--micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --compile --padding-free --pad-multiple 64 --profile"
 config() {
   case $1 in
     reference) run reference 120 --micro-batch 4 --grad-accum 8 --max-length 512 ;;
@@ -39,7 +40,14 @@ config() {
     varlen-check) echo "== varlen-check" | tee -a "$LOG"; timeout 120 python3 -m benchmarks.varlen_check >"$OUT/varlen-check.json" 2>>"$LOG"
                   echo "varlen-check rc=$?" | tee -a "$LOG" ;;
     mb32-flat) run mb32-flat 90 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --padding-free --pad-multiple 64 ;;
-    mb32-flat-compile) run mb32-flat-compile 400 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --compile --padding-free --pad-multiple 64 --profile ;;
+    mb32-flat-compile) run mb32-flat-compile 400 $FLAT ;;
+    # Round 5 (H200: the host, not the GPU, sets the pace): inductor's C++ wrapper, tuned Triton launch
+    # parameters, and (diagnostic only, not the reference's hyperparameters) what LoRA dropout costs.
+    flat-cpp) run flat-cpp 250 $FLAT --inductor cpp_wrapper=true ;;
+    flat-cdt) run flat-cdt 200 $FLAT --inductor coordinate_descent_tuning=true ;;
+    flat-nodrop) run flat-nodrop 120 $FLAT --lora-dropout 0 ;;
+    flat-ce4k) run flat-ce4k 150 $FLAT --ce-chunk-tokens 4096 ;;
+    flat-mapw) run flat-mapw 150 $FLAT --inductor max_autotune_pointwise=true ;;
     *) echo "unknown configuration $1" | tee -a "$LOG" ;;
   esac
 }

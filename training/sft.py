@@ -17,7 +17,7 @@ import random
 import resource
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,19 @@ class StepStats:
     loss: float
     samples: int
     tokens: int  # tokens processed (padding excluded)
+    step: int  # which optimizer step (1-based)
+
+
+@dataclass(frozen=True)
+class _LaunchedStep:
+    """An optimizer step whose work is queued on the device but whose loss has not been read yet."""
+
+    step: int
+    loss_sum: Any  # a device tensor: reading it waits for the step
+    targets: int
+    samples: int
+    tokens: int
+    lr: float
 
 
 class StopTraining(Exception):
@@ -161,7 +174,9 @@ def compile_blocks(model: Any, *, dynamic: bool | None = None) -> int:
     if not blocks:
         raise ValueError(f"cannot compile: no decoder blocks ({', '.join(sorted(kinds)) or 'none declared'}) found")
     for block in blocks:
-        block.compile(dynamic=dynamic)
+        # Tuning the launch parameters of the fused elementwise kernels (RMSNorm, SiLU gating, LoRA dropout)
+        # measured faster on the GPU (docs/training-benchmarks.md, round 5).
+        block.compile(dynamic=dynamic, options={"coordinate_descent_tuning": True})
     return len(blocks)
 
 
@@ -376,18 +391,38 @@ class Trainer:
         return self._epoch_cache[1][index * self.config.grad_accum:(index + 1) * self.config.grad_accum]
 
     def train_step(self) -> StepStats:
-        """One optimizer step over `grad_accum` micro-batches; appends to the loss curve."""
+        """One optimizer step over `grad_accum` micro-batches; waits for it and appends to the loss curve."""
+        return self._finish_step(self._launch_step())
+
+    def train_steps(self, count: int) -> Iterator[StepStats]:
+        """`count` optimizer steps, each queued before the previous one's loss is read.
+
+        Reading a loss waits for the GPU; with one step in flight the host queues the next step's forward while
+        the GPU still runs the previous backward, instead of the GPU idling while the host launches small
+        kernels at the start of every step. The same steps in the same order as `train_step`, so the same curve.
+        When the generator is exhausted no step is in flight (a checkpoint then sees a consistent state).
+        """
+        in_flight: _LaunchedStep | None = None
+        for _ in range(count):
+            launched = self._launch_step()
+            if in_flight is not None:
+                yield self._finish_step(in_flight)
+            in_flight = launched
+        if in_flight is not None:
+            yield self._finish_step(in_flight)
+
+    def _launch_step(self) -> _LaunchedStep:
         import torch
 
         group = self.step_batches(self.step)
         # Normalise by the labelled tokens of the whole optimizer step, so accumulation = one big batch.
-        step_targets = sum(row.label_count for rows in group for row in rows)
+        step_targets = max(sum(row.label_count for rows in group for row in rows), 1)
         losses = []
         samples = tokens = 0
         for index, rows in enumerate(group):
             batch = self._first_batch(self.step, rows) if index == 0 else self._to_device(rows)
             loss, _ = self._loss_sum(batch)
-            (loss / max(step_targets, 1)).backward()
+            (loss / step_targets).backward()
             losses.append(loss.detach())
             samples += sum(max(r.segment_ids) for r in rows)
             tokens += sum(len(r) for r in rows)
@@ -397,13 +432,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if self.step < self.total_steps:
-            # Build and queue the next step's first batch while the GPU is still busy with this one; reading
-            # the loss below is the step's only wait for the GPU, so the host gets ahead again right after.
+            # Build and queue the next step's first batch while the GPU is still busy with this one.
             self._prefetched = (self.step, self._to_device(self.step_batches(self.step)[0]))
-        loss_value = float(torch.stack(losses).sum()) / max(step_targets, 1)
-        self.loss_curve.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                                "loss": round(loss_value, 6), "lr": self.scheduler.get_last_lr()[0]})
-        return StepStats(loss_value, samples, tokens)
+        return _LaunchedStep(self.step, torch.stack(losses).sum(), step_targets, samples, tokens,
+                             self.scheduler.get_last_lr()[0])
+
+    def _finish_step(self, launched: _LaunchedStep) -> StepStats:
+        loss_value = float(launched.loss_sum) / launched.targets
+        self.loss_curve.append({"step": launched.step, "epoch": round(launched.step / self.steps_per_epoch, 4),
+                                "loss": round(loss_value, 6), "lr": launched.lr})
+        return StepStats(loss_value, launched.samples, launched.tokens, launched.step)
 
     def run(self, *, resume: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
         import torch
@@ -421,16 +459,18 @@ class Trainer:
         samples = tokens = 0
         started = time.perf_counter()
         while self.step < self.total_steps:
-            stats = self.train_step()
-            samples, tokens = samples + stats.samples, tokens + stats.tokens
-            if self.step % save_every == 0 or self.step == self.total_steps:
-                if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                    eval_loss = self.evaluate()
-                    if eval_loss is not None:
-                        self.eval_curve.append({"step": self.step, "eval_loss": round(eval_loss, 6)})
-                self.save_checkpoint()
-            if on_step is not None:
-                on_step(self.step, stats.loss)
+            # Steps run pipelined up to the next checkpoint, where none is in flight (see train_steps).
+            checkpoint_at = min(self.total_steps, (self.step // save_every + 1) * save_every)
+            for stats in self.train_steps(checkpoint_at - self.step):
+                samples, tokens = samples + stats.samples, tokens + stats.tokens
+                if stats.step == checkpoint_at:
+                    if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                        eval_loss = self.evaluate()
+                        if eval_loss is not None:
+                            self.eval_curve.append({"step": self.step, "eval_loss": round(eval_loss, 6)})
+                    self.save_checkpoint()
+                if on_step is not None:
+                    on_step(stats.step, stats.loss)
         elapsed = time.perf_counter() - started
         return self._finish(resumed_from, samples, tokens, elapsed)
 

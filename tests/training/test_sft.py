@@ -17,8 +17,9 @@ from service.registry import AdapterRegistry
 from service.validation import validate_adapter
 from tests.support.processes import Azurite, RunningProcess
 from tests.training.conftest import FAST
+from training.data import load_corpus
 from training.export import ExportError, export_run, publish_run
-from training.sft import SFTConfig, StopTraining, TrainResult, last_checkpoint, train
+from training.sft import SFTConfig, StopTraining, Trainer, TrainResult, last_checkpoint, train
 
 
 def test_loss_goes_down_and_run_records_everything(medical_run: TrainResult) -> None:
@@ -38,6 +39,36 @@ def test_defaults_are_the_seeds() -> None:
         32, 64, 0.05, 2e-4, 30, 4, 8, "all-linear")
     with pytest.raises(ValueError, match="unknown target strategy"):
         SFTConfig(targets="mlp-only")
+
+
+def test_pipelined_steps_make_the_sequential_curve(tiny_checkpoint: Checkpoint, corpora: Path, tmp_path: Path) -> None:
+    """`train_steps` queues a step before reading the previous loss: same steps, same dropout draws, same curve,
+    reported in order, and nothing in flight once it is exhausted."""
+    conversations = load_corpus(corpora / "medical.jsonl").conversations
+    config = replace(FAST, max_steps=5, eval_fraction=0.0)
+    sequential = Trainer(tiny_checkpoint.path, conversations, tmp_path / "sequential", config, data_hash="x")
+    one_by_one = [sequential.train_step() for _ in range(5)]
+    pipelined = Trainer(tiny_checkpoint.path, conversations, tmp_path / "pipelined", config, data_hash="x")
+    first, rest = list(pipelined.train_steps(2)), list(pipelined.train_steps(3))
+    assert [s.step for s in first + rest] == [1, 2, 3, 4, 5] == [s.step for s in one_by_one]
+    assert [s.loss for s in first + rest] == pytest.approx([s.loss for s in one_by_one], abs=1e-5)
+    assert pipelined.step == len(pipelined.loss_curve) == 5
+    assert [p["step"] for p in pipelined.loss_curve] == [p["step"] for p in sequential.loss_curve]
+
+
+def test_run_reports_every_step_and_checkpoints_a_settled_state(tiny_checkpoint: Checkpoint, corpora: Path,
+                                                               tmp_path: Path) -> None:
+    config = replace(FAST, max_steps=5, save_every=3, keep_checkpoints=5)
+    reported: list[int] = []
+    result = train(tiny_checkpoint.path, corpora / "legal.jsonl", tmp_path / "run", config,
+                   on_step=lambda step, loss: reported.append(step))
+    assert reported == [1, 2, 3, 4, 5] and result.steps == 5
+    # Each checkpoint holds exactly the steps before it: none of the next step's work leaked in.
+    for name, steps in (("step-000003", 3), ("step-000005", 5)):
+        state = json.loads((tmp_path / "run" / "checkpoints" / name / "state.json").read_text())
+        assert state["step"] == steps == len(state["loss_curve"])
+        optimizer = torch.load(tmp_path / "run" / "checkpoints" / name / "trainer.pt", weights_only=False)["optimizer"]
+        assert {int(s["step"]) for s in optimizer["state"].values()} == {steps}
 
 
 def test_resume_after_interruption_reaches_the_same_end(tiny_checkpoint: Checkpoint, corpora: Path, tmp_path: Path) -> None:
