@@ -234,7 +234,7 @@ def sbs_targets(summary: dict[str, Any], variant: str,
             ("adapter_over_base", _fmt(adapter), _met(adapter, ">=", 0.90)),
             ("mixed_over_base_128", _fmt(mixed), _met(mixed, ">=", 0.90)),
             *[(t, *measured.get(t, ("–", "not measured")))
-              for t in ("gateway_128", "ready", "merged_hot", "adapter_scaling")]]
+              for t in ("gateway_128", "ready", "merged_hot", "adapter_scaling", "training")]]
 
 
 SBS_TARGET_LABELS = {
@@ -245,6 +245,7 @@ SBS_TARGET_LABELS = {
     "ready": "ready after restart ≤ 45 s, cold ≤ 150 s with tuned tiles restored",
     "merged_hot": "hot adapter through the gateway and its merged replica ≥ 1.0× base",
     "adapter_scaling": "128 streams over 64 adapters ≥ 0.8× of 4 adapters",
+    "training": "training ≥ 100 samples/s at the reference hyperparameters, same loss curve, beside the reference",
 }
 
 

@@ -1,5 +1,6 @@
 """The parts of `docs/benchmarks.md` that come from `benchmarks/issue23.py`'s phase files (`issue23-*.json`):
-ready times, gateway vs direct, adapter scaling (table and plot), hot adapter, and their issue-23 target rows.
+ready times, gateway vs direct, adapter scaling (table and plot), hot adapter, and their issue-23 target rows;
+and the training side by side (`issue23-training-*.json`, `benchmarks/train_speed.py` runs of one device call).
 
 `report.py` owns the document; this module turns one run's phase files into target verdicts and sections.
 """
@@ -14,6 +15,7 @@ from typing import Any
 # Issue 23's thresholds (one place): restart and cold ready seconds, gateway/direct, hot/base, 64/4 adapters.
 RESTART_MAX_S, COLD_MAX_S = 45.0, 150.0
 GATEWAY_MIN, HOT_MIN, SCALING_MIN = 0.95, 1.0, 0.8
+TRAINING_MIN_SAMPLES_S = 100.0
 SCALING_KEY = "64"  # adapters whose aggregate is compared with the first (4) count
 
 
@@ -54,6 +56,19 @@ def scaling_runs(i23: dict[str, dict[str, Any]]) -> list[tuple[int, dict[str, An
     return sorted(runs, key=lambda r: r[0])
 
 
+def training_runs(i23: dict[str, dict[str, Any]]) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any] | None]:
+    """(name, train_speed JSON) of the shipped configuration's runs, in call order, and the reference's run."""
+    shipped = sorted(((k.removeprefix("training-"), d) for k, d in i23.items() if k.startswith("training-shipped")),
+                     key=lambda r: r[1].get("provenance", {}).get("order_in_call", 0))
+    return shipped, i23.get("training-reference")
+
+
+def _loss_gap(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, float, float]:
+    """(steps compared, largest |loss difference|, largest from step 3 on) over the steps both runs made."""
+    gaps = [abs(x - y) for x, y in zip(a["loss_curve"], b["loss_curve"], strict=False)]
+    return len(gaps), max(gaps), max(gaps[2:], default=0.0)
+
+
 def targets(i23: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Target id (report.SBS_TARGET_LABELS) -> (value cell, verdict) for what the phase files measured."""
     out: dict[str, tuple[str, str]] = {}
@@ -71,6 +86,15 @@ def targets(i23: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
     hot = _median(((i23.get("hot") or {}).get("summary") or {}).get("hot_over_base"))
     if hot is not None:
         out["merged_hot"] = (_f(hot), _verdict(hot >= HOT_MIN))
+    shipped, reference = training_runs(i23)
+    if shipped and reference:
+        rates = sorted(d["samples_per_s"] for _, d in shipped)
+        median = rates[len(rates) // 2] if len(rates) % 2 else sum(rates[len(rates) // 2 - 1:len(rates) // 2 + 1]) / 2
+        steps, _, later = _loss_gap(shipped[0][1], reference)
+        out["training"] = (f"{_f(median, 1)} samples/s ({_f(rates[0], 1)}–{_f(rates[-1], 1)}, {len(rates)} runs) vs "
+                           f"reference {_f(reference['samples_per_s'], 1)} (× {_f(median / reference['samples_per_s'], 1)}); "
+                           f"loss within {_f(later, 3)} of the reference's from step 3 to {steps}",
+                           _verdict(median >= TRAINING_MIN_SAMPLES_S))
     runs = scaling_runs(i23)
     if runs:
         # Met when any measured slot count reaches it: the slot count is a stack setting (`maxLoras`).
@@ -151,6 +175,9 @@ def render(i23: dict[str, dict[str, Any]], img: Path, doc: Path) -> tuple[list[s
         lines.append("")
         images.append(plot_scaling(runs, img))
         lines += [f"![adapter scaling]({os.path.relpath(images[-1], doc.parent)})", ""]
+    shipped, reference = training_runs(i23)
+    if shipped and reference:
+        lines += _training_section(shipped, reference)
     hot = i23.get("hot")
     if hot:
         s = hot.get("summary") or {}
@@ -161,6 +188,32 @@ def render(i23: dict[str, dict[str, Any]], img: Path, doc: Path) -> tuple[list[s
                   f"merge {hot.get('merge_s')} s, merged replica ready {hot.get('merged_ready_s')} s; gateway routes "
                   f"{hot.get('gateway_routes', {})}.", ""]
     return lines, images
+
+
+def _training_section(shipped: list[tuple[str, dict[str, Any]]], reference: dict[str, Any]) -> list[str]:
+    prov = reference.get("provenance", {})
+    settings = reference.get("settings", {})
+    steps, first, later = _loss_gap(shipped[0][1], reference)
+    lines = ["### Training speed side by side (issue 23)", "",
+             f"`issue23-training-*.json`: `benchmarks/train_speed.py` runs of device call {prov.get('device_call')}, "
+             f"GPU {prov.get('gpu')}, " + ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items())
+             + f", tree of commit `{prov.get('tree')}`, {prov.get('date')}. Same random-weight 2.4B checkpoint, data "
+             f"(seed {settings.get('seed')}, {reference.get('mean_sample_tokens')} tokens per sample), LoRA rank "
+             f"{settings.get('rank')} on all linear modules, dropout {settings.get('lora_dropout')}, effective batch "
+             f"{reference.get('rows_per_step')} samples, {settings.get('warmup_steps')} untimed then "
+             f"{settings.get('steps')} timed steps. Command: `{prov.get('command')}`.", "",
+             "| run | order in call | micro-batch × accumulation | samples/s | tokens/s | MFU | peak GiB | "
+             "median step (ms) | loss step 1 | loss last timed step |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, run in [*shipped, ("reference", reference)]:
+        st = run.get("settings", {})
+        step_ms = sorted(run.get("step_ms") or [0.0])
+        lines.append(f"| {name} | {run.get('provenance', {}).get('order_in_call')} | {st.get('micro_batch')} × "
+                     f"{st.get('grad_accum')} | {_f(run['samples_per_s'], 1)} | {_f(run['tokens_per_s'], 0)} | "
+                     f"{_f(run.get('mfu'))} | {_f(run.get('peak_memory_gib'), 1)} | {_f(step_ms[len(step_ms) // 2], 1)} | "
+                     f"{_f(run['loss_curve'][0], 3)} | {_f(run['loss_curve'][steps - 1], 3)} |")
+    return [*lines, "", f"Loss curves, shipped vs reference, steps 1–{steps}: largest difference {_f(first, 3)} "
+            f"(step 2), {_f(later, 3)} from step 3 on. Details and every other round-5 run: "
+            "`docs/training-benchmarks.md`.", ""]
 
 
 def plot_scaling(runs: list[tuple[int, dict[str, Any]]], img: Path) -> Path:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from benchmarks.issue23 import make_scaling_adapters, measure_scaling
 from benchmarks.suites import load_adapter, unload_adapter
+from exaone_lora.checkpoints import Checkpoint
 from tests.support.processes import RunningProcess
 
 
@@ -141,6 +144,57 @@ def test_adapter_scaling_is_met_by_any_measured_slot_count(tmp_path: Path, more_
     assert got == verdict
     assert cell.startswith("0.13 (4 GPU slots)")
     assert cell.endswith("(4 GPU slots)" if more_slots_64 is None else f"; {more_slots_64:.2f} (64 GPU slots)")
+
+
+@pytest.fixture(scope="module")
+def cpu_training_run(tiny_checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One real `benchmarks.train_speed` run on the CPU (the GPU's command at tiny sizes): the JSON the
+    training rows of the report read."""
+    root = tmp_path_factory.mktemp("train-speed")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--checkpoint", str(tiny_checkpoint.path),
+                           "--root", str(root), "--steps", "3", "--warmup-steps", "1", "--micro-batch", "4",
+                           "--grad-accum", "2", "--sample-tokens", "60", "--max-length", "128",
+                           "--inductor", "coordinate_descent_tuning=true"],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(done.stdout))
+
+
+def test_train_speed_refuses_unknown_inductor_settings(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
+    for bad, message in (("no_such_setting=1", "not a torch._inductor.config setting"),
+                         ("coordinate_descent_tuning=yes", "is not JSON")):
+        done = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--checkpoint",
+                               str(tiny_checkpoint.path), "--root", str(tmp_path), "--inductor", bad],
+                              capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("shipped_rates", "verdict"), [((101.0, 99.5, 100.2), "**met**"), ((99.9, 99.0), "missed")])
+def test_the_report_marks_training_beside_its_reference(cpu_training_run: dict[str, Any], tmp_path: Path,
+                                                        shipped_rates: tuple[float, ...], verdict: str) -> None:
+    """The training target is the median of the shipped configuration's runs in one call, against the
+    reference run of that call, with how far their loss curves are apart."""
+    from benchmarks.report_issue23 import load_issue23, render, targets
+
+    run = cpu_training_run
+    assert run["steps_timed"] == 3 and len(run["loss_curve"]) == 4 and run["samples_per_step"] == 8
+    assert run["settings"]["inductor"] == [["coordinate_descent_tuning", True]]
+    for order, rate in enumerate(shipped_rates):
+        name = "shipped" if order == 0 else f"shipped-{order}"
+        (tmp_path / f"issue23-training-{name}.json").write_text(json.dumps(
+            {**run, "samples_per_s": rate, "provenance": {"order_in_call": order}}))
+    shifted = [x + 0.5 for x in run["loss_curve"]]
+    (tmp_path / "issue23-training-reference.json").write_text(json.dumps(
+        {**run, "samples_per_s": 10.0, "loss_curve": shifted, "provenance": {"order_in_call": 9}}))
+    phases = load_issue23(tmp_path)
+    cell, got = targets(phases)["training"]
+    median = sorted(shipped_rates)[len(shipped_rates) // 2] if len(shipped_rates) % 2 else sum(shipped_rates) / 2
+    assert got == verdict
+    assert cell.startswith(f"{median:.1f} samples/s") and f"{len(shipped_rates)} runs" in cell
+    assert "reference 10.0" in cell and "loss within 0.500" in cell
+    section = "\n".join(render(phases, tmp_path / "img", tmp_path / "benchmarks.md")[0])
+    assert "### Training speed side by side (issue 23)" in section
+    assert section.count("| 4 × 2 |") == len(shipped_rates) + 1
 
 
 @pytest.mark.parametrize("phases", ["scaling-4,hot,scaling-64", "hot", "ready,sidebyside,gateway,scaling,hot",

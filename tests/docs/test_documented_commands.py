@@ -151,3 +151,48 @@ def test_every_test_the_docs_name_exists() -> None:
     assert named, "the docs name no test file at all"
     missing = sorted(f"{doc}: {path}" for doc, path in named if not (REPO / path).is_file())
     assert missing == [], missing
+
+
+GPU_TRAINING = REPO / "benchmarks" / "train_speed_gpu.sh"
+
+
+def _training_configurations() -> dict[str, list[str] | None]:
+    """train_speed_gpu.sh's configuration table: name -> the `benchmarks.train_speed` flags it runs (None for an
+    entry that runs something else)."""
+    script = GPU_TRAINING.read_text()
+    shared = re.search(r'^FLAT="(.*)"$', script, re.MULTILINE)
+    assert shared, "train_speed_gpu.sh no longer defines FLAT"
+    table: dict[str, list[str] | None] = {}
+    for name, body in re.findall(r"^\s+([\w-]+)\) (.*?);;", script, re.MULTILINE | re.DOTALL):
+        run = re.match(r"run [\w-]+ \d+ (.*)", body.strip())
+        words = shlex.split(run.group(1)) if run else None
+        table[name] = None if words is None else [w for word in words
+                                                 for w in (shlex.split(shared.group(1)) if word == "$FLAT" else [word])]
+    return table
+
+
+def test_every_gpu_training_configuration_is_a_valid_train_speed_command() -> None:
+    """The GPU script cannot run here; what it would pass to `benchmarks.train_speed` is parsed as written."""
+    from benchmarks.train_speed import parser
+
+    table = _training_configurations()
+    assert {"reference", "mb32-flat-compile", "flat-cdt"} <= set(table)
+    for flags in table.values():
+        if flags is not None:
+            parser().parse_args(["--checkpoint", "model", *flags])  # exits (status 2) on a flag it does not take
+
+
+def test_documented_gpu_training_runs_name_configurations_the_script_has() -> None:
+    table = _training_configurations()
+    shown = [(doc.name, line) for doc in [*DOCS, *sorted((REPO / "benchmarks").glob("*.md"))]
+             for block in FENCE.findall(doc.read_text()) for line in re.sub(r"\\\n\s*", " ", block).splitlines()
+             if "benchmarks/train_speed_gpu.sh" in line]
+    assert shown, "no doc shows how to run the GPU training benchmark"
+    for doc, line in shown:
+        for command in line.split(";"):
+            words = shlex.split(command.split("  #")[0])
+            if "benchmarks/train_speed_gpu.sh" not in words:
+                continue
+            names = [n for arg in words[words.index("benchmarks/train_speed_gpu.sh") + 1:] for n in arg.split()]
+            unknown = [n for n in names if n not in table]
+            assert unknown == [], f"{doc}: `{command.strip()}` names {unknown}, not in train_speed_gpu.sh"
