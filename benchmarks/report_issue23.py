@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def targets(i23: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
     shipped, reference = training_runs(i23)
     if shipped and reference:
         rates = sorted(d["samples_per_s"] for _, d in shipped)
-        median = rates[len(rates) // 2] if len(rates) % 2 else sum(rates[len(rates) // 2 - 1:len(rates) // 2 + 1]) / 2
+        median = statistics.median(rates)
         steps, _, later = _loss_gap(shipped[0][1], reference)
         out["training"] = (f"{_f(median, 1)} samples/s ({_f(rates[0], 1)}–{_f(rates[-1], 1)}, {len(rates)} runs) vs "
                            f"reference {_f(reference['samples_per_s'], 1)} (× {_f(median / reference['samples_per_s'], 1)}); "

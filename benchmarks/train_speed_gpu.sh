@@ -41,8 +41,8 @@ config() {
                   echo "varlen-check rc=$?" | tee -a "$LOG" ;;
     mb32-flat) run mb32-flat 90 --micro-batch 32 --grad-accum 1 --chunked-ce --max-length 512 --padding-free --pad-multiple 64 ;;
     mb32-flat-compile) run mb32-flat-compile 400 $FLAT ;;
-    # Round 5 (H200: the host, not the GPU, sets the pace): inductor's C++ wrapper, tuned Triton launch
-    # parameters, and (diagnostic only, not the reference's hyperparameters) what LoRA dropout costs.
+    # Round 5 (H200): inductor settings (C++ wrapper, tuned launch parameters, autotuned pointwise kernels),
+    # larger loss chunks, and (diagnostic only, not the reference's hyperparameters) what LoRA dropout costs.
     flat-cpp) run flat-cpp 250 $FLAT --inductor cpp_wrapper=true ;;
     flat-cdt) run flat-cdt 200 $FLAT --inductor coordinate_descent_tuning=true ;;
     flat-nodrop) run flat-nodrop 120 $FLAT --lora-dropout 0 ;;

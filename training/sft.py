@@ -397,10 +397,11 @@ class Trainer:
     def train_steps(self, count: int) -> Iterator[StepStats]:
         """`count` optimizer steps, each queued before the previous one's loss is read.
 
-        Reading a loss waits for the GPU; with one step in flight the host queues the next step's forward while
-        the GPU still runs the previous backward, instead of the GPU idling while the host launches small
-        kernels at the start of every step. The same steps in the same order as `train_step`, so the same curve.
-        When the generator is exhausted no step is in flight (a checkpoint then sees a consistent state).
+        Reading a loss waits for the GPU; with one step in flight the host queues the next step's work while the
+        GPU still runs the previous one, so the host never waits for the GPU between steps (on the H200 the step
+        was GPU-bound either way: docs/training-benchmarks.md, round 5). The same steps in the same order as
+        `train_step`, so the same curve. Once the generator is exhausted no step is in flight, so a checkpoint
+        taken then holds exactly the steps made.
         """
         in_flight: _LaunchedStep | None = None
         for _ in range(count):
