@@ -10,8 +10,12 @@ and exit non-zero; nothing is half-written.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,18 +76,54 @@ EXIT_INVALID = 2
 EXIT_REGISTRY = 1
 
 
-def _registry(registry: str | None, outputs: Path | None, container: str | None, identity: IdentityChoice,
-              client_id: str | None, ca_file: Path | None, env_file: Path | None) -> AdapterRegistry:
-    try:
-        if env_file is not None:
-            # Process start-up: azure-identity reads AZURE_CLIENT_ID / IDENTITY_ENDPOINT from the environment.
-            os.environ.update(read_env_file(env_file))
-        settings = resolve_settings(registry=registry, outputs=outputs, container=container, client_id=client_id,
-                                    ca_file=ca_file)
-        return settings.open(identity.value)
-    except RegistryLocationError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=EXIT_INVALID) from None
+@dataclass(frozen=True)
+class RegistryLocation:
+    """Where the registry is and who signs in: the registry options every command that reads or writes it takes."""
+
+    registry: str | None
+    outputs: Path | None
+    container: str | None
+    identity: IdentityChoice
+    client_id: str | None
+    ca_file: Path | None
+    env_file: Path | None
+
+    def open(self) -> AdapterRegistry:
+        try:
+            if self.env_file is not None:
+                # Process start-up: azure-identity reads AZURE_CLIENT_ID / IDENTITY_ENDPOINT from the environment.
+                os.environ.update(read_env_file(self.env_file))
+            settings = resolve_settings(registry=self.registry, outputs=self.outputs, container=self.container,
+                                        client_id=self.client_id, ca_file=self.ca_file)
+            return settings.open(self.identity.value)
+        except RegistryLocationError as exc:
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(code=EXIT_INVALID) from None
+
+
+# The options behind RegistryLocation, in its field order: (parameter name, annotation, default).
+_LOCATION_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("registry_location", Registry, None), ("outputs", Outputs, None), ("container", Container, None),
+    ("identity", IdentityOpt, IdentityChoice.operator), ("client_id", ClientId, None), ("ca_file", CaFile, None),
+    ("registry_env_file", EnvFile, None))
+
+
+def registry_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Gives a command the registry options (`--registry`, `--outputs`, `--container`, `--identity`, `--client-id`,
+    `--ca-file`, `--registry-env-file`) after its own; it receives them as `location: RegistryLocation`."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "location"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, annotation, default in _LOCATION_OPTIONS]
+
+    @functools.wraps(command)
+    def with_location(**kwargs: Any) -> None:
+        location = RegistryLocation(*(kwargs.pop(name) for name, _, _ in _LOCATION_OPTIONS))
+        command(location=location, **kwargs)
+
+    signature = inspect.Signature([*own, *added])
+    with_location.__signature__ = signature  # type: ignore[attr-defined]
+    with_location.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return with_location
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -111,7 +151,9 @@ def _load_json_file(path: Path | None, what: str) -> dict[str, Any] | None:
 
 
 @app.command()
+@registry_command
 def publish(
+    location: RegistryLocation,
     domain: Domain,
     adapter_dir: Annotated[Path, typer.Argument(help="PEFT adapter directory (adapter_config.json + safetensors)")],
     base_model_name: Annotated[str, typer.Option(help="base model name recorded in the manifest")],
@@ -121,17 +163,10 @@ def publish(
     training_json: Annotated[Path | None, typer.Option(help="JSON file with training metadata")] = None,
     metrics_json: Annotated[Path | None, typer.Option(help="JSON file with evaluation metrics")] = None,
     activate: Annotated[bool, typer.Option(help="also point the alias at the new version")] = False,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Validate an adapter and publish it as the next immutable version {domain}-v{N}."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     training, metrics = _load_json_file(training_json, "training metadata"), _load_json_file(metrics_json, "metrics")
     try:
         registry.ensure_container()
@@ -152,19 +187,14 @@ def publish(
 
 
 @app.command("list")
+@registry_command
 def list_command(
+    location: RegistryLocation,
     domain: Annotated[str | None, typer.Argument(help="show this domain's versions; all domains when left out")] = None,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """List domains with their current version, or one domain's versions."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     try:
         if domain is None:
             rows = [(d, registry.alias(d).current, registry.versions(d)) for d in registry.domains()]
@@ -196,19 +226,14 @@ def list_command(
 
 
 @app.command()
+@registry_command
 def show(
+    location: RegistryLocation,
     domain: Domain,
     version: Annotated[int | None, typer.Argument(help="version number; the alias's current one when left out")] = None,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
 ) -> None:
     """Print a version's manifest (JSON) and its sha256 (the value a stack file pins)."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     try:
         if version is None:
             version = registry.alias(domain).current
@@ -223,21 +248,16 @@ def show(
 
 
 @app.command()
+@registry_command
 def alias(
+    location: RegistryLocation,
     domain: Domain,
     version: Annotated[int | None, typer.Argument(help="point the alias at this version; show it when left out")] = None,
     expected_current: Annotated[int | None, typer.Option(help="refuse unless the alias currently points here")] = None,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Show an alias, or switch it to another version (the deploy)."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     try:
         if version is None:
             state = registry.alias(domain)
@@ -254,19 +274,14 @@ def alias(
 
 
 @app.command()
+@registry_command
 def rollback(
+    location: RegistryLocation,
     domain: Domain,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """Point the alias back at the version that was current before (the rollback)."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     try:
         registry.rollback(domain)
         state = registry.alias(domain)
@@ -297,7 +312,9 @@ def _duration(text: str) -> float:
 
 
 @app.command()
+@registry_command
 def rollout(
+    location: RegistryLocation,
     domain: Domain,
     version: Annotated[int, typer.Argument(help="the candidate version (published, validated)")],
     canary: Annotated[int, typer.Option(min=1, max=99, help="the candidate's first share of the alias's requests, "
@@ -328,13 +345,6 @@ def rollout(
     base_config: BaseConfigOpt = None,
     max_rank: MaxRank = 32,
     max_cpu_loras: Annotated[int, typer.Option(min=1, help="the replicas' max_cpu_loras")] = 4,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
 ) -> None:
     """Canary rollout of DOMAIN's VERSION: the candidate takes --canary percent of the alias's requests, then
     --step more after each --interval window in which its error rate and p95 latencies (TTFT, time per output token,
@@ -373,7 +383,7 @@ def rollout(
                                thresholds=Thresholds(min_requests=min_requests, max_error_rate=max_error_rate,
                                                      max_error_rate_increase=max_error_rate_increase,
                                                      max_latency_ratio=max_latency_ratio))
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     base = str(base_config) if base_config else None
 
     async def go() -> Any:
@@ -401,22 +411,17 @@ def rollout(
 
 
 @app.command("rollout-status")
+@registry_command
 def rollout_status(
+    location: RegistryLocation,
     domain: Domain,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
     as_json: JsonOut = False,
 ) -> None:
     """The alias's canary now, and the last rollout's record: each window's weight, measurements, verdict and why,
     and the decision (running, promoted, rolled back, aborted)."""
     from service.rollout.record import load
 
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     try:
         state = registry.alias(domain)
         record = load(registry, domain)
@@ -479,7 +484,9 @@ def validate(
 
 
 @app.command()
+@registry_command
 def download(
+    location: RegistryLocation,
     domain: Domain,
     version: Annotated[int, typer.Argument(help="version number")],
     dest: Annotated[Path, typer.Argument(help="directory to create for this version, e.g. /data/lora-adapters/medical-v3")],
@@ -487,16 +494,9 @@ def download(
     base_config: BaseConfigOpt = None,
     max_rank: Annotated[int | None, typer.Option(help="also validate against this max rank (needs --base-config)")] =
         None,
-    registry_location: Registry = None,
-    outputs: Outputs = None,
-    container: Container = None,
-    identity: IdentityOpt = IdentityChoice.operator,
-    client_id: ClientId = None,
-    ca_file: CaFile = None,
-    registry_env_file: EnvFile = None,
 ) -> None:
     """Download a version, verifying every sha256; the directory appears complete or not at all."""
-    registry = _registry(registry_location, outputs, container, identity, client_id, ca_file, registry_env_file)
+    registry = location.open()
     try:
         path = registry.download(domain, version, dest, expected_manifest_sha256=expected_sha256,
                                  base_config=base_config, max_rank=max_rank)
