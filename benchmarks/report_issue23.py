@@ -64,10 +64,12 @@ def training_runs(i23: dict[str, dict[str, Any]]) -> tuple[list[tuple[str, dict[
     return shipped, i23.get("training-reference")
 
 
-def _loss_gap(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, float, float]:
-    """(steps compared, largest |loss difference|, largest from step 3 on) over the steps both runs made."""
+def _loss_gap(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, float, int, float]:
+    """(steps compared, largest |loss difference|, the step it is at, largest from step 3 on) over the steps both
+    runs made."""
     gaps = [abs(x - y) for x, y in zip(a["loss_curve"], b["loss_curve"], strict=False)]
-    return len(gaps), max(gaps), max(gaps[2:], default=0.0)
+    at = max(range(len(gaps)), key=gaps.__getitem__)
+    return len(gaps), gaps[at], at + 1, max(gaps[2:], default=0.0)
 
 
 def targets(i23: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
@@ -91,7 +93,7 @@ def targets(i23: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
     if shipped and reference:
         rates = sorted(d["samples_per_s"] for _, d in shipped)
         median = statistics.median(rates)
-        steps, _, later = _loss_gap(shipped[0][1], reference)
+        steps, _, _, later = _loss_gap(shipped[0][1], reference)
         out["training"] = (f"{_f(median, 1)} samples/s ({_f(rates[0], 1)}–{_f(rates[-1], 1)}, {len(rates)} runs) vs "
                            f"reference {_f(reference['samples_per_s'], 1)} (× {_f(median / reference['samples_per_s'], 1)}); "
                            f"loss within {_f(later, 3)} of the reference's from step 3 to {steps}",
@@ -194,7 +196,7 @@ def render(i23: dict[str, dict[str, Any]], img: Path, doc: Path) -> tuple[list[s
 def _training_section(shipped: list[tuple[str, dict[str, Any]]], reference: dict[str, Any]) -> list[str]:
     prov = reference.get("provenance", {})
     settings = reference.get("settings", {})
-    steps, first, later = _loss_gap(shipped[0][1], reference)
+    steps, first, first_at, later = _loss_gap(shipped[0][1], reference)
     lines = ["### Training speed side by side (issue 23)", "",
              f"`issue23-training-*.json`: `benchmarks/train_speed.py` runs of device call {prov.get('device_call')}, "
              f"GPU {prov.get('gpu')}, " + ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items())
@@ -213,7 +215,7 @@ def _training_section(shipped: list[tuple[str, dict[str, Any]]], reference: dict
                      f"{_f(run.get('mfu'))} | {_f(run.get('peak_memory_gib'), 1)} | {_f(step_ms[len(step_ms) // 2], 1)} | "
                      f"{_f(run['loss_curve'][0], 3)} | {_f(run['loss_curve'][steps - 1], 3)} |")
     return [*lines, "", f"Loss curves, shipped vs reference, steps 1–{steps}: largest difference {_f(first, 3)} "
-            f"(step 2), {_f(later, 3)} from step 3 on. Details and every other round-5 run: "
+            f"(step {first_at}), {_f(later, 3)} from step 3 on. Details and every other round-5 run: "
             "`docs/training-benchmarks.md`.", ""]
 
 

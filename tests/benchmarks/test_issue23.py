@@ -196,6 +196,8 @@ def test_the_report_marks_training_beside_its_reference(cpu_training_run: dict[s
     section = "\n".join(render(phases, tmp_path / "img", tmp_path / "benchmarks.md")[0])
     assert "### Training speed side by side (issue 23)" in section
     assert section.count("| 4 × 2 |") == len(shipped_rates) + 1
+    # Every step is 0.5 apart: the largest difference is named at the first step where it occurs.
+    assert "largest difference 0.500 (step 1), 0.500 from step 3 on" in section
 
 
 @pytest.mark.parametrize("phases", ["scaling-4,hot,scaling-64", "hot", "ready,sidebyside,gateway,scaling,hot",
