@@ -101,11 +101,12 @@ class RegistryLocation:
             raise typer.Exit(code=EXIT_INVALID) from None
 
 
-# The options behind RegistryLocation, in its field order: (parameter name, annotation, default).
-_LOCATION_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("registry_location", Registry, None), ("outputs", Outputs, None), ("container", Container, None),
-    ("identity", IdentityOpt, IdentityChoice.operator), ("client_id", ClientId, None), ("ca_file", CaFile, None),
-    ("registry_env_file", EnvFile, None))
+# The options behind RegistryLocation: its field -> (the command's parameter name, annotation, default).
+_LOCATION_OPTIONS: dict[str, tuple[str, Any, Any]] = {
+    "registry": ("registry_location", Registry, None), "outputs": ("outputs", Outputs, None),
+    "container": ("container", Container, None), "identity": ("identity", IdentityOpt, IdentityChoice.operator),
+    "client_id": ("client_id", ClientId, None), "ca_file": ("ca_file", CaFile, None),
+    "env_file": ("registry_env_file", EnvFile, None)}
 
 
 def registry_command(command: Callable[..., None]) -> Callable[..., None]:
@@ -113,11 +114,11 @@ def registry_command(command: Callable[..., None]) -> Callable[..., None]:
     `--ca-file`, `--registry-env-file`) after its own; it receives them as `location: RegistryLocation`."""
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "location"]
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, annotation, default in _LOCATION_OPTIONS]
+             for name, annotation, default in _LOCATION_OPTIONS.values()]
 
     @functools.wraps(command)
     def with_location(**kwargs: Any) -> None:
-        location = RegistryLocation(*(kwargs.pop(name) for name, _, _ in _LOCATION_OPTIONS))
+        location = RegistryLocation(**{field: kwargs.pop(name) for field, (name, _, _) in _LOCATION_OPTIONS.items()})
         command(location=location, **kwargs)
 
     signature = inspect.Signature([*own, *added])

@@ -7,11 +7,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from exaone_lora.checkpoints import Checkpoint
 from exaone_lora.model_shape import EXAONE_TINY
-from service.registry_cli import app
+from service.registry_cli import IdentityChoice, RegistryLocation, app, registry_command
 from tests.support.corpus import build_corpus
 from tests.support.processes import Azurite
 
@@ -27,6 +28,24 @@ def test_help_lists_every_command() -> None:
     assert publish_help.exit_code == 0
     for option in ("EXAONE_LORA_REGISTRY", "--outputs", "--identity", "--client-id", "--ca-file"):
         assert option in publish_help.output
+
+
+def test_each_registry_option_reaches_its_own_location_field(tmp_path: Path) -> None:
+    seen: list[RegistryLocation] = []
+    probe = typer.Typer()
+
+    @probe.command()
+    @registry_command
+    def show(name: str, location: RegistryLocation) -> None:
+        seen.append(location)
+
+    result = runner.invoke(probe, ["x", "--registry", "r", "--outputs", str(tmp_path / "o.json"), "--container", "c",
+                                   "--identity", "host", "--client-id", "id", "--ca-file", str(tmp_path / "ca.pem"),
+                                   "--registry-env-file", str(tmp_path / "e.env")])
+    assert result.exit_code == 0, result.output
+    assert seen == [RegistryLocation(registry="r", outputs=tmp_path / "o.json", container="c",
+                                     identity=IdentityChoice.host, client_id="id", ca_file=tmp_path / "ca.pem",
+                                     env_file=tmp_path / "e.env")]
 
 
 def test_commands_need_a_registry(monkeypatch: pytest.MonkeyPatch) -> None:
